@@ -7,16 +7,38 @@
 //!   `/mcp`, `/mcp/...` or `/api/mcp/...`. The request carries a `Caller` extension that the edge
 //!   resolved from the client's key (the edge strips spoofable headers first).
 //! - `hub.shutdown()` is awaited when the edge stops: child process groups must be gone after it.
+//!
+//! Inside: `registry` loads registry.json/servers.txt/secrets, `upstream` supervises one rmcp
+//! client per server, `downstream` is the rmcp server handler clients talk to, `hub` holds the
+//! shared state, `admin` is the admin API. See docs/mcp.md.
 use std::sync::Arc;
 
-use serde::Deserialize;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct McpConfig {
-    /// Path of `registry.json`; default `data/mcp/registry.json`.
-    pub registry: Option<String>,
-}
+mod admin;
+mod config;
+mod downstream;
+mod hub;
+mod metrics;
+pub mod naming;
+pub mod registry;
+mod upstream;
+
+pub use config::McpConfig;
+pub use upstream::HealthState;
+
+use downstream::{rate_limited_error, HubService, RateAdmitted};
+use hub::HubCore;
+
+/// Largest JSON-RPC body accepted on `/mcp`.
+const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Who is calling, as resolved by the edge. `client` is `anonymous` when no key matched.
 #[derive(Debug, Clone)]
@@ -24,6 +46,16 @@ pub struct Caller {
     pub client: String,
     pub admin: bool,
     pub request_id: String,
+}
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Self {
+            client: "anonymous".into(),
+            admin: false,
+            request_id: String::new(),
+        }
+    }
 }
 
 /// An admin action to record in the controller's audit log (the edge posts it to `POST /audit`).
@@ -49,21 +81,153 @@ pub enum McpError {
 }
 
 pub struct McpHub {
-    _config: McpConfig,
+    core: Arc<HubCore>,
 }
 
 impl McpHub {
     pub async fn start(
         config: McpConfig,
-        _registry: &prometheus::Registry,
-        _audit: Option<Arc<dyn AuditSink>>,
+        registry: &prometheus::Registry,
+        audit: Option<Arc<dyn AuditSink>>,
     ) -> Result<Arc<Self>, McpError> {
-        Ok(Arc::new(Self { _config: config }))
+        config.validate().map_err(McpError::Config)?;
+        let metrics = metrics::HubMetrics::register(registry)
+            .map_err(|e| McpError::Config(format!("metrics: {e}")))?;
+        let core = HubCore::new(config, metrics, audit);
+        // A bad registry at start-up is reported (health, admin API, log), not fatal:
+        // the edge still serves models while the operator fixes the file.
+        let _ = core.reload_from_disk().await;
+        core.remember_stamps();
+        tokio::spawn(core.clone().run_file_watch());
+        tokio::spawn(core.clone().run_change_fanout());
+        Ok(Arc::new(Self { core }))
     }
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new()
+        let core = self.core.clone();
+        let config = StreamableHttpServerConfig::default()
+            .with_legacy_session_mode(true)
+            .with_allowed_hosts(self.core.config.allowed_hosts())
+            .with_allowed_origins(self.core.config.allowed_origins())
+            .with_cancellation_token(self.core.cancel.child_token());
+        let config = if self.core.config.allowed_hosts().iter().any(|h| h == "*") {
+            config.disable_allowed_hosts()
+        } else {
+            config
+        };
+        let config = if self.core.config.allowed_origins().is_empty() {
+            config.enforce_origin_validation()
+        } else {
+            config
+        };
+        let factory_core = core.clone();
+        let service: StreamableHttpService<HubService, LocalSessionManager> =
+            StreamableHttpService::new(
+                move || {
+                    Ok(HubService {
+                        core: factory_core.clone(),
+                    })
+                },
+                Arc::new(LocalSessionManager::default()),
+                config,
+            );
+        let mcp = axum::Router::new()
+            .route_service("/mcp", service.clone())
+            .route_service("/mcp/{*rest}", service)
+            .route_layer(axum::middleware::from_fn_with_state(
+                core.clone(),
+                rate_precheck,
+            ));
+        let admin = axum::Router::new()
+            .route(
+                "/api/mcp/registry",
+                get(admin::get_registry).put(admin::put_registry),
+            )
+            .route("/api/mcp/health", get(admin::get_health))
+            .with_state(core);
+        mcp.merge(admin)
     }
 
-    pub async fn shutdown(&self) {}
+    /// Stops supervisors and kills every stdio child's process group.
+    pub async fn shutdown(&self) {
+        self.core.shutdown();
+    }
+
+    /// Health of every configured server (for the dashboard).
+    pub fn health(&self) -> Vec<(String, HealthState)> {
+        self.core
+            .upstreams()
+            .iter()
+            .map(|u| (u.name.clone(), u.health().state))
+            .collect()
+    }
+}
+
+/// Takes the rate-limit token of a single `tools/call` POST before rmcp sees it, so an
+/// over-limit call can be answered with HTTP 429 + `Retry-After` and a JSON-RPC error body
+/// (the handler alone could only answer 200).
+async fn rate_precheck(State(core): State<Arc<HubCore>>, req: Request, next: Next) -> Response {
+    if req.method() != http::Method::POST {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("request body larger than {MAX_BODY} bytes")}});
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response();
+        }
+    };
+    if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        if msg.get("method").and_then(|m| m.as_str()) == Some("tools/call") {
+            let name = msg
+                .pointer("/params/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            let caller = parts
+                .extensions
+                .get::<Caller>()
+                .cloned()
+                .unwrap_or_else(Caller::anonymous);
+            if let Some((up, _)) = core.route(name) {
+                let spec = up.spec();
+                if spec.policy.allows(&caller.client) {
+                    match core.check_rate(&up.name, spec.policy.rate_limit_rpm, &caller.client) {
+                        Ok(()) => {
+                            parts.extensions.insert(RateAdmitted);
+                        }
+                        Err(wait) => {
+                            core.metrics
+                                .rate_limited
+                                .with_label_values(&[&up.name, name, &caller.client])
+                                .inc();
+                            tracing::warn!(client = %caller.client, tool = %name, "mcp call rate limited");
+                            let error = rate_limited_error(&up.name, wait);
+                            let body = serde_json::json!({
+                                "jsonrpc": "2.0",
+                                "id": msg.get("id").cloned().unwrap_or(serde_json::Value::Null),
+                                "error": error,
+                            });
+                            let retry_after = wait.as_secs() + 1;
+                            return (
+                                StatusCode::TOO_MANY_REQUESTS,
+                                [
+                                    (header::CONTENT_TYPE, "application/json".to_string()),
+                                    (header::RETRY_AFTER, retry_after.to_string()),
+                                ],
+                                body.to_string(),
+                            )
+                                .into_response();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }

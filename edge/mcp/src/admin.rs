@@ -1,0 +1,253 @@
+//! Admin API: `GET`/`PUT /api/mcp/registry`, `GET /api/mcp/health` (admin key only).
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::hub::HubCore;
+use crate::registry::{self, RegistryFile, Sources, Transport};
+use crate::{AuditRecord, Caller};
+
+/// An RFC 9457 problem document.
+pub fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn require_admin(caller: &Option<Extension<Caller>>) -> Result<Caller, Response> {
+    match caller {
+        Some(Extension(c)) if c.admin => Ok(c.clone()),
+        Some(Extension(c)) if c.client != "anonymous" => Err(problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the MCP admin API needs the admin key",
+        )),
+        _ => Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the MCP admin API needs the admin key (Authorization: Bearer <admin token>)",
+        )),
+    }
+}
+
+pub async fn get_registry(
+    State(core): State<Arc<HubCore>>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
+    if let Err(r) = require_admin(&caller) {
+        return r;
+    }
+    let snap = core.snapshot();
+    let servers: Vec<Value> = snap
+        .servers
+        .values()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "transport": s.transport.kind(),
+                "status": format!("{:?}", s.status).to_lowercase(),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "path": core.config.registry_path(),
+        "servers_txt": core.config.servers_txt_path(),
+        "registry": snap.file,
+        "servers": servers,
+        "error": core.registry_error(),
+    }))
+    .into_response()
+}
+
+pub async fn get_health(
+    State(core): State<Arc<HubCore>>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
+    if let Err(r) = require_admin(&caller) {
+        return r;
+    }
+    let servers: Vec<Value> = core
+        .upstreams()
+        .iter()
+        .map(|up| {
+            let spec = up.spec();
+            let h = up.health();
+            let tools: Vec<String> = up
+                .tools()
+                .iter()
+                .map(|t| crate::naming::exposed_name(&up.name, &t.name))
+                .collect();
+            let target = match &spec.transport {
+                Transport::Http { url, .. } => url.clone(),
+                Transport::Stdio { command, .. } => command.clone(),
+                Transport::Image { image } => image.clone(),
+            };
+            json!({
+                "name": up.name,
+                "transport": spec.transport.kind(),
+                "target": target,
+                "state": h.state,
+                "last_error": h.last_error,
+                "latency_ms": h.latency_ms,
+                "consecutive_failures": h.consecutive_failures,
+                "last_probe_unix_ms": h.last_probe_unix_ms,
+                "protocol_version": h.protocol_version,
+                "restarts": h.restarts,
+                "missing_secrets": h.missing_secrets,
+                "tools": tools,
+                "policy": {
+                    "allow_clients": spec.policy.allow_clients,
+                    "deny_clients": spec.policy.deny_clients,
+                    "rate_limit_rpm": spec.policy.rate_limit_rpm,
+                    "timeout_sec": spec.policy.timeout.as_secs_f64(),
+                },
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "registry_error": core.registry_error(),
+        "servers": servers,
+    }))
+    .into_response()
+}
+
+pub async fn put_registry(
+    State(core): State<Arc<HubCore>>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Response {
+    let caller = match require_admin(&caller) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid registry",
+            "registry.json: body is not UTF-8",
+        );
+    };
+    // Validate exactly as the poller would load it (with servers.txt and the secrets).
+    let validated = (|| {
+        let servers_txt = registry::read_optional(&core.config.servers_txt_path())?;
+        let env = core.secrets_env()?;
+        registry::load(&Sources {
+            registry_json: Some(text),
+            servers_txt: servers_txt.as_deref(),
+            env: &env,
+            default_timeout: core.config.default_timeout(),
+        })
+    })();
+    let new_file = match validated {
+        Ok(snapshot) => snapshot.file.unwrap_or_default(),
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid registry", e),
+    };
+    let old_file: RegistryFile = core.snapshot().file.clone().unwrap_or_default();
+    let changes = diff(&old_file, &new_file);
+    // Fail closed: an admin change that cannot be audited is not made.
+    if let Some(audit) = &core.audit {
+        for (action, server) in &changes {
+            let record = AuditRecord {
+                action: action.to_string(),
+                resource: format!("mcp:{server}"),
+                actor: caller.client.clone(),
+                correlation_id: caller.request_id.clone(),
+                metadata: json!({"server": server, "registry": core.config.registry_path()}),
+            };
+            if let Err(e) = audit.record(record).await {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Audit unavailable",
+                    format!("the change was not made because it could not be audited: {e}"),
+                );
+            }
+        }
+    }
+    let path = core.config.registry_path();
+    let pretty = match serde_json::to_string_pretty(&new_file) {
+        Ok(s) => s + "\n",
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string()),
+    };
+    if let Err(e) = write_atomically(&path, pretty.as_bytes()) {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Registry not written",
+            format!("{}: {e}", path.display()),
+        );
+    }
+    if let Err(e) = core.reload_from_disk().await {
+        return problem(StatusCode::CONFLICT, "Registry not applied", e);
+    }
+    core.remember_stamps();
+    tracing::info!(actor = %caller.client, changes = changes.len(), "mcp registry updated");
+    let list = |a: &str| -> Vec<String> {
+        changes
+            .iter()
+            .filter(|(x, _)| *x == a)
+            .map(|(_, s)| s.clone())
+            .collect()
+    };
+    axum::Json(json!({
+        "ok": true,
+        "added": list("mcp_add"),
+        "removed": list("mcp_remove"),
+        "updated": list("mcp_update"),
+    }))
+    .into_response()
+}
+
+fn diff(old: &RegistryFile, new: &RegistryFile) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (name, entry) in &new.servers.0 {
+        match old.servers.0.iter().find(|(n, _)| n == name) {
+            None => out.push(("mcp_add", name.clone())),
+            Some((_, prev)) if prev != entry => out.push(("mcp_update", name.clone())),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &old.servers.0 {
+        if !new.servers.0.iter().any(|(n, _)| n == name) {
+            out.push(("mcp_remove", name.clone()));
+        }
+    }
+    out
+}
+
+/// Write to a temporary file in the same directory, fsync, then rename over the target.
+fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("registry.json"),
+        uuid::Uuid::new_v4()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,301 @@
+//! The MCP server clients talk to at `/mcp`: an rmcp `ServerHandler` whose tools are the
+//! union of the healthy upstreams' tools that the calling client may use.
+//!
+//! rmcp's `StreamableHttpService` does the transport for both revisions (2026-07-28
+//! sessionless requests with `server/discover` and `Mcp-Method`/`Mcp-Name` checks, and
+//! 2025-11-25 sessions with `initialize`, GET stream and DELETE); this handler only sees
+//! requests, with the edge's `Caller` in the HTTP request parts.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
+    ClientRequest, ErrorCode, ErrorData, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, ServerResult, SubscriptionFilter,
+};
+use rmcp::service::{
+    NotificationContext, PeerRequestOptions, RequestContext, RoleServer, ServiceError,
+    SubscriptionContext,
+};
+use rmcp::ServerHandler;
+use serde_json::json;
+
+use crate::hub::HubCore;
+use crate::Caller;
+
+/// JSON-RPC error codes of the hub (server-defined range).
+pub const CODE_TIMEOUT: i32 = -32001;
+pub const CODE_FORBIDDEN: i32 = -32003;
+pub const CODE_UNAVAILABLE: i32 = -32004;
+pub const CODE_RATE_LIMITED: i32 = -32029;
+
+/// Marks a call whose rate-limit token the HTTP layer already took (so it answered 429 itself
+/// when over the limit), so the handler does not take a second one.
+#[derive(Clone, Copy, Debug)]
+pub struct RateAdmitted;
+
+#[derive(Clone)]
+pub struct HubService {
+    pub core: Arc<HubCore>,
+}
+
+pub fn caller_of(extensions: &rmcp::model::Extensions) -> Caller {
+    extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Caller>().cloned())
+        .unwrap_or_else(Caller::anonymous)
+}
+
+fn rate_admitted(extensions: &rmcp::model::Extensions) -> bool {
+    extensions
+        .get::<http::request::Parts>()
+        .is_some_and(|p| p.extensions.get::<RateAdmitted>().is_some())
+}
+
+pub fn rate_limited_error(server: &str, wait: Duration) -> ErrorData {
+    let secs = wait.as_secs_f64().max(0.001);
+    ErrorData::new(
+        ErrorCode(CODE_RATE_LIMITED),
+        format!(
+            "rate limit of server {server:?} exceeded for this client; retry after {:.1} s",
+            secs
+        ),
+        Some(json!({"server": server, "retry_after_ms": wait.as_millis() as u64})),
+    )
+}
+
+pub fn forbidden_error(client: &str, tool: &str) -> ErrorData {
+    ErrorData::new(
+        ErrorCode(CODE_FORBIDDEN),
+        format!("client {client:?} may not call tool {tool:?}"),
+        Some(json!({"client": client, "tool": tool})),
+    )
+}
+
+impl HubService {
+    fn info() -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("aibox-edge", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Tools of every MCP server registered with this aibox edge, named server__tool.",
+        )
+    }
+}
+
+impl ServerHandler for HubService {
+    fn get_info(&self) -> ServerConfig {
+        Self::info()
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.core.add_session(context.peer);
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut filter = SubscriptionFilter::new();
+        filter.tools_list_changed = Some(true);
+        Some(filter)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut rx = self.core.changes.subscribe();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                _ = self.core.cancel.cancelled() => return Ok(()),
+                r = rx.recv() => match r {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Coalesce a burst of changes into one notification.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        while rx.try_recv().is_ok() {}
+                        if context.sink().notify_tool_list_changed().await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let caller = caller_of(&context.extensions);
+        let tools = self
+            .core
+            .visible_tools(&caller.client)
+            .into_iter()
+            .map(|t| {
+                let mut tool = t.tool;
+                tool.name = t.exposed.into();
+                if tool.title.is_none() {
+                    tool.title = Some(format!("{} ({})", t.original, t.upstream.name));
+                }
+                tool
+            })
+            .collect();
+        // The list depends on who asks: never cacheable by shared intermediaries.
+        Ok(ListToolsResult::with_all_items(tools)
+            .with_cache_scope(rmcp::model::CacheScope::Private))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = caller_of(&context.extensions);
+        let exposed = request.name.to_string();
+        let client = caller.client.as_str();
+        let m = &self.core.metrics;
+        let Some((upstream, original)) = self.core.route(&exposed) else {
+            if let Some(up) = self.core.server_of(&exposed) {
+                if !up.spec().policy.allows(client) {
+                    m.denials.with_label_values(&[&up.name, &exposed, client]).inc();
+                    tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
+                    return Err(forbidden_error(client, &exposed));
+                }
+                let health = up.health();
+                if !health.state.serves_tools() {
+                    return Err(ErrorData::new(
+                        ErrorCode(CODE_UNAVAILABLE),
+                        format!("server {:?} is {:?}; its tools are unavailable", up.name, health.state),
+                        Some(json!({"server": up.name, "state": health.state, "last_error": health.last_error})),
+                    ));
+                }
+            }
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool {exposed:?}"),
+                None,
+            ));
+        };
+        let server = upstream.name.clone();
+        let spec = upstream.spec();
+        if !spec.policy.allows(client) {
+            m.denials.with_label_values(&[&server, &exposed, client]).inc();
+            tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
+            return Err(forbidden_error(client, &exposed));
+        }
+        if !rate_admitted(&context.extensions) {
+            if let Err(wait) = self.core.check_rate(&server, spec.policy.rate_limit_rpm, client) {
+                m.rate_limited.with_label_values(&[&server, &exposed, client]).inc();
+                tracing::warn!(client, tool = %exposed, "mcp call rate limited");
+                return Err(rate_limited_error(&server, wait));
+            }
+        }
+        let timeout = spec.policy.timeout;
+        let started = Instant::now();
+        let outcome = self
+            .forward(&upstream, &original, request, &context, timeout)
+            .await;
+        let label = match &outcome {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(e) if e.code.0 == CODE_TIMEOUT => "timeout",
+            Err(_) => "error",
+        };
+        m.calls.with_label_values(&[&server, &exposed, client, label]).inc();
+        m.latency
+            .with_label_values(&[&server, &exposed, client])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(client, tool = %exposed, outcome = label, ms = started.elapsed().as_millis() as u64, request_id = %caller.request_id, "mcp tool call");
+        outcome
+    }
+}
+
+impl HubService {
+    async fn forward(
+        &self,
+        upstream: &Arc<crate::upstream::Upstream>,
+        original: &str,
+        request: CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+        timeout: Duration,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let deadline = Instant::now() + timeout;
+        let timeout_error = || {
+            ErrorData::new(
+                ErrorCode(CODE_TIMEOUT),
+                format!(
+                    "tool call timed out after {:.1} s and was cancelled upstream",
+                    timeout.as_secs_f64()
+                ),
+                Some(json!({"server": upstream.name, "timeout_sec": timeout.as_secs_f64()})),
+            )
+        };
+        let _permit = tokio::select! {
+            p = tokio::time::timeout(timeout, upstream.permits.clone().acquire_owned()) => match p {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(unavailable(&upstream.name, "server stopped")),
+                Err(_) => return Err(timeout_error()),
+            },
+            _ = context.ct.cancelled() => return Err(ErrorData::new(ErrorCode(-32800), "request cancelled", None)),
+        };
+        let Some(peer) = upstream.peer() else {
+            return Err(unavailable(&upstream.name, "server not connected"));
+        };
+        let mut params = CallToolRequestParams::new(original.to_string());
+        params.arguments = request.arguments;
+        params.input_responses = request.input_responses;
+        params.request_state = request.request_state;
+        let call = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let handle = peer
+            .send_cancellable_request(call, PeerRequestOptions::with_timeout(remaining))
+            .await
+            .map_err(|e| unavailable(&upstream.name, &e.to_string()))?;
+        let upstream_id = handle.id.clone();
+        let upstream_token = handle.progress_token.clone();
+        let downstream_token = context.meta.get_progress_token();
+        if let Some(token) = downstream_token {
+            upstream.route_progress(upstream_token.clone(), (context.peer.clone(), token));
+        }
+        let result = tokio::select! {
+            r = handle.await_response() => r,
+            _ = context.ct.cancelled() => {
+                let _ = peer.notify_cancelled(CancelledNotificationParam::new(
+                    Some(upstream_id),
+                    Some("cancelled by the client".into()),
+                )).await;
+                Err(ServiceError::Cancelled { reason: Some("cancelled by the client".into()) })
+            }
+        };
+        upstream.forget_progress(&upstream_token);
+        match result {
+            Ok(ServerResult::CallToolResult(r)) => Ok(CallToolResponse::Complete(r)),
+            Ok(ServerResult::InputRequiredResult(r)) => Ok(CallToolResponse::InputRequired(r)),
+            Ok(ServerResult::CreateTaskResult(r)) => Ok(CallToolResponse::Task(r)),
+            Ok(_) => Err(ErrorData::internal_error(
+                "upstream answered tools/call with an unexpected result",
+                None,
+            )),
+            Err(ServiceError::Timeout { .. }) => Err(timeout_error()),
+            Err(ServiceError::McpError(e)) => Err(e),
+            Err(ServiceError::Cancelled { .. }) => Err(ErrorData::new(
+                ErrorCode(-32800),
+                "request cancelled",
+                None,
+            )),
+            Err(e) => Err(unavailable(&upstream.name, &e.to_string())),
+        }
+    }
+}
+
+fn unavailable(server: &str, why: &str) -> ErrorData {
+    ErrorData::new(
+        ErrorCode(CODE_UNAVAILABLE),
+        format!("server {server:?} is unavailable: {why}"),
+        Some(json!({"server": server})),
+    )
+}

@@ -1,0 +1,638 @@
+//! `registry.json` + `servers.txt` + the secrets file → the set of servers the hub runs.
+//!
+//! Loading is all-or-nothing: any error (bad JSON, unknown field, bad value, duplicate name)
+//! rejects the whole edit and the caller keeps the last good snapshot. A server whose required
+//! secrets are missing is not an error: it is loaded with status `missing_secrets` and not started.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The on-disk format of `registry.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    pub servers: ServerMap,
+}
+
+/// `servers` keeps file order and refuses duplicate names (JSON parsers would silently keep
+/// the last one, hiding a typo).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerMap(pub Vec<(String, ServerEntry)>);
+
+impl<'de> Deserialize<'de> for ServerMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = ServerMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object mapping server names to server entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ServerMap, A::Error> {
+                let mut out: Vec<(String, ServerEntry)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate server name {name:?}"
+                        )));
+                    }
+                    let entry = map.next_value::<ServerEntry>()?;
+                    out.push((name, entry));
+                }
+                Ok(ServerMap(out))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+impl Serialize for ServerMap {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// One server in `registry.json`: exactly one of `url`, `command` or `image`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Streamable HTTP endpoint of the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Extra HTTP headers for `url` servers; `${VAR}` is replaced from the environment/secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Program of a stdio server (a child process of the edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment of a stdio server; `${VAR}` is replaced from the environment/secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// A container image (served in a later release: accepted, reported `not_served`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Clients that may use this server; `["*"]` (the default) means every client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_clients: Option<Vec<String>>,
+    /// Clients that may not use this server; checked before `allow_clients`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_clients: Vec<String>,
+    /// Calls per minute per client to this server (no limit when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rpm: Option<u32>,
+    /// Per-call timeout in seconds (default from `[mcp] default_timeout_sec`, 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_sec: Option<f64>,
+    /// Variables the server needs: `{"NAME": {"required": true, "description": "..."}}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_schema: BTreeMap<String, EnvVarSpec>,
+    /// `false` keeps the entry but does not run it (state `disabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVarSpec {
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How the hub reaches a server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    Http {
+        url: String,
+        headers: BTreeMap<String, String>,
+    },
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+    },
+    Image {
+        image: String,
+    },
+}
+
+impl Transport {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transport::Http { .. } => "http",
+            Transport::Stdio { .. } => "stdio",
+            Transport::Image { .. } => "image",
+        }
+    }
+}
+
+/// Who may call a server, how often and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerPolicy {
+    pub allow_clients: Vec<String>,
+    pub deny_clients: Vec<String>,
+    pub rate_limit_rpm: Option<u32>,
+    pub timeout: Duration,
+}
+
+impl ServerPolicy {
+    /// `deny_clients` first, then `allow_clients` (`*` matches every client).
+    pub fn allows(&self, client: &str) -> bool {
+        let hit = |list: &[String]| list.iter().any(|c| c == "*" || c == client);
+        !hit(&self.deny_clients) && hit(&self.allow_clients)
+    }
+}
+
+/// Why a configured server is (not) run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpecStatus {
+    Enabled,
+    Disabled,
+    MissingSecrets(Vec<String>),
+    NotServed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub description: Option<String>,
+    pub transport: Transport,
+    pub policy: ServerPolicy,
+    pub scopes: Vec<String>,
+    pub status: SpecStatus,
+}
+
+/// A consistent view of the configured servers.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub servers: BTreeMap<String, ServerSpec>,
+    /// The registry as loaded (for `GET /api/mcp/registry`); `None` without registry.json.
+    pub file: Option<RegistryFile>,
+}
+
+/// Inputs to one load; kept separate from the file system so `PUT` can validate a body.
+pub struct Sources<'a> {
+    pub registry_json: Option<&'a str>,
+    pub servers_txt: Option<&'a str>,
+    /// Process environment merged with the secrets file (the file wins).
+    pub env: &'a HashMap<String, String>,
+    pub default_timeout: Duration,
+}
+
+/// Parses `registry.json` text; errors name the server and field (`servers.git.timeout_sec`).
+pub fn parse_registry(text: &str) -> Result<RegistryFile, String> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let file: RegistryFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            format!("registry.json: {inner}")
+        } else {
+            format!("registry.json: {path}: {inner}")
+        }
+    })?;
+    Ok(file)
+}
+
+pub fn load(src: &Sources) -> Result<Snapshot, String> {
+    let file = match src.registry_json {
+        Some(text) => Some(parse_registry(text)?),
+        None => None,
+    };
+    let lines = match src.servers_txt {
+        Some(text) => Some(parse_servers_txt(text)?),
+        None => None,
+    };
+    let mut entries: Vec<(String, ServerEntry, &'static str)> = Vec::new();
+    if let Some(file) = &file {
+        for (name, entry) in &file.servers.0 {
+            entries.push((name.clone(), entry.clone(), "registry.json"));
+        }
+    }
+    // servers.txt: a bare name enables a registry entry; a name with a URL or command defines
+    // a server with defaults (the migration rule for installs without registry.json).
+    let mut enabled_by_txt: Option<BTreeSet<String>> = None;
+    if let Some(lines) = &lines {
+        let mut enabled = BTreeSet::new();
+        for line in lines {
+            match &line.inline {
+                None => {
+                    if !entries.iter().any(|(n, _, _)| n == &line.name) {
+                        return Err(format!(
+                            "servers.txt line {}: unknown server {:?} (not in registry.json and no url or command given)",
+                            line.number, line.name
+                        ));
+                    }
+                }
+                Some(entry) => {
+                    if entries
+                        .iter()
+                        .any(|(n, _, _)| n.eq_ignore_ascii_case(&line.name))
+                    {
+                        return Err(format!(
+                            "servers.txt line {}: duplicate server name {:?}",
+                            line.number, line.name
+                        ));
+                    }
+                    entries.push((line.name.clone(), entry.clone(), "servers.txt"));
+                }
+            }
+            enabled.insert(line.name.clone());
+        }
+        if file.is_some() {
+            enabled_by_txt = Some(enabled);
+        }
+    }
+    let mut servers = BTreeMap::new();
+    for (name, entry, origin) in entries {
+        let mut spec = resolve(&name, &entry, src, origin)?;
+        let listed = enabled_by_txt.as_ref().is_none_or(|set| set.contains(&name));
+        if spec.status == SpecStatus::Enabled && (!listed || entry.enabled == Some(false)) {
+            spec.status = SpecStatus::Disabled;
+        }
+        servers.insert(name, spec);
+    }
+    Ok(Snapshot { servers, file })
+}
+
+fn server_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 48
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+        && !name.contains("__")
+        && !name.ends_with('_')
+}
+
+fn env_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Replaces `${VAR}` from `env`; unknown variables are collected into `missing`.
+fn expand(value: &str, env: &HashMap<String, String>, missing: &mut Vec<String>) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let var = &after[..end];
+                match env.get(var) {
+                    Some(v) => out.push_str(v),
+                    None => missing.push(var.to_string()),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn resolve(
+    name: &str,
+    e: &ServerEntry,
+    src: &Sources,
+    origin: &str,
+) -> Result<ServerSpec, String> {
+    let err = |field: &str, msg: &str| format!("{origin}: servers.{name}.{field}: {msg}");
+    if !server_name_ok(name) {
+        return Err(format!(
+            "{origin}: server name {name:?} is invalid: use 1-48 of [A-Za-z0-9_-], starting with a letter or digit, without \"__\" or a trailing \"_\" (\"__\" separates server and tool in tool names)"
+        ));
+    }
+    let kinds = [e.url.is_some(), e.command.is_some(), e.image.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(format!(
+            "{origin}: servers.{name}: exactly one of \"url\", \"command\" or \"image\" is required"
+        ));
+    }
+    if e.command.is_none() && (!e.args.is_empty() || !e.env.is_empty() || e.cwd.is_some()) {
+        return Err(err("args", "\"args\", \"env\" and \"cwd\" need \"command\""));
+    }
+    if e.url.is_none() && !e.headers.is_empty() {
+        return Err(err("headers", "\"headers\" need \"url\""));
+    }
+    if let Some(t) = e.timeout_sec {
+        if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
+            return Err(err("timeout_sec", "must be a number > 0 and <= 3600"));
+        }
+    }
+    if e.rate_limit_rpm == Some(0) {
+        return Err(err("rate_limit_rpm", "must be >= 1 (omit it for no limit)"));
+    }
+    let allow = e.allow_clients.clone().unwrap_or_else(|| vec!["*".into()]);
+    for (field, list) in [("allow_clients", &allow), ("deny_clients", &e.deny_clients)] {
+        if list.iter().any(|c| c.trim().is_empty()) {
+            return Err(err(field, "client names must not be empty"));
+        }
+    }
+    for var in e.env_schema.keys().chain(e.env.keys()) {
+        if !env_name_ok(var) {
+            return Err(err("env_schema", &format!("{var:?} is not a valid variable name")));
+        }
+    }
+    let mut missing: Vec<String> = e
+        .env_schema
+        .iter()
+        .filter(|(k, spec)| spec.required && !src.env.contains_key(*k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let transport = if let Some(url) = &e.url {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|x| err("url", &format!("not a URL: {x}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(err("url", "must be an http:// or https:// URL with a host"));
+        }
+        let headers = e
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), expand(v, src.env, &mut missing)))
+            .collect();
+        Transport::Http {
+            url: url.clone(),
+            headers,
+        }
+    } else if let Some(command) = &e.command {
+        if command.trim().is_empty() {
+            return Err(err("command", "must not be empty"));
+        }
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for var in e.env_schema.keys() {
+            if let Some(v) = src.env.get(var) {
+                env.insert(var.clone(), v.clone());
+            }
+        }
+        for (k, v) in &e.env {
+            env.insert(k.clone(), expand(v, src.env, &mut missing));
+        }
+        Transport::Stdio {
+            command: command.clone(),
+            args: e.args.clone(),
+            env,
+            cwd: e.cwd.clone(),
+        }
+    } else {
+        let image = e.image.clone().unwrap_or_default();
+        if image.trim().is_empty() {
+            return Err(err("image", "must not be empty"));
+        }
+        Transport::Image { image }
+    };
+    missing.sort();
+    missing.dedup();
+    let status = if matches!(transport, Transport::Image { .. }) {
+        SpecStatus::NotServed
+    } else if !missing.is_empty() {
+        SpecStatus::MissingSecrets(missing)
+    } else {
+        SpecStatus::Enabled
+    };
+    Ok(ServerSpec {
+        name: name.to_string(),
+        description: e.description.clone(),
+        transport,
+        policy: ServerPolicy {
+            allow_clients: allow,
+            deny_clients: e.deny_clients.clone(),
+            rate_limit_rpm: e.rate_limit_rpm,
+            timeout: e
+                .timeout_sec
+                .map(Duration::from_secs_f64)
+                .unwrap_or(src.default_timeout),
+        },
+        scopes: e.scopes.clone(),
+        status,
+    })
+}
+
+struct TxtLine {
+    number: usize,
+    name: String,
+    inline: Option<ServerEntry>,
+}
+
+/// `servers.txt`: one server per line, `#` comments. `name` enables a registry entry;
+/// `name https://host/mcp` or `name command arg...` defines one with default policy.
+fn parse_servers_txt(text: &str) -> Result<Vec<TxtLine>, String> {
+    let mut out: Vec<TxtLine> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let name = parts.next().unwrap_or_default().to_string();
+        if out.iter().any(|l| l.name.eq_ignore_ascii_case(&name)) {
+            return Err(format!(
+                "servers.txt line {}: duplicate server name {name:?}",
+                i + 1
+            ));
+        }
+        let rest: Vec<String> = parts.map(str::to_string).collect();
+        let inline = match rest.first() {
+            None => None,
+            Some(first) if first.starts_with("http://") || first.starts_with("https://") => {
+                if rest.len() > 1 {
+                    return Err(format!(
+                        "servers.txt line {}: a URL server takes no further words",
+                        i + 1
+                    ));
+                }
+                Some(ServerEntry {
+                    url: Some(first.clone()),
+                    ..Default::default()
+                })
+            }
+            Some(first) => Some(ServerEntry {
+                command: Some(first.clone()),
+                args: rest[1..].to_vec(),
+                ..Default::default()
+            }),
+        };
+        out.push(TxtLine {
+            number: i + 1,
+            name,
+            inline,
+        });
+    }
+    Ok(out)
+}
+
+/// `KEY=value` lines (optional `export `, quotes stripped, `#` comments).
+pub fn parse_env_file(text: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            out.insert(k.trim().to_string(), v.to_string());
+        }
+    }
+    out
+}
+
+/// Reads a file that may legitimately be absent.
+pub fn read_optional(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(json: Option<&str>, txt: Option<&str>, env: &[(&str, &str)]) -> Result<Snapshot, String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(&Sources {
+            registry_json: json,
+            servers_txt: txt,
+            env: &env,
+            default_timeout: Duration::from_secs(30),
+        })
+    }
+
+    #[test]
+    fn unknown_field_names_server_and_field() {
+        let e = load_str(
+            Some(r#"{"servers":{"git":{"command":"x","timeout":3}}}"#),
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("servers.git"), "{e}");
+        assert!(e.contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let e = load_str(
+            Some(r#"{"servers":{"git":{"command":"x"},"git":{"command":"y"}}}"#),
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("duplicate server name \"git\""), "{e}");
+    }
+
+    #[test]
+    fn missing_secret_is_a_status_not_an_error() {
+        let s = load_str(
+            Some(r#"{"servers":{"gh":{"url":"http://127.0.0.1:1/mcp","headers":{"Authorization":"Bearer ${GH_TOKEN}"},"env_schema":{"GH_TOKEN":{}}}}}"#),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.servers["gh"].status,
+            SpecStatus::MissingSecrets(vec!["GH_TOKEN".into()])
+        );
+        let s = load_str(
+            Some(r#"{"servers":{"gh":{"url":"http://127.0.0.1:1/mcp","headers":{"Authorization":"Bearer ${GH_TOKEN}"},"env_schema":{"GH_TOKEN":{}}}}}"#),
+            None,
+            &[("GH_TOKEN", "t")],
+        )
+        .unwrap();
+        assert_eq!(s.servers["gh"].status, SpecStatus::Enabled);
+        match &s.servers["gh"].transport {
+            Transport::Http { headers, .. } => assert_eq!(headers["Authorization"], "Bearer t"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn servers_txt_alone_gets_defaults_and_enables_registry_entries() {
+        let s = load_str(None, Some("# tools\ntime /bin/time-server --x\nweb http://127.0.0.1:9/mcp\n"), &[]).unwrap();
+        assert_eq!(s.servers.len(), 2);
+        assert!(s.servers["time"].policy.allows("anonymous"));
+        let s = load_str(
+            Some(r#"{"servers":{"a":{"command":"x"},"b":{"command":"y"},"img":{"image":"busybox"}}}"#),
+            Some("a\nimg\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.servers["a"].status, SpecStatus::Enabled);
+        assert_eq!(s.servers["b"].status, SpecStatus::Disabled);
+        assert_eq!(s.servers["img"].status, SpecStatus::NotServed);
+        let e = load_str(Some(r#"{"servers":{"a":{"command":"x"}}}"#), Some("zz\n"), &[]).unwrap_err();
+        assert!(e.contains("unknown server \"zz\""), "{e}");
+    }
+
+    #[test]
+    fn policy_deny_wins_over_allow() {
+        let s = load_str(
+            Some(r#"{"servers":{"a":{"command":"x","allow_clients":["*"],"deny_clients":["n8n"]},"b":{"command":"x","allow_clients":["cursor"]}}}"#),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert!(!s.servers["a"].policy.allows("n8n"));
+        assert!(s.servers["a"].policy.allows("cursor"));
+        assert!(s.servers["b"].policy.allows("cursor"));
+        assert!(!s.servers["b"].policy.allows("anonymous"));
+    }
+
+    #[test]
+    fn bad_names_and_values_are_refused() {
+        for (json, needle) in [
+            (r#"{"servers":{"a__b":{"command":"x"}}}"#, "server name"),
+            (r#"{"servers":{"a":{"command":"x","url":"http://h/"}}}"#, "exactly one of"),
+            (r#"{"servers":{"a":{"url":"ftp://h/"}}}"#, "servers.a.url"),
+            (r#"{"servers":{"a":{"command":"x","timeout_sec":0}}}"#, "servers.a.timeout_sec"),
+            (r#"{"servers":{"a":{"command":"x","rate_limit_rpm":"9"}}}"#, "servers.a.rate_limit_rpm"),
+            (r#"{"servers": [}"#, "registry.json"),
+        ] {
+            let e = load_str(Some(json), None, &[]).unwrap_err();
+            assert!(e.contains(needle), "{json}: {e}");
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! One supervised connection per configured server, shared by every client.
+//!
+//! A supervisor task connects (spawning the stdio child in its own process group, or opening a
+//! streamable HTTP client), probes on an interval with what the negotiated revision offers
+//! (`tools/list` on 2026-07-28, `ping` before), counts failures, drops and re-opens the
+//! connection with back-off, and publishes health plus the server's tool list.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use process_wrap::tokio::{CommandWrap, ProcessGroup};
+use rmcp::model::{
+    ClientCapabilities, ClientRequest, Implementation, InitializeRequestParams,
+    ListToolsRequest, PaginatedRequestParams, PingRequest, ProgressNotificationParam,
+    ProgressToken, ProtocolVersion, ServerResult, Tool,
+};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RoleClient, RoleServer,
+    RunningService,
+};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::ClientHandler;
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{ServerSpec, SpecStatus, Transport};
+
+/// Probe timings and thresholds shared by all supervisors.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub degraded_latency: Duration,
+    pub max_backoff: Duration,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Not yet connected since (re)configuration.
+    Starting,
+    Healthy,
+    /// Slow probes or some recent failures; tools stay listed.
+    Degraded,
+    /// `unhealthy_after` consecutive failures; tools are out of `tools/list`.
+    Unhealthy,
+    Disabled,
+    MissingSecrets,
+    NotServed,
+}
+
+impl HealthState {
+    pub fn serves_tools(self) -> bool {
+        matches!(self, HealthState::Healthy | HealthState::Degraded)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub state: HealthState,
+    pub last_error: Option<String>,
+    pub latency_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    pub last_probe_unix_ms: Option<u64>,
+    pub protocol_version: Option<String>,
+    pub restarts: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_secrets: Vec<String>,
+}
+
+/// Notifies the hub that some server's visible tools changed (health or `list_changed`).
+pub type ChangeSignal = Arc<dyn Fn() + Send + Sync>;
+
+/// Where to send an upstream progress notification: the downstream peer and its token.
+type ProgressRoute = (Peer<RoleServer>, ProgressToken);
+
+pub struct Upstream {
+    pub name: String,
+    spec: RwLock<Arc<ServerSpec>>,
+    health: RwLock<Health>,
+    tools: RwLock<Arc<Vec<Tool>>>,
+    peer: RwLock<Option<Peer<RoleClient>>>,
+    /// Bounds calls in flight to this server; never a process per client.
+    pub permits: Arc<Semaphore>,
+    cancel: CancellationToken,
+    /// Process group of the running stdio child (0 when none).
+    pgid: Arc<AtomicU32>,
+    restarts: AtomicU64,
+    progress: Arc<Mutex<HashMap<ProgressToken, ProgressRoute>>>,
+    refresh_tx: mpsc::UnboundedSender<()>,
+    settings: ProbeSettings,
+    on_change: ChangeSignal,
+}
+
+impl Upstream {
+    /// Creates the upstream and, when the spec is runnable, starts its supervisor.
+    pub fn start(spec: ServerSpec, settings: ProbeSettings, on_change: ChangeSignal) -> Arc<Self> {
+        let initial = match &spec.status {
+            SpecStatus::Enabled => HealthState::Starting,
+            SpecStatus::Disabled => HealthState::Disabled,
+            SpecStatus::MissingSecrets(_) => HealthState::MissingSecrets,
+            SpecStatus::NotServed => HealthState::NotServed,
+        };
+        let missing = match &spec.status {
+            SpecStatus::MissingSecrets(m) => m.clone(),
+            _ => Vec::new(),
+        };
+        let last_error = match &spec.status {
+            SpecStatus::MissingSecrets(m) => Some(format!(
+                "not started: missing secrets {} (set them in the environment or the secrets file)",
+                m.join(", ")
+            )),
+            SpecStatus::NotServed => Some(
+                "image servers are not served yet (containers come in a later release)".into(),
+            ),
+            _ => None,
+        };
+        let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
+        let up = Arc::new(Self {
+            name: spec.name.clone(),
+            permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+            spec: RwLock::new(Arc::new(spec)),
+            health: RwLock::new(Health {
+                state: initial,
+                last_error,
+                latency_ms: None,
+                consecutive_failures: 0,
+                last_probe_unix_ms: None,
+                protocol_version: None,
+                restarts: 0,
+                missing_secrets: missing,
+            }),
+            tools: RwLock::new(Arc::new(Vec::new())),
+            peer: RwLock::new(None),
+            cancel: CancellationToken::new(),
+            pgid: Arc::new(AtomicU32::new(0)),
+            restarts: AtomicU64::new(0),
+            progress: Arc::new(Mutex::new(HashMap::new())),
+            refresh_tx,
+            settings,
+            on_change,
+        });
+        if initial == HealthState::Starting {
+            tokio::spawn(supervise(Arc::downgrade(&up), up.cancel.clone(), refresh_rx));
+        }
+        up
+    }
+
+    pub fn spec(&self) -> Arc<ServerSpec> {
+        self.spec.read().expect("spec lock").clone()
+    }
+
+    /// Policy-only edits apply in place so sessions and the child process survive.
+    pub fn update_policy(&self, spec: ServerSpec) {
+        *self.spec.write().expect("spec lock") = Arc::new(spec);
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.read().expect("health lock").clone()
+    }
+
+    /// The server's tools while it is served, else none.
+    pub fn tools(&self) -> Arc<Vec<Tool>> {
+        if self.health().state.serves_tools() {
+            self.tools.read().expect("tools lock").clone()
+        } else {
+            Arc::new(Vec::new())
+        }
+    }
+
+    pub fn peer(&self) -> Option<Peer<RoleClient>> {
+        if !self.health().state.serves_tools() {
+            return None;
+        }
+        self.peer.read().expect("peer lock").clone()
+    }
+
+    /// Routes progress for an upstream token to a downstream peer until `forget_progress`.
+    pub fn route_progress(&self, upstream: ProgressToken, route: ProgressRoute) {
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .insert(upstream, route);
+    }
+
+    pub fn forget_progress(&self, upstream: &ProgressToken) {
+        self.progress.lock().expect("progress lock").remove(upstream);
+    }
+
+    /// Stops the supervisor and kills the child's whole process group.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+        kill_group(&self.pgid);
+        *self.peer.write().expect("peer lock") = None;
+    }
+
+    fn set_health(&self, f: impl FnOnce(&mut Health)) {
+        let (before, after) = {
+            let mut h = self.health.write().expect("health lock");
+            let before = h.state.serves_tools();
+            f(&mut h);
+            (before, h.state.serves_tools())
+        };
+        if before != after {
+            tracing::info!(server = %self.name, served = after, "mcp server tools {}", if after { "back in tools/list" } else { "taken out of tools/list" });
+            (self.on_change)();
+        }
+    }
+
+    fn record_success(&self, latency: Duration, protocol: Option<String>) {
+        let degraded = latency > self.settings.degraded_latency;
+        self.set_health(|h| {
+            h.consecutive_failures = 0;
+            h.latency_ms = Some(latency.as_millis() as u64);
+            h.last_probe_unix_ms = Some(now_ms());
+            h.state = if degraded {
+                HealthState::Degraded
+            } else {
+                HealthState::Healthy
+            };
+            if !degraded {
+                h.last_error = None;
+            }
+            if protocol.is_some() {
+                h.protocol_version = protocol;
+            }
+        });
+    }
+
+    fn record_failure(&self, error: String) {
+        let limit = self.settings.unhealthy_after;
+        tracing::warn!(server = %self.name, %error, "mcp server probe failed");
+        self.set_health(|h| {
+            h.consecutive_failures += 1;
+            h.last_probe_unix_ms = Some(now_ms());
+            h.last_error = Some(error);
+            h.state = if h.consecutive_failures >= limit {
+                HealthState::Unhealthy
+            } else if h.state == HealthState::Starting {
+                HealthState::Starting
+            } else {
+                HealthState::Degraded
+            };
+        });
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        kill_group(&self.pgid);
+    }
+}
+
+fn kill_group(pgid: &AtomicU32) {
+    let pg = pgid.swap(0, Ordering::SeqCst);
+    if pg > 1 {
+        // SAFETY: killpg only sends a signal; the group was created by us for this child.
+        unsafe {
+            libc::killpg(pg as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Receives the upstream's notifications.
+#[derive(Clone)]
+struct UpstreamClient {
+    server: String,
+    refresh_tx: mpsc::UnboundedSender<()>,
+    progress: Arc<Mutex<HashMap<ProgressToken, ProgressRoute>>>,
+}
+
+impl ClientHandler for UpstreamClient {
+    fn get_info(&self) -> InitializeRequestParams {
+        InitializeRequestParams::new(
+            ClientCapabilities::default(),
+            Implementation::new("aibox-edge", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        tracing::info!(server = %self.server, "upstream tools/list changed");
+        let _ = self.refresh_tx.send(());
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let route = self
+            .progress
+            .lock()
+            .expect("progress lock")
+            .get(&params.progress_token)
+            .cloned();
+        if let Some((peer, token)) = route {
+            let mut forwarded = params;
+            forwarded.progress_token = token;
+            let _ = peer.notify_progress(forwarded).await;
+        }
+    }
+}
+
+struct Connection {
+    service: RunningService<RoleClient, UpstreamClient>,
+    legacy: bool,
+    protocol: String,
+}
+
+async fn supervise(
+    weak: Weak<Upstream>,
+    cancel: CancellationToken,
+    mut refresh_rx: mpsc::UnboundedReceiver<()>,
+) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        let Some(up) = weak.upgrade() else { break };
+        let spec = up.spec();
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = probe(&up, &spec, &mut conn) => r,
+        };
+        match outcome {
+            Ok(protocol) => up.record_success(started.elapsed(), protocol),
+            Err(error) => {
+                if let Some(c) = conn.take() {
+                    *up.peer.write().expect("peer lock") = None;
+                    drop(c.service);
+                }
+                kill_group(&up.pgid);
+                up.record_failure(error);
+            }
+        }
+        let failures = up.health().consecutive_failures;
+        let settings = up.settings.clone();
+        drop(up);
+        let wait = if failures == 0 {
+            settings.interval
+        } else {
+            let factor = 1u32 << (failures - 1).min(10);
+            (settings.interval * factor).min(settings.max_backoff.max(settings.interval))
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+            Some(()) = refresh_rx.recv() => {
+                if let (Some(up), Some(c)) = (weak.upgrade(), conn.as_ref()) {
+                    match list_tools(c.service.peer(), settings.timeout).await {
+                        Ok(tools) => {
+                            *up.tools.write().expect("tools lock") = Arc::new(tools);
+                            (up.on_change)();
+                        }
+                        Err(e) => tracing::warn!(server = %up.name, error = %e, "refreshing tools failed"),
+                    }
+                }
+            }
+        }
+    }
+    if let Some(c) = conn.take() {
+        drop(c.service);
+    }
+}
+
+/// One probe: connect (and list tools) when not connected, else ping / tools/list.
+async fn probe(
+    up: &Arc<Upstream>,
+    spec: &ServerSpec,
+    conn: &mut Option<Connection>,
+) -> Result<Option<String>, String> {
+    let timeout = up.settings.timeout;
+    if let Some(c) = conn.as_ref() {
+        if c.service.is_closed() {
+            return Err(match &spec.transport {
+                Transport::Stdio { .. } => "stdio server exited".to_string(),
+                _ => "connection closed".to_string(),
+            });
+        }
+        let peer = c.service.peer();
+        if c.legacy {
+            let ping = ClientRequest::PingRequest(PingRequest {
+                method: Default::default(),
+                extensions: Default::default(),
+            });
+            match tokio::time::timeout(timeout, peer.send_request(ping)).await {
+                Ok(Ok(_)) => return Ok(None),
+                Ok(Err(e)) => return Err(format!("ping failed: {e}")),
+                Err(_) => return Err(format!("ping timed out after {timeout:?}")),
+            }
+        }
+        let tools = list_tools(peer, timeout).await?;
+        let changed = {
+            let mut cur = up.tools.write().expect("tools lock");
+            let changed = cur.as_slice() != tools.as_slice();
+            if changed {
+                *cur = Arc::new(tools);
+            }
+            changed
+        };
+        if changed {
+            (up.on_change)();
+        }
+        return Ok(None);
+    }
+    // Starting a Python server on a busy host can take seconds; connecting gets more time
+    // than a probe of a running server.
+    let connect_timeout = timeout.max(Duration::from_secs(20));
+    let c = match tokio::time::timeout(connect_timeout, connect(up, spec)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            kill_group(&up.pgid);
+            return Err(format!("connecting timed out after {connect_timeout:?}"));
+        }
+    };
+    let tools = list_tools(c.service.peer(), timeout).await?;
+    tracing::info!(server = %up.name, protocol = %c.protocol, tools = tools.len(), "mcp server connected");
+    *up.tools.write().expect("tools lock") = Arc::new(tools);
+    *up.peer.write().expect("peer lock") = Some(c.service.peer().clone());
+    let protocol = c.protocol.clone();
+    if up.restarts.fetch_add(1, Ordering::SeqCst) > 0 {
+        up.set_health(|h| h.restarts += 1);
+    }
+    *conn = Some(c);
+    (up.on_change)();
+    Ok(Some(protocol))
+}
+
+async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<Tool>, String> {
+    // Raw requests, not Peer::list_tools: the SDK's response cache could answer a probe
+    // from memory and hide a dead server.
+    let mut all = Vec::new();
+    let mut cursor = None;
+    for _ in 0..100 {
+        let request = ClientRequest::ListToolsRequest(ListToolsRequest {
+            method: Default::default(),
+            params: cursor.take().map(|c| {
+                let mut p = PaginatedRequestParams::default();
+                p.cursor = Some(c);
+                p
+            }),
+            extensions: Default::default(),
+        });
+        let result = match tokio::time::timeout(timeout, peer.send_request(request)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(format!("tools/list failed: {e}")),
+            Err(_) => return Err(format!("tools/list timed out after {timeout:?}")),
+        };
+        let ServerResult::ListToolsResult(page) = result else {
+            return Err("tools/list: unexpected response".into());
+        };
+        all.extend(page.tools);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    Ok(all)
+}
+
+async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, String> {
+    let handler = UpstreamClient {
+        server: up.name.clone(),
+        refresh_tx: up.refresh_tx.clone(),
+        progress: up.progress.clone(),
+    };
+    let lifecycle = ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::V_2025_11_25),
+    };
+    let service = match &spec.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+        } => {
+            let transport = spawn_child(up, command, args, env, cwd.as_deref())?;
+            handler
+                .serve_with_lifecycle(transport, lifecycle)
+                .await
+                .map_err(|e| format!("handshake failed: {e}"))?
+        }
+        Transport::Http { url, headers } => {
+            let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+            for (k, v) in headers {
+                let name = http::HeaderName::try_from(k.as_str())
+                    .map_err(|e| format!("header {k:?}: {e}"))?;
+                let value = http::HeaderValue::try_from(v.as_str())
+                    .map_err(|_| format!("header {k:?}: invalid value"))?;
+                config.custom_headers.insert(name, value);
+            }
+            let client = reqwest::Client::builder()
+                .connect_timeout(up.settings.timeout)
+                .build()
+                .map_err(|e| format!("http client: {e}"))?;
+            let transport = StreamableHttpClientTransport::with_client(client, config);
+            handler
+                .serve_with_lifecycle(transport, lifecycle)
+                .await
+                .map_err(|e| format!("connecting to {url} failed: {e}"))?
+        }
+        Transport::Image { .. } => return Err("image servers are not served yet".into()),
+    };
+    let info = service.peer().peer_info();
+    let protocol = info
+        .as_ref()
+        .map(|i| i.protocol_version.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let legacy = info
+        .as_ref()
+        .is_none_or(|i| i.protocol_version.as_str() < ProtocolVersion::V_2026_07_28.as_str());
+    Ok(Connection {
+        service,
+        legacy,
+        protocol,
+    })
+}
+
+/// Variables a stdio server gets besides its own: enough to find programs and a home,
+/// never the edge's secrets (admin token, client keys).
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+fn spawn_child(
+    up: &Arc<Upstream>,
+    command: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+) -> Result<TokioChildProcess, String> {
+    let mut cmd = tokio::process::Command::new(command);
+    cmd.args(args).env_clear();
+    for key in INHERITED_ENV {
+        if let Ok(v) = std::env::var(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.envs(env);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut wrapped = CommandWrap::from(cmd);
+    wrapped.wrap(ProcessGroup::leader());
+    let (transport, stderr) = TokioChildProcess::builder(wrapped)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {command:?} failed: {e}"))?;
+    if let Some(pid) = transport.id() {
+        // The leader's pid is the group id.
+        up.pgid.store(pid, Ordering::SeqCst);
+    }
+    if let Some(stderr) = stderr {
+        let server = up.name.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(server = %server, "stderr: {line}");
+            }
+        });
+    }
+    Ok(transport)
+}
+
