@@ -6,38 +6,36 @@
 //!   `0.0.0.0:3128`), prints `egress listening on <addr>`, and calls
 //!   `EgressProxy::new(config, &registry)?.serve(listener)`.
 //! - Metrics are registered into the edge's Prometheus registry so `/metrics` shows them.
-use std::sync::Arc;
+//!
+//! The policy judges the resolved address, never the host string, and the proxy connects only to
+//! an address it judged. See `docs/egress.md`.
 
-use serde::Deserialize;
+pub mod classify;
+mod config;
+pub mod host;
+mod io;
+mod local_addrs;
+mod policy;
+mod proxy;
+mod reason;
+pub mod request;
+mod resolve;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EgressConfig {
-    /// Listener address; `EGRESS_LISTEN` overrides it.
-    pub listen: Option<String>,
-}
+pub use config::{EgressConfig, EgressMode};
+pub use io::Framing;
+pub use local_addrs::interface_addresses;
+pub use policy::{parse_cidr, EgressPolicy};
+pub use proxy::{client_name, EgressProxy};
+pub use reason::DenyReason;
+pub use resolve::{DnsError, DnsResolver};
+
+/// Default listen address of the egress proxy (its own port, never the model port).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3128";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
     #[error("egress config: {0}")]
     Config(String),
-}
-
-pub struct EgressProxy {
-    _config: EgressConfig,
-}
-
-impl EgressProxy {
-    pub fn new(config: EgressConfig, _registry: &prometheus::Registry) -> Result<Self, EgressError> {
-        Ok(Self { _config: config })
-    }
-
-    /// Serve the forward proxy on `listener` until the process exits.
-    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
-        loop {
-            if let Ok((stream, _)) = listener.accept().await {
-                drop(stream);
-            }
-        }
-    }
+    #[error("egress metrics: {0}")]
+    Metrics(String),
 }
