@@ -1,0 +1,696 @@
+//! The HTTP API (reference: docs/controller.md). Every admin action is audited before it is
+//! answered; if the audit log cannot be written the action is refused.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, NewEvent};
+use crate::engine::{DockerError, Engine, ServiceAction};
+use crate::logstream::{LogDecoder, LogLine};
+
+const MAX_TAIL: u32 = 5000;
+const MAX_AUDIT_LIMIT: usize = 1000;
+
+pub struct AppState {
+    pub engine: Engine,
+    pub audit: Arc<AuditLog>,
+    pub token: String,
+}
+
+type Shared = Arc<AppState>;
+
+/// Who is calling, as the caller says (recorded, never used for authorization).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub actor: String,
+    pub user: Option<String>,
+    pub correlation_id: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<Map<String, Value>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.extra.unwrap_or_default();
+        body.insert(
+            "error".into(),
+            json!({"code": self.code, "message": self.message}),
+        );
+        (self.status, Json(Value::Object(body))).into_response()
+    }
+}
+
+impl From<DockerError> for ApiError {
+    fn from(e: DockerError) -> Self {
+        let (status, code) = match &e {
+            DockerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable"),
+            DockerError::UnknownService { .. } => (StatusCode::NOT_FOUND, "unknown_service"),
+            DockerError::NotAllowed(_) => (StatusCode::FORBIDDEN, "service_not_allowed"),
+            DockerError::Gone(_) => (StatusCode::NOT_FOUND, "unknown_service"),
+            DockerError::Api { .. } => (StatusCode::BAD_GATEWAY, "docker_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn audit_refused(e: AuditError) -> ApiError {
+    tracing::error!(error = %e, "audit log unavailable; refusing the action");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        format!("the action was refused because the audit log cannot be written: {e}"),
+    )
+}
+
+fn audit_lost(e: AuditError, what: &str) -> ApiError {
+    tracing::error!(error = %e, what, "audit event could not be written after the action ran");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "audit_write_failed",
+        format!("{what} was performed but its audit event could not be written: {e}; further actions are refused until the log is writable"),
+    )
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/services", get(list_services))
+        .route("/services/{name}/logs", get(service_logs))
+        .route("/services/{name}/{action}", post(service_action))
+        .route("/images/pull", post(pull_images))
+        .route("/audit", get(audit_query).post(audit_record))
+        .route("/audit/verify", get(audit_verify))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Request id, caller identity and the bearer token, for every route.
+async fn guard(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let correlation_id = header_str(headers, "x-request-id")
+        .filter(|s| s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let rid = HeaderValue::from_str(&correlation_id).expect("checked to be visible ASCII");
+    let result = (|| {
+        if req.uri().path() != "/health" {
+            let presented = header_str(req.headers(), "authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            let ok: bool = presented.as_bytes().ct_eq(state.token.as_bytes()).into();
+            if !ok {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong bearer token",
+                ));
+            }
+        }
+        let headers = req.headers();
+        let actor = header_str(headers, "x-actor").unwrap_or("api").to_string();
+        if !valid_name(&actor) {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "X-Actor must be 1-64 characters of [A-Za-z0-9_.-]",
+            ));
+        }
+        let user =
+            header_str(headers, "x-actor-user").map(|u| u.chars().take(256).collect::<String>());
+        Ok(Caller {
+            actor,
+            user,
+            correlation_id: correlation_id.clone(),
+        })
+    })();
+    let mut resp = match result {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert("x-request-id", rid);
+    resp
+}
+
+impl Caller {
+    fn event(
+        &self,
+        action: &str,
+        resource: &str,
+        result: &str,
+        mut metadata: Map<String, Value>,
+    ) -> NewEvent {
+        if let Some(user) = &self.user {
+            metadata
+                .entry("user")
+                .or_insert_with(|| Value::String(user.clone()));
+        }
+        NewEvent {
+            action: action.to_string(),
+            resource: resource.to_string(),
+            actor: self.actor.clone(),
+            result: result.to_string(),
+            correlation_id: self.correlation_id.clone(),
+            metadata,
+        }
+    }
+}
+
+/// Audit writes fsync; keep them off the async workers.
+async fn append(state: &Shared, event: NewEvent) -> Result<AuditEvent, AuditError> {
+    let audit = state.audit.clone();
+    tokio::task::spawn_blocking(move || audit.append(event))
+        .await
+        .unwrap_or_else(|e| {
+            Err(AuditError::Unavailable(format!(
+                "audit writer panicked: {e}"
+            )))
+        })
+}
+
+async fn ready(state: &Shared) -> Result<(), ApiError> {
+    let audit = state.audit.clone();
+    tokio::task::spawn_blocking(move || audit.ready())
+        .await
+        .unwrap_or_else(|e| Err(AuditError::Unavailable(e.to_string())))
+        .map_err(audit_refused)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"ok": true}))
+}
+
+async fn list_services(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let services = state.engine.services().await?;
+    Ok(Json(
+        json!({"project": state.engine.project(), "services": services}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Confirmation {
+    #[serde(default)]
+    confirm: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+const CONFIRM_HELP: &str =
+    "send {\"confirm\": true} to act or {\"dry_run\": true} to see what would happen";
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+}
+
+async fn service_action(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((name, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let action = ServiceAction::parse(&action).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_action",
+            format!("unknown action {action:?}; use start, stop or restart"),
+        )
+    })?;
+    let (containers, current_state) = state.engine.describe(&name).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
+    }
+    let confirmation: Confirmation = parse_json(&body)?;
+    if confirmation.dry_run {
+        return Ok(Json(json!({
+            "ok": true, "dry_run": true,
+            "would": format!("{} {name}", action.verb()),
+            "service": name, "action": action.verb(),
+            "containers": containers, "state": current_state,
+        })));
+    }
+    if !confirmation.confirm {
+        return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
+    }
+    ready(&state).await?;
+    let outcome = state.engine.act(&name, action).await;
+    let (result, metadata) = match &outcome {
+        Ok(o) => (
+            "ok",
+            json!({"containers": o.containers, "changed": o.changed}),
+        ),
+        Err(e) => (
+            "error",
+            json!({"containers": containers, "error": e.to_string()}),
+        ),
+    };
+    let Value::Object(metadata) = metadata else {
+        unreachable!()
+    };
+    append(&state, caller.event(action.verb(), &name, result, metadata))
+        .await
+        .map_err(|e| audit_lost(e, &format!("{} {name}", action.verb())))?;
+    let outcome = outcome?;
+    tracing::info!(service = %name, action = action.verb(), actor = %caller.actor, changed = outcome.changed, "service action");
+    Ok(Json(json!({
+        "ok": true, "service": name, "action": action.past(),
+        "changed": outcome.changed, "containers": outcome.containers,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    tail: Option<String>,
+    follow: Option<String>,
+    timestamps: Option<String>,
+}
+
+fn parse_bool(key: &str, v: Option<&str>) -> Result<bool, ApiError> {
+    match v {
+        None | Some("false") | Some("0") | Some("") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{key} must be true or false, not {other:?}"),
+        )),
+    }
+}
+
+fn ndjson(lines: &[LogLine]) -> Bytes {
+    let mut out = Vec::new();
+    for l in lines {
+        serde_json::to_writer(&mut out, l).expect("log lines serialize");
+        out.push(b'\n');
+    }
+    Bytes::from(out)
+}
+
+async fn service_logs(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let tail = match q.tail.as_deref() {
+        None => 100,
+        Some(t) => t
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_TAIL).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("tail must be a number from 1 to {MAX_TAIL}"),
+                )
+            })?,
+    };
+    let follow = parse_bool("follow", q.follow.as_deref())?;
+    let timestamps = parse_bool("timestamps", q.timestamps.as_deref())?;
+    state.engine.describe(&name).await?;
+    ready(&state).await?;
+    let source = state.engine.logs(&name, tail, follow, timestamps).await;
+    let mut metadata = Map::new();
+    metadata.insert("tail".into(), json!(tail));
+    metadata.insert("follow".into(), json!(follow));
+    let result = match &source {
+        Ok(s) => {
+            metadata.insert("container".into(), json!(s.container));
+            "ok"
+        }
+        Err(e) => {
+            metadata.insert("error".into(), json!(e.to_string()));
+            "error"
+        }
+    };
+    append(&state, caller.event("logs", &name, result, metadata))
+        .await
+        .map_err(audit_refused)?;
+    let source = source?;
+    let mut decoder = LogDecoder::new(source.tty, timestamps);
+    if !follow {
+        let mut lines = Vec::new();
+        let mut body = source.body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "docker_unavailable",
+                    e.to_string(),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                lines.extend(decoder.push(&data));
+            }
+        }
+        lines.extend(decoder.finish());
+        return Ok(Json(json!({
+            "service": name, "container": source.container, "tty": source.tty, "lines": lines,
+        }))
+        .into_response());
+    }
+    // The stream lives as long as the client reads it; when it goes, the Docker connection is dropped.
+    let stream = futures::stream::unfold(Some((source.body, decoder)), |st| async move {
+        let (mut body, mut decoder) = st?;
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let lines = decoder.push(&data);
+                    if !lines.is_empty() {
+                        return Some((Ok::<_, Infallible>(ndjson(&lines)), Some((body, decoder))));
+                    }
+                }
+                Some(Err(_)) | None => {
+                    let lines = decoder.finish();
+                    return Some((Ok(ndjson(&lines)), None));
+                }
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    services: Vec<String>,
+    #[serde(default)]
+    confirm: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+const PULL_NOTE: &str = "Pulling does not change running containers; services with \"drift\": true run an older image than the one now pulled and need a recreate (docker compose up -d <service>) to use it.";
+
+async fn pull_images(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: PullRequest = parse_json(&body)?;
+    if req.services.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "services must name at least one service",
+        ));
+    }
+    let mut services = req.services.clone();
+    services.dedup();
+    let images = state.engine.image_refs(&services).await?;
+    if req.dry_run {
+        let list: Vec<Value> = images
+            .iter()
+            .map(|(s, i)| json!({"service": s, "image": i}))
+            .collect();
+        return Ok(Json(json!({
+            "ok": true, "dry_run": true,
+            "would": format!("pull images for {}", services.join(", ")),
+            "images": list,
+        }))
+        .into_response());
+    }
+    if !req.confirm {
+        return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
+    }
+    ready(&state).await?;
+    let mut results = Vec::new();
+    for service in &services {
+        let outcome = state.engine.pull(service).await;
+        let (result, metadata) = match &outcome {
+            Ok(r) => (
+                if r.ok { "ok" } else { "error" },
+                json!({"image": r.image, "pulled_image_id": r.pulled_image_id,
+                       "container_image_id": r.container_image_id, "drift": r.drift, "error": r.error}),
+            ),
+            Err(e) => ("error", json!({"error": e.to_string()})),
+        };
+        let Value::Object(mut metadata) = metadata else {
+            unreachable!()
+        };
+        metadata.retain(|_, v| !v.is_null());
+        append(&state, caller.event("pull", service, result, metadata))
+            .await
+            .map_err(|e| audit_lost(e, &format!("pull {service}")))?;
+        results.push(outcome?);
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.service.as_str())
+        .collect();
+    if failed.is_empty() {
+        return Ok(
+            Json(json!({"ok": true, "note": PULL_NOTE, "results": results})).into_response(),
+        );
+    }
+    let message = results
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.service)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut err = ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "pull_failed",
+        format!("pull failed for {message}"),
+    );
+    let mut extra = Map::new();
+    extra.insert("ok".into(), json!(false));
+    extra.insert("note".into(), json!(PULL_NOTE));
+    extra.insert("results".into(), json!(results));
+    err.extra = Some(extra);
+    Err(err)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<String>,
+    since: Option<String>,
+    format: Option<String>,
+    action: Option<String>,
+    resource: Option<String>,
+    actor: Option<String>,
+}
+
+async fn audit_query(
+    State(state): State<Shared>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_AUDIT_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("limit must be a number from 1 to {MAX_AUDIT_LIMIT}"),
+                )
+            })?,
+    };
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| {
+            OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("since must be an RFC 3339 timestamp like 2026-01-02T03:04:05Z: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let jsonl = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("jsonl") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("format must be json or jsonl, not {other:?}"),
+            ))
+        }
+    };
+    let filter = AuditFilter {
+        since,
+        action: q.action,
+        resource: q.resource,
+        actor: q.actor,
+    };
+    let audit = state.audit.clone();
+    let events = tokio::task::spawn_blocking(move || audit.query(&filter, limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_read_failed",
+                e.to_string(),
+            )
+        })?;
+    if jsonl {
+        let mut out = String::new();
+        for (_, line) in &events {
+            out.push_str(line);
+            out.push('\n');
+        }
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response());
+    }
+    let list: Vec<&AuditEvent> = events.iter().map(|(e, _)| e).collect();
+    Ok(Json(json!({"events": list, "count": list.len()})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordRequest {
+    action: String,
+    resource: String,
+    actor: Option<String>,
+    result: Option<String>,
+    correlation_id: Option<String>,
+    metadata: Option<Map<String, Value>>,
+}
+
+async fn audit_record(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RecordRequest = parse_json(&body)?;
+    let action_ok = !req.action.is_empty()
+        && req.action.len() <= 64
+        && req
+            .action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !action_ok {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "action must be 1-64 characters of [a-z0-9_]",
+        ));
+    }
+    if req.resource.is_empty() || req.resource.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "resource must be 1-256 characters",
+        ));
+    }
+    let result = req.result.unwrap_or_else(|| "ok".into());
+    if result != "ok" && result != "error" {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "result must be \"ok\" or \"error\"",
+        ));
+    }
+    let mut caller = caller;
+    if let Some(actor) = req.actor {
+        if !valid_name(&actor) {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "actor must be 1-64 characters of [A-Za-z0-9_.-]",
+            ));
+        }
+        caller.actor = actor;
+    }
+    if let Some(cid) = req.correlation_id {
+        if cid.is_empty() || cid.len() > 128 {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "correlation_id must be 1-128 characters",
+            ));
+        }
+        caller.correlation_id = cid;
+    }
+    let event = caller.event(
+        &req.action,
+        &req.resource,
+        &result,
+        req.metadata.unwrap_or_default(),
+    );
+    let stored = append(&state, event).await.map_err(audit_refused)?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+async fn audit_verify(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let audit = state.audit.clone();
+    let report = tokio::task::spawn_blocking(move || audit.verify())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_read_failed",
+                e.to_string(),
+            )
+        })?;
+    Ok(Json(
+        serde_json::to_value(report).expect("report serializes"),
+    ))
+}

@@ -1,0 +1,140 @@
+//! Settings, from flags and the environment, validated once at start; errors name the key.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::audit::{derive_key, AuditConfig};
+
+pub const MIN_TOKEN_LEN: usize = 32;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CONTROLLER_LISTEN", default_value = "0.0.0.0:9000")]
+    pub listen: String,
+    /// Compose project whose containers may be managed.
+    #[arg(long, env = "COMPOSE_PROJECT_NAME")]
+    pub project: Option<String>,
+    /// Directory of audit.log and its rotated files.
+    #[arg(
+        long,
+        env = "CONTROLLER_AUDIT_DIR",
+        default_value = "data/ops-controller"
+    )]
+    pub audit_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key} is not set: {why}")]
+    Missing {
+        key: &'static str,
+        why: &'static str,
+    },
+    #[error("{key} is invalid: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+#[derive(Debug)]
+pub struct ControllerConfig {
+    pub listen: String,
+    pub project: String,
+    pub token: String,
+    pub allow: Option<BTreeSet<String>>,
+    pub audit: AuditConfig,
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_number(key: &'static str, default: u64, min: u64) -> Result<u64, ConfigError> {
+    match env(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or(ConfigError::Invalid {
+                key,
+                why: format!("{v:?} is not a whole number >= {min}"),
+            }),
+    }
+}
+
+fn token_from_env() -> Result<String, ConfigError> {
+    let token = std::env::var("OPS_CONTROLLER_TOKEN").unwrap_or_default();
+    if token.is_empty() {
+        return Err(ConfigError::Missing {
+            key: "OPS_CONTROLLER_TOKEN",
+            why: "the controller has no default token and will not start without one (e.g. `openssl rand -hex 32`)",
+        });
+    }
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(ConfigError::Invalid {
+            key: "OPS_CONTROLLER_TOKEN",
+            why: format!(
+                "it is {} characters; at least {MIN_TOKEN_LEN} are required (e.g. `openssl rand -hex 32`)",
+                token.chars().count()
+            ),
+        });
+    }
+    Ok(token)
+}
+
+/// `AUDIT_HMAC_KEY` if set, else a key derived from `OPS_CONTROLLER_TOKEN` (docs/audit/SCHEMA.md).
+pub fn audit_key_from_env() -> Result<Vec<u8>, ConfigError> {
+    if let Some(key) = env("AUDIT_HMAC_KEY") {
+        return Ok(key.into_bytes());
+    }
+    match std::env::var("OPS_CONTROLLER_TOKEN") {
+        Ok(t) if !t.is_empty() => Ok(derive_key(&t)),
+        _ => Err(ConfigError::Missing {
+            key: "AUDIT_HMAC_KEY",
+            why: "set AUDIT_HMAC_KEY (or OPS_CONTROLLER_TOKEN, from which the key is derived)",
+        }),
+    }
+}
+
+impl ControllerConfig {
+    pub fn load(args: ServeArgs) -> Result<ControllerConfig, ConfigError> {
+        let token = token_from_env()?;
+        let project =
+            args.project
+                .filter(|p| !p.trim().is_empty())
+                .ok_or(ConfigError::Missing {
+                key: "COMPOSE_PROJECT_NAME",
+                why: "the controller manages exactly one compose project; set it or pass --project",
+            })?;
+        let allow = env("CONTROLLER_SERVICES").map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect::<BTreeSet<_>>()
+        });
+        if allow.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Err(ConfigError::Invalid {
+                key: "CONTROLLER_SERVICES",
+                why: "it names no service; unset it to allow every service of the project".into(),
+            });
+        }
+        let max_bytes = env_number("AUDIT_MAX_BYTES", 10 * 1024 * 1024, 1024)?;
+        let keep = env_number("AUDIT_KEEP", 5, 1)? as usize;
+        let key = audit_key_from_env()?;
+        Ok(ControllerConfig {
+            listen: args.listen,
+            project,
+            token,
+            allow,
+            audit: AuditConfig {
+                dir: args.audit_dir,
+                key,
+                max_bytes,
+                keep,
+            },
+        })
+    }
+}
