@@ -1,1 +1,166 @@
-fn main() {}
+//! The aibox edge: one port for every client (models, tools, dashboard) and a second listener
+//! that is the browser worker's egress proxy. See docs/ARCHITECTURE.md.
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+
+mod api;
+mod audit;
+mod clients;
+mod config;
+mod gateway;
+mod metrics;
+mod providers;
+mod translate;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "edge",
+    about = "aibox edge: models, MCP tools, dashboard and egress on one port"
+)]
+struct Args {
+    /// TOML config file (optional; the edge runs with none).
+    #[arg(long, env = "EDGE_CONFIG")]
+    config: Option<String>,
+    #[arg(long, value_enum, default_value = "json", env = "LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+fn main() {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    if let Err(e) = run(args) {
+        eprintln!("edge: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// Pingora binds by address string; for port 0, take a free port first so it can be announced.
+fn concrete_addr(listen: &str) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = listen.parse().context("EDGE_LISTEN")?;
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = StdListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(probe.local_addr()?)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = config::EdgeConfig::load(args.config.as_deref(), &config::ProcessEnv)?;
+    // Background work (probes, MCP sessions, the egress proxy) lives on its own small runtime;
+    // Pingora runs the request path on its own threads.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("edge-bg")
+        .enable_all()
+        .build()?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let providers = Arc::new(providers::ProviderSet::new(&config, metrics.clone()));
+    let audit: Option<Arc<dyn aibox_mcp::AuditSink>> = config
+        .controller
+        .clone()
+        .map(|(url, token)| Arc::new(audit::ControllerAudit::new(url, token)) as _);
+
+    let hub = background
+        .block_on(aibox_mcp::McpHub::start(
+            config.mcp.clone(),
+            &metrics.registry,
+            audit.clone(),
+        ))
+        .context("starting the MCP hub")?;
+
+    let egress_proxy = Arc::new(
+        egress::EgressProxy::new(config.egress.clone(), &metrics.registry).context("egress")?,
+    );
+    let egress_listener = background
+        .block_on(tokio::net::TcpListener::bind(&config.egress_listen))
+        .with_context(|| format!("binding the egress listener {}", config.egress_listen))?;
+    eprintln!("egress listening on {}", egress_listener.local_addr()?);
+    background.spawn(egress_proxy.serve(egress_listener));
+    background.spawn(providers.clone().run_probes());
+
+    let listen = concrete_addr(&config.listen)?;
+    let clients = clients::ClientDirectory::new(&config);
+    let state = Arc::new(api::EdgeState {
+        config,
+        providers,
+        metrics,
+        clients,
+        audit,
+    });
+    let router = api::router(state.clone(), hub.router());
+
+    let conf = ServerConf {
+        threads: 2,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway::EdgeGateway::new(state, router),
+        "aibox edge",
+    );
+    service.add_tcp(&listen.to_string());
+    server.add_service(service);
+
+    background.spawn(async move {
+        // Announce only once the socket accepts, so "listening on" is never a lie.
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                eprintln!("api listening on {listen}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!("edge: the listener on {listen} never came up");
+        std::process::exit(1);
+    });
+    background.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("shutting down");
+        // Child MCP servers go with us; then exit without waiting on open streams.
+        let _ = tokio::time::timeout(Duration::from_secs(3), hub.shutdown()).await;
+        std::process::exit(0);
+    });
+    // Keep the background runtime alive for the life of the process.
+    std::mem::forget(background);
+    server.run_forever()
+}

@@ -1,0 +1,106 @@
+//! The edge's own HTTP API, as one axum Router that the Pingora gateway calls in-process:
+//! the OpenAI surface (`/v1`), the Ollama surface (`/api/...`), MCP (`/mcp`, `/api/mcp`), and
+//! operations (`/health`, `/ready`, `/metrics`, `/api/edge/stats`).
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http::StatusCode;
+
+use crate::clients::{ClientDirectory, ClientIdentity};
+use crate::config::EdgeConfig;
+use crate::metrics::Metrics;
+use crate::providers::ProviderSet;
+
+pub mod ollama;
+pub mod openai;
+pub mod ops;
+pub mod stream;
+
+/// Shared by every request; built once at start-up.
+pub struct EdgeState {
+    pub config: EdgeConfig,
+    pub providers: Arc<ProviderSet>,
+    pub metrics: Arc<Metrics>,
+    pub clients: ClientDirectory,
+    pub audit: Option<Arc<dyn aibox_mcp::AuditSink>>,
+}
+
+/// What the handlers learn about a request, for its log line, metrics and `Server-Timing`.
+#[derive(Debug, Default, Clone)]
+pub struct RequestMeta {
+    pub surface: &'static str,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub upstream_time: Option<Duration>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Set when the request failed, with a short kind (`upstream_unreachable`, ...).
+    pub error: Option<&'static str>,
+}
+
+/// The per-request extension the gateway inserts before calling the router.
+#[derive(Clone)]
+pub struct RequestContext {
+    pub id: String,
+    pub client: ClientIdentity,
+    pub started: Instant,
+    pub meta: Arc<Mutex<RequestMeta>>,
+}
+
+impl RequestContext {
+    pub fn update(&self, f: impl FnOnce(&mut RequestMeta)) {
+        f(&mut self.meta.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
+    let api = Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/edge/stats", get(ops::stats))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{*id}", get(openai::get_model))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .merge(ollama::routes())
+        .fallback(fallback)
+        .with_state(state);
+    api.merge(mcp)
+}
+
+async fn fallback(method: http::Method, uri: http::Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/v1/") {
+        openai::OpenAiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Unknown request URL: {method} {path}"),
+        )
+        .code("unknown_url")
+        .into_response()
+    } else {
+        ollama::OllamaError::new(StatusCode::NOT_FOUND, "404 page not found").into_response()
+    }
+}
+
+/// `413` in the shape of the surface the path belongs to.
+pub fn too_large(path: &str, limit: usize) -> Response {
+    let msg = format!("Request body is larger than the limit of {limit} bytes");
+    if path.starts_with("/v1/") {
+        openai::OpenAiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
+            .code("request_too_large")
+            .into_response()
+    } else if path.starts_with("/mcp") {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": null,
+                "error": {"code": -32600, "message": msg}})),
+        )
+            .into_response()
+    } else {
+        ollama::OllamaError::new(StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
+    }
+}

@@ -1,0 +1,632 @@
+//! The OpenAI surface: `/v1/models`, `/v1/chat/completions`, `/v1/embeddings`.
+//!
+//! Request path: parse the body → route by model name → Ollama (translated) or an
+//! OpenAI-compatible server (passed through, only `model` rewritten) → stream back.
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+use super::stream::{sse, LineBuffer, Read, TimedBody};
+use super::{EdgeState, RequestContext};
+use crate::config::ProviderKind;
+use crate::providers::{InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse};
+use crate::translate::{self, ChatIds, ChatStreamTranslator};
+
+/// `{"error": {"message", "type", "param", "code"}}` with its HTTP status.
+#[derive(Debug)]
+pub struct OpenAiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl OpenAiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 | 400 | 413 | 422 => "invalid_request_error",
+            429 => "rate_limit_error",
+            502..=504 => "upstream_error",
+            _ => "api_error",
+        };
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+    pub fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+    /// Short kind for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        self.code.unwrap_or(self.kind)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind,
+                                    "param": self.param, "code": self.code}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<translate::TranslateError> for OpenAiError {
+    fn from(e: translate::TranslateError) -> Self {
+        let mut err = OpenAiError::new(StatusCode::BAD_REQUEST, e.message);
+        err.param = e.param;
+        err
+    }
+}
+
+impl From<RouteError> for OpenAiError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NotFound(_) => OpenAiError::new(StatusCode::NOT_FOUND, e.to_string())
+                .code("model_not_found")
+                .param("model"),
+            RouteError::Ambiguous(..) => OpenAiError::new(StatusCode::BAD_REQUEST, e.to_string())
+                .code("model_ambiguous")
+                .param("model"),
+        }
+    }
+}
+
+impl From<UpstreamError> for OpenAiError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Unreachable(..) => {
+                OpenAiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+                    .code("upstream_unreachable")
+            }
+            UpstreamError::Timeout(..) => {
+                OpenAiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+                    .code("upstream_timeout")
+            }
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, OpenAiError>;
+
+fn fail(ctx: &RequestContext, e: OpenAiError) -> Response {
+    let kind = e.kind();
+    ctx.update(|m| m.error = Some(kind));
+    e.into_response()
+}
+
+fn parse_body(body: &Bytes) -> Result<Value> {
+    if body.is_empty() {
+        return Err(OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "The request body is empty; send a JSON object",
+        ));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("The request body is not valid JSON: {e}"),
+        )
+        .code("invalid_json")
+    })?;
+    if !v.is_object() {
+        return Err(OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "The request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+fn requested_model(body: &Value) -> Result<String> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        None | Some(Value::Null) => Err(OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'model'",
+        )
+        .param("model")),
+        _ => Err(OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "'model' must be a non-empty string",
+        )
+        .param("model")),
+    }
+}
+
+fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
+    let route = state.providers.route(model)?;
+    ctx.update(|m| {
+        m.provider = Some(route.provider.name.clone());
+        m.model = Some(model.to_owned());
+    });
+    Ok(route)
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+pub async fn list_models(State(state): State<Arc<EdgeState>>) -> Response {
+    // A provider never listed yet is asked now, for at most 2 s; a slow one never delays more.
+    if state
+        .providers
+        .providers
+        .iter()
+        .any(|p| p.models().is_none())
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.providers.refresh(false)).await;
+    }
+    let mut data = Vec::new();
+    for p in &state.providers.providers {
+        for m in p.models().unwrap_or_default() {
+            let created = m.raw.get("created").and_then(Value::as_i64).unwrap_or(0);
+            data.push(
+                json!({"id": format!("{}/{}", p.name, m.id), "object": "model",
+                             "created": created, "owned_by": p.name}),
+            );
+        }
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn get_model(State(state): State<Arc<EdgeState>>, Path(id): Path<String>) -> Response {
+    match state.providers.route(&id) {
+        Ok(r) if r.provider.find_model(&r.model).is_some() => Json(json!({
+            "id": format!("{}/{}", r.provider.name, r.model), "object": "model",
+            "created": 0, "owned_by": r.provider.name}))
+        .into_response(),
+        _ => OpenAiError::from(RouteError::NotFound(id)).into_response(),
+    }
+}
+
+pub async fn chat_completions(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+    body: Bytes,
+) -> Response {
+    ctx.update(|m| m.surface = "openai");
+    match chat(&state, &ctx, &body).await {
+        Ok(r) => r,
+        Err(e) => fail(&ctx, e),
+    }
+}
+
+async fn chat(state: &EdgeState, ctx: &RequestContext, raw: &Bytes) -> Result<Response> {
+    let body = parse_body(raw)?;
+    let model = requested_model(&body)?;
+    if body.get("messages").is_none() {
+        return Err(OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'messages'",
+        )
+        .param("messages"));
+    }
+    let route = route(state, ctx, &model)?;
+    match route.provider.kind {
+        ProviderKind::Ollama => ollama_chat(state, ctx, &body, &route, model).await,
+        ProviderKind::Openai => passthrough(state, ctx, body, &route, "/chat/completions").await,
+    }
+}
+
+async fn ollama_chat(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    body: &Value,
+    route: &ProviderRoute,
+    model: String,
+) -> Result<Response> {
+    let upstream_body = translate::chat_to_ollama(body, &route.model)?;
+    let stream = upstream_body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let ids = ChatIds {
+        id: format!("chatcmpl-{}", ctx.id.replace('-', "")),
+        created: unix_now(),
+        model,
+    };
+    let up = send(state, ctx, route, "/api/chat", &upstream_body).await?;
+    if !up.response.status().is_success() {
+        return Err(ollama_status_error(up.response).await);
+    }
+    if !stream {
+        let v = read_json(state, up).await?;
+        let out = translate::chat_response_to_openai(&v, &ids);
+        let (tin, tout) = translate::ollama_usage(&v);
+        ctx.update(|m| {
+            m.tokens_in = tin;
+            m.tokens_out = tout;
+        });
+        return Ok(Json(out).into_response());
+    }
+    let translator = ChatStreamTranslator::new(ids, include_usage);
+    let timed = TimedBody::new(
+        up.response,
+        state.config.timeouts.idle(),
+        state.config.timeouts.total(),
+        ctx.started,
+    );
+    let body = Body::from_stream(futures::stream::unfold(
+        SseFromNdjson {
+            timed,
+            lines: LineBuffer::default(),
+            translator,
+            pending: VecDeque::new(),
+            done: false,
+            ctx: ctx.clone(),
+            _in_flight: up.in_flight,
+        },
+        SseFromNdjson::step,
+    ));
+    Ok(event_stream(body))
+}
+
+fn event_stream(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Ollama NDJSON in, OpenAI SSE out, one upstream chunk at a time.
+struct SseFromNdjson {
+    timed: TimedBody,
+    lines: LineBuffer,
+    translator: ChatStreamTranslator,
+    pending: VecDeque<Bytes>,
+    done: bool,
+    ctx: RequestContext,
+    _in_flight: InFlight,
+}
+
+impl SseFromNdjson {
+    async fn step(
+        mut self,
+    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Some((Ok(b), self));
+            }
+            if self.done {
+                return None;
+            }
+            match self.timed.next().await {
+                Read::Chunk(chunk) => {
+                    for line in self.lines.push(&chunk) {
+                        self.translate_line(&line);
+                    }
+                }
+                Read::End => {
+                    if let Some(line) = self.lines.finish() {
+                        self.translate_line(&line);
+                    }
+                    if !self.translator.finished {
+                        self.fail("upstream closed the stream before it was done");
+                    }
+                    self.finish();
+                }
+                Read::Failed(msg) => {
+                    self.fail(&msg);
+                    self.finish();
+                }
+            }
+        }
+    }
+
+    fn translate_line(&mut self, line: &[u8]) {
+        if self.done || self.translator.finished {
+            return;
+        }
+        match serde_json::from_slice::<Value>(line) {
+            Ok(v) => {
+                let failed = v.get("error").is_some();
+                for payload in self.translator.on_line(&v) {
+                    self.pending.push_back(sse(&payload));
+                }
+                if failed {
+                    self.ctx.update(|m| m.error = Some("upstream_error"));
+                }
+            }
+            Err(_) => self.fail("upstream sent a line that is not JSON"),
+        }
+    }
+
+    fn fail(&mut self, msg: &str) {
+        if !self.translator.finished {
+            self.pending.push_back(sse(&translate::stream_error(msg)));
+            self.translator.finished = true;
+            self.ctx
+                .update(|m| m.error = Some("upstream_stream_failed"));
+        }
+    }
+
+    fn finish(&mut self) {
+        let failed = self
+            .ctx
+            .meta
+            .lock()
+            .map(|m| m.error.is_some())
+            .unwrap_or(true);
+        if !failed {
+            self.pending
+                .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
+        let (tin, tout) = self.translator.usage;
+        self.ctx.update(|m| {
+            m.tokens_in = tin;
+            m.tokens_out = tout;
+        });
+        self.done = true;
+    }
+}
+
+pub async fn embeddings(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+    body: Bytes,
+) -> Response {
+    ctx.update(|m| m.surface = "openai");
+    let result = async {
+        let body = parse_body(&body)?;
+        let model = requested_model(&body)?;
+        let route = route(&state, &ctx, &model)?;
+        match route.provider.kind {
+            ProviderKind::Openai => passthrough(&state, &ctx, body, &route, "/embeddings").await,
+            ProviderKind::Ollama => {
+                let up_body = translate::embeddings_to_ollama(&body, &route.model)?;
+                let up = send(&state, &ctx, &route, "/api/embed", &up_body).await?;
+                if !up.response.status().is_success() {
+                    return Err(ollama_status_error(up.response).await);
+                }
+                let v = read_json(&state, up).await?;
+                let tin = v
+                    .get("prompt_eval_count")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                ctx.update(|m| m.tokens_in = tin);
+                Ok(Json(translate::embeddings_response_to_openai(&v, &model)).into_response())
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| fail(&ctx, e))
+}
+
+/// Send a JSON body to `path` on the route's provider (with failover), recording upstream time.
+pub async fn send(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    route: &ProviderRoute,
+    path: &str,
+    body: &Value,
+) -> std::result::Result<UpstreamResponse, UpstreamError> {
+    let encoded = Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"));
+    let http = &state.providers.http;
+    let up = state
+        .providers
+        .send(route, |ep| {
+            http.post(format!("{}{path}", ep.url))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("x-request-id", &ctx.id)
+                .body(encoded.clone())
+        })
+        .await?;
+    let t = up.upstream_time;
+    ctx.update(|m| m.upstream_time = Some(t));
+    Ok(up)
+}
+
+/// The whole upstream body as JSON, bounded by the idle and total timeouts.
+pub async fn read_json(state: &EdgeState, up: UpstreamResponse) -> Result<Value> {
+    let bytes = read_all(state, up.response, up.upstream_time).await?;
+    serde_json::from_slice(&bytes).map_err(|_| {
+        OpenAiError::new(
+            StatusCode::BAD_GATEWAY,
+            "The upstream answered with a body that is not JSON",
+        )
+        .code("upstream_bad_response")
+    })
+}
+
+async fn read_all(state: &EdgeState, response: reqwest::Response, _t: Duration) -> Result<Bytes> {
+    let mut timed = TimedBody::new(
+        response,
+        state.config.timeouts.idle(),
+        state.config.timeouts.total(),
+        Instant::now(),
+    );
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match timed.next().await {
+            Read::Chunk(c) => buf.extend_from_slice(&c),
+            Read::End => return Ok(buf.freeze()),
+            Read::Failed(msg) => {
+                return Err(
+                    OpenAiError::new(StatusCode::BAD_GATEWAY, msg).code("upstream_stream_failed")
+                )
+            }
+        }
+    }
+}
+
+/// An Ollama error status (`{"error": "..."}`) in OpenAI's shape, status kept.
+async fn ollama_status_error(response: reqwest::Response) -> OpenAiError {
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| format!("upstream answered HTTP {}", status.as_u16()));
+    match status {
+        StatusCode::NOT_FOUND => OpenAiError::new(status, message)
+            .code("model_not_found")
+            .param("model"),
+        s if s.is_client_error() => OpenAiError::new(s, message),
+        s => OpenAiError::new(s, message).code("upstream_error"),
+    }
+}
+
+/// OpenAI-compatible upstream: same body with `model` rewritten, response streamed byte for byte.
+async fn passthrough(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    mut body: Value,
+    route: &ProviderRoute,
+    path: &str,
+) -> Result<Response> {
+    body["model"] = json!(route.model);
+    let up = send(state, ctx, route, path, &body).await?;
+    let status =
+        StatusCode::from_u16(up.response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = up.response.headers().get(header::CONTENT_TYPE).cloned();
+    let is_stream = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !status.is_success() {
+        let bytes = read_all(state, up.response, up.upstream_time).await?;
+        ctx.update(|m| m.error = Some("upstream_status"));
+        let shaped = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .filter(|v| v.get("error").is_some_and(Value::is_object));
+        return Ok(match shaped {
+            Some(_) => {
+                (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+            }
+            None => OpenAiError::new(
+                status,
+                format!(
+                    "upstream answered HTTP {}: {}",
+                    status.as_u16(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ),
+            )
+            .code("upstream_error")
+            .into_response(),
+        });
+    }
+    if !is_stream {
+        let bytes = read_all(state, up.response, up.upstream_time).await?;
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            record_openai_usage(ctx, &v);
+        }
+        let mut resp = Response::new(Body::from(bytes));
+        *resp.status_mut() = status;
+        if let Some(ct) = content_type {
+            resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Ok(resp);
+    }
+    let timed = TimedBody::new(
+        up.response,
+        state.config.timeouts.idle(),
+        state.config.timeouts.total(),
+        ctx.started,
+    );
+    let state = SsePassthrough {
+        timed,
+        ctx: ctx.clone(),
+        done: false,
+        _in_flight: up.in_flight,
+        tail: Vec::new(),
+    };
+    Ok(event_stream(Body::from_stream(futures::stream::unfold(
+        state,
+        SsePassthrough::step,
+    ))))
+}
+
+fn record_openai_usage(ctx: &RequestContext, v: &Value) {
+    if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+        let tin = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+        let tout = u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        ctx.update(|m| {
+            m.tokens_in = tin;
+            m.tokens_out = tout;
+        });
+    }
+}
+
+/// Bytes go out exactly as they came in; usage is read on the side when a chunk carries it.
+struct SsePassthrough {
+    timed: TimedBody,
+    ctx: RequestContext,
+    done: bool,
+    _in_flight: InFlight,
+    /// The last partial line, kept only to find a `usage` object split across chunks.
+    tail: Vec<u8>,
+}
+
+impl SsePassthrough {
+    async fn step(
+        mut self,
+    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
+        if self.done {
+            return None;
+        }
+        match self.timed.next().await {
+            Read::Chunk(chunk) => {
+                self.scan_usage(&chunk);
+                Some((Ok(chunk), self))
+            }
+            Read::End => None,
+            Read::Failed(msg) => {
+                self.done = true;
+                self.ctx
+                    .update(|m| m.error = Some("upstream_stream_failed"));
+                Some((Ok(sse(&translate::stream_error(&msg))), self))
+            }
+        }
+    }
+
+    fn scan_usage(&mut self, chunk: &[u8]) {
+        let needle = b"\"usage\"";
+        let has = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+        if !has(chunk) && self.tail.is_empty() {
+            return;
+        }
+        self.tail.extend_from_slice(chunk);
+        while let Some(pos) = self.tail.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.tail.drain(..=pos).collect();
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                if has(data) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                        record_openai_usage(&self.ctx, &v);
+                    }
+                }
+            }
+        }
+        if !has(&self.tail) {
+            self.tail.clear();
+        }
+    }
+}

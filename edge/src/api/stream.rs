@@ -1,0 +1,109 @@
+//! Reading an upstream body chunk by chunk, bounded by the idle and total timeouts, and
+//! splitting NDJSON into lines without ever holding more than one partial line.
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// What the next read from upstream gave.
+pub enum Read {
+    Chunk(Bytes),
+    End,
+    Failed(String),
+}
+
+pub struct TimedBody {
+    body: UpstreamBody,
+    idle: Duration,
+    deadline: Instant,
+}
+
+impl TimedBody {
+    pub fn new(
+        response: reqwest::Response,
+        idle: Duration,
+        total: Duration,
+        started: Instant,
+    ) -> Self {
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            idle,
+            deadline: started + total,
+        }
+    }
+
+    pub async fn next(&mut self) -> Read {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let wait = self.idle.min(left);
+        match tokio::time::timeout(wait, self.body.next()).await {
+            Ok(Some(Ok(b))) => Read::Chunk(b),
+            Ok(None) => Read::End,
+            Ok(Some(Err(e))) => Read::Failed(format!(
+                "upstream connection failed mid-stream: {}",
+                crate::providers::describe_reqwest_error(&e)
+            )),
+            Err(_) if wait == left => {
+                Read::Failed("upstream exceeded the total request timeout".into())
+            }
+            Err(_) => Read::Failed(format!("upstream stalled for {:?} mid-stream", self.idle)),
+        }
+    }
+}
+
+/// Accumulates bytes and yields complete `\n`-terminated lines.
+#[derive(Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        let mut rest = chunk;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..pos]);
+            if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                lines.push(line);
+            }
+            rest = &rest[pos + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        lines
+    }
+
+    /// The last line when the stream ended without a newline.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let line = std::mem::take(&mut self.partial);
+        line.iter()
+            .any(|b| !b.is_ascii_whitespace())
+            .then_some(line)
+    }
+}
+
+pub fn sse(payload: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("data: {payload}\n\n"))
+}
+
+pub fn ndjson(payload: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("{payload}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_chunks() {
+        let mut b = LineBuffer::default();
+        assert!(b.push(b"{\"a\":").is_empty());
+        assert_eq!(b.push(b"1}\n{\"b\"").len(), 1);
+        assert_eq!(b.push(b":2}\n\n").len(), 1);
+        assert!(b.finish().is_none());
+        b.push(b"{\"c\":3}");
+        assert_eq!(b.finish().unwrap(), b"{\"c\":3}");
+    }
+}

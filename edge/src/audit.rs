@@ -1,0 +1,51 @@
+//! Admin actions taken at the edge (model pull/delete, MCP registry edits) are recorded in the
+//! controller's audit log through its `POST /audit`. Fail closed: no record, no action.
+use std::time::Duration;
+
+use aibox_mcp::{AuditRecord, AuditSink};
+
+pub struct ControllerAudit {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ControllerAudit {
+    pub fn new(url: String, token: String) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("reqwest client builds with static settings");
+        Self { url, token, http }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for ControllerAudit {
+    async fn record(&self, record: AuditRecord) -> Result<(), String> {
+        let resp = self
+            .http
+            .post(format!("{}/audit", self.url))
+            .bearer_auth(&self.token)
+            .header("x-actor", "edge")
+            .header("x-request-id", &record.correlation_id)
+            .json(&record)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "controller unreachable: {}",
+                    crate::providers::describe_reqwest_error(&e)
+                )
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "controller refused the audit event: HTTP {}",
+                resp.status().as_u16()
+            ))
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The Pingora request path. Every request on the edge's port goes through here:
+//!
+//! ```text
+//! request_filter ──┬─ edge path (/v1, /api, /mcp, /health, /ready, /metrics)
+//!                  │     identify client → read body (limit) → axum router in-process
+//!                  │     → write headers (X-Request-ID, Server-Timing) → stream body → log
+//!                  └─ anything else → upstream_peer = dashboard → upstream_request_filter
+//!                        (X-Request-ID, X-Forwarded-For) → response_filter → logging
+//! ```
+//!
+//! Architecture Invariant: the edge's own routes never reach the dashboard, and the dashboard
+//! never sees a client's `Authorization` header for the model or MCP routes.
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+use tower::ServiceExt;
+
+use crate::api::{self, EdgeState, RequestContext, RequestMeta};
+use crate::metrics::RequestRecord;
+
+pub struct EdgeGateway {
+    state: Arc<EdgeState>,
+    router: axum::Router,
+}
+
+pub struct EdgeCtx {
+    request_id: String,
+    started: Instant,
+}
+
+/// Paths the edge answers itself; everything else belongs to the dashboard.
+fn is_edge_path(path: &str) -> bool {
+    path.starts_with("/v1/")
+        || path == "/v1"
+        || path.starts_with("/api/")
+        || path == "/mcp"
+        || path.starts_with("/mcp/")
+        || matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+/// The client's `X-Request-ID` when it is sane, else a new one.
+fn request_id(session: &Session) -> String {
+    session
+        .get_header("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+impl EdgeGateway {
+    pub fn new(state: Arc<EdgeState>, router: axum::Router) -> Self {
+        Self { state, router }
+    }
+
+    async fn serve_local(&self, session: &mut Session, ctx: &EdgeCtx) -> pingora_core::Result<()> {
+        let req_header = session.req_header().clone();
+        let path = req_header.uri.path().to_owned();
+        let client = self.state.clients.identify(&req_header.headers);
+        let limit = self.state.config.max_body_bytes;
+
+        let declared = req_header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let body = if declared.is_some_and(|n| n > limit) {
+            None
+        } else {
+            let mut buf = BytesMut::new();
+            let mut over = false;
+            while let Some(chunk) = session.read_request_body().await? {
+                if buf.len() + chunk.len() > limit {
+                    over = true;
+                    break;
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            (!over).then(|| buf.freeze())
+        };
+
+        let meta = Arc::new(Mutex::new(RequestMeta::default()));
+        let rc = RequestContext {
+            id: ctx.request_id.clone(),
+            client: client.clone(),
+            started: ctx.started,
+            meta: meta.clone(),
+        };
+        let response = match body {
+            None => {
+                // The rest of the body is not read, so the connection cannot be reused.
+                session.set_keepalive(None);
+                api::too_large(&path, limit)
+            }
+            Some(body) => {
+                let mut builder = http::Request::builder()
+                    .method(req_header.method.clone())
+                    .uri(req_header.uri.clone());
+                for (k, v) in req_header.headers.iter() {
+                    builder = builder.header(k, v);
+                }
+                let mut request = builder
+                    .body(axum::body::Body::from(body))
+                    .expect("parts come from a parsed request");
+                request.extensions_mut().insert(rc.clone());
+                request.extensions_mut().insert(aibox_mcp::Caller {
+                    client: client.name.clone(),
+                    admin: client.admin,
+                    request_id: ctx.request_id.clone(),
+                });
+                match self.router.clone().oneshot(request).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            }
+        };
+
+        let (parts, mut body) = response.into_parts();
+        let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 4))?;
+        for (k, v) in parts.headers.iter() {
+            header.append_header(k.clone(), v.clone())?;
+        }
+        header.insert_header("x-request-id", &ctx.request_id)?;
+        let until_headers = ctx.started.elapsed();
+        let upstream = meta.lock().map(|m| m.upstream_time).unwrap_or_default();
+        header.insert_header("server-timing", server_timing(until_headers, upstream))?;
+        match http_body::Body::size_hint(&body).exact() {
+            Some(n) => header.insert_header(http::header::CONTENT_LENGTH, n.to_string())?,
+            None if !session.is_http2() => {
+                header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?
+            }
+            None => {}
+        }
+        let status = parts.status.as_u16();
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+
+        let mut client_gone = false;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                if session
+                    .write_response_body(Some(data), false)
+                    .await
+                    .is_err()
+                {
+                    // Dropping the body drops the upstream request: the client left, so do we.
+                    client_gone = true;
+                    break;
+                }
+            }
+        }
+        drop(body);
+        if !client_gone {
+            session.write_response_body(None, true).await?;
+        }
+        let meta = meta.lock().map(|m| m.clone()).unwrap_or_default();
+        self.finish(&rc, &path, status, &meta, client_gone);
+        Ok(())
+    }
+
+    /// One log line and the metrics for a request the edge answered itself.
+    fn finish(
+        &self,
+        rc: &RequestContext,
+        path: &str,
+        status: u16,
+        meta: &RequestMeta,
+        client_gone: bool,
+    ) {
+        let total = rc.started.elapsed();
+        let upstream_ms = meta.upstream_time.map(|u| u.as_secs_f64() * 1000.0);
+        tracing::info!(
+            request_id = %rc.id,
+            client = %rc.client.name,
+            path,
+            status,
+            provider = meta.provider.as_deref().unwrap_or("-"),
+            model = meta.model.as_deref().unwrap_or("-"),
+            tokens_in = meta.tokens_in,
+            tokens_out = meta.tokens_out,
+            error = meta.error.unwrap_or("-"),
+            client_gone,
+            total_ms = total.as_secs_f64() * 1000.0,
+            upstream_ms = upstream_ms.unwrap_or(0.0),
+            "request"
+        );
+        if !meta.surface.is_empty() {
+            self.state.metrics.record(&RequestRecord {
+                surface: meta.surface,
+                provider: meta.provider.as_deref().unwrap_or("none"),
+                model: meta.model.as_deref().unwrap_or("none"),
+                client: &rc.client.label,
+                status,
+                error: meta.error.or(client_gone.then_some("client_gone")),
+                total,
+                upstream: meta.upstream_time,
+                tokens_in: meta.tokens_in,
+                tokens_out: meta.tokens_out,
+            });
+        }
+    }
+}
+
+fn server_timing(until_headers: Duration, upstream: Option<Duration>) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match upstream {
+        Some(u) => format!(
+            "edge;dur={:.3}, upstream;dur={:.3}",
+            ms(until_headers.saturating_sub(u)),
+            ms(u)
+        ),
+        None => format!("edge;dur={:.3}", ms(until_headers)),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeGateway {
+    type CTX = EdgeCtx;
+
+    fn new_ctx(&self) -> EdgeCtx {
+        EdgeCtx {
+            request_id: String::new(),
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut EdgeCtx,
+    ) -> pingora_core::Result<bool> {
+        ctx.started = Instant::now();
+        ctx.request_id = request_id(session);
+        if is_edge_path(session.req_header().uri.path()) {
+            self.serve_local(session, ctx).await?;
+            return Ok(true);
+        }
+        if self.state.config.dashboard_url.is_none() {
+            let body = Bytes::from_static(
+                b"<!doctype html><title>aibox</title><p>The dashboard is not configured (DASHBOARD_URL).</p>",
+            );
+            let mut h = ResponseHeader::build(404, Some(3))?;
+            h.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+            h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+            h.insert_header("x-request-id", &ctx.request_id)?;
+            session.write_response_header(Box::new(h), false).await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut EdgeCtx,
+    ) -> pingora_core::Result<Box<HttpPeer>> {
+        let url = self
+            .state
+            .config
+            .dashboard_url
+            .as_deref()
+            .unwrap_or_default();
+        let authority = url
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(url)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        // Resolve here, asynchronously: compose service names change address on recreate.
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                pingora_core::Error::explain(
+                    pingora_core::ErrorType::ConnectNoRoute,
+                    format!("cannot resolve the dashboard at {authority}"),
+                )
+            })?;
+        Ok(Box::new(HttpPeer::new(addr, false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut EdgeCtx,
+    ) -> pingora_core::Result<()> {
+        upstream_request.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            upstream_request.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut EdgeCtx,
+    ) -> pingora_core::Result<()> {
+        upstream_response.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        e: Option<&pingora_core::Error>,
+        ctx: &mut EdgeCtx,
+    ) {
+        // Requests the edge answered itself were logged in `finish`.
+        if ctx.request_id.is_empty() || is_edge_path(session.req_header().uri.path()) {
+            return;
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        tracing::info!(
+            request_id = %ctx.request_id,
+            path = session.req_header().uri.path(),
+            status,
+            upstream = "dashboard",
+            error = e.map(|e| e.to_string()).unwrap_or_default(),
+            total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics for `/metrics`, and the per-minute traffic table behind `/api/edge/stats`
+//! (what the dashboard charts: requests, errors and tokens per client and model, last hour).
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use serde_json::{json, Value};
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    tokens: IntCounterVec,
+    failovers: IntCounterVec,
+    endpoint_up: IntGaugeVec,
+    minutes: Mutex<MinuteTable>,
+}
+
+/// What one finished request contributes to the metrics.
+pub struct RequestRecord<'a> {
+    pub surface: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub client: &'a str,
+    pub status: u16,
+    pub error: Option<&'a str>,
+    pub total: Duration,
+    pub upstream: Option<Duration>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Cell {
+    requests: u64,
+    errors: u64,
+    tokens_in: u64,
+    tokens_out: u64,
+}
+
+/// (client, model) -> minute (unix seconds / 60) -> counts; trimmed to the last hour.
+#[derive(Default)]
+struct MinuteTable {
+    cells: HashMap<(String, String), HashMap<i64, Cell>>,
+}
+
+const WINDOW_MINUTES: i64 = 60;
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+fn now_minute() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() / 60
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "aibox_requests_total",
+                "Model requests by surface, provider, client and status",
+            ),
+            &["surface", "provider", "client", "status"],
+        )
+        .expect("static metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "aibox_request_errors_total",
+                "Failed model requests by kind",
+            ),
+            &["provider", "client", "kind"],
+        )
+        .expect("static metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "aibox_request_duration_seconds",
+                "Whole request, as the client saw it",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["surface", "provider"],
+        )
+        .expect("static metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "aibox_upstream_duration_seconds",
+                "Upstream time until response headers",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("static metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "aibox_tokens_total",
+                "Tokens in (prompt) and out (completion)",
+            ),
+            &["provider", "client", "direction"],
+        )
+        .expect("static metric");
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "aibox_upstream_failures_total",
+                "Upstream attempts that failed before the first byte",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("static metric");
+        let endpoint_up = IntGaugeVec::new(
+            Opts::new(
+                "aibox_endpoint_up",
+                "1 when the endpoint is in service, 0 when ejected",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("static metric");
+        for c in [&requests, &errors, &tokens, &failovers] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(upstream_duration.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(endpoint_up.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            requests,
+            errors,
+            duration,
+            upstream_duration,
+            tokens,
+            failovers,
+            endpoint_up,
+            minutes: Mutex::new(MinuteTable::default()),
+        }
+    }
+
+    pub fn record(&self, r: &RequestRecord<'_>) {
+        let status = r.status.to_string();
+        self.requests
+            .with_label_values(&[r.surface, r.provider, r.client, &status])
+            .inc();
+        if let Some(kind) = r.error {
+            self.errors
+                .with_label_values(&[r.provider, r.client, kind])
+                .inc();
+        }
+        self.duration
+            .with_label_values(&[r.surface, r.provider])
+            .observe(r.total.as_secs_f64());
+        if let Some(u) = r.upstream {
+            self.upstream_duration
+                .with_label_values(&[r.provider])
+                .observe(u.as_secs_f64());
+        }
+        if r.tokens_in > 0 {
+            self.tokens
+                .with_label_values(&[r.provider, r.client, "in"])
+                .inc_by(r.tokens_in);
+        }
+        if r.tokens_out > 0 {
+            self.tokens
+                .with_label_values(&[r.provider, r.client, "out"])
+                .inc_by(r.tokens_out);
+        }
+        let minute = now_minute();
+        let mut table = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
+        let row = table
+            .cells
+            .entry((r.client.to_owned(), r.model.to_owned()))
+            .or_default();
+        let cell = row.entry(minute).or_default();
+        cell.requests += 1;
+        cell.errors += u64::from(r.error.is_some() || r.status >= 400);
+        cell.tokens_in += r.tokens_in;
+        cell.tokens_out += r.tokens_out;
+        row.retain(|m, _| minute - m < WINDOW_MINUTES);
+    }
+
+    pub fn observe_failover(&self, provider: &str, endpoint: &str) {
+        self.failovers
+            .with_label_values(&[provider, endpoint])
+            .inc();
+    }
+
+    pub fn set_endpoint_health(&self, provider: &str, endpoint: &str, up: bool) {
+        self.endpoint_up
+            .with_label_values(&[provider, endpoint])
+            .set(i64::from(up));
+    }
+
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+
+    /// The last hour per client and model, one entry per minute that saw traffic.
+    pub fn stats(&self) -> Value {
+        let now = now_minute();
+        let mut table = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
+        table.cells.retain(|_, row| {
+            row.retain(|m, _| now - m < WINDOW_MINUTES);
+            !row.is_empty()
+        });
+        let mut series: Vec<Value> = table
+            .cells
+            .iter()
+            .map(|((client, model), row)| {
+                let mut minutes: Vec<(&i64, &Cell)> = row.iter().collect();
+                minutes.sort_by_key(|(m, _)| **m);
+                let minutes: Vec<Value> = minutes
+                    .into_iter()
+                    .map(|(m, c)| {
+                        let t = time::OffsetDateTime::from_unix_timestamp(m * 60)
+                            .ok()
+                            .and_then(|t| {
+                                t.format(&time::format_description::well_known::Rfc3339)
+                                    .ok()
+                            })
+                            .unwrap_or_default();
+                        json!({"t": t, "requests": c.requests, "errors": c.errors,
+                               "tokens_in": c.tokens_in, "tokens_out": c.tokens_out})
+                    })
+                    .collect();
+                json!({"client": client, "model": model, "minutes": minutes})
+            })
+            .collect();
+        series.sort_by(|a, b| {
+            (a["client"].as_str(), a["model"].as_str())
+                .cmp(&(b["client"].as_str(), b["model"].as_str()))
+        });
+        json!({"window_minutes": WINDOW_MINUTES, "series": series})
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
