@@ -1,0 +1,512 @@
+"""The controller against the real Docker engine: compose services, logs, pull, audit trail.
+
+Every test talks to the real `controller` binary over a socket; containers are built offline
+(tests/controller_fixtures.py) and removed at teardown.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN
+from controller_fixtures import (BUSYBOX, ComposeProject, LocalRegistry, busybox_image, docker,
+                                 require_docker, unique_name)
+
+TOKEN = secrets.token_hex(24)  # 48 characters
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+WEB_SCRIPT = ("echo out-hello; echo err-hello >&2; trap 'exit 0' TERM; "
+              "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done")
+CONSOLE_SCRIPT = ("printf '\\001\\002 starts with frame-like bytes\\n'; echo tty-hello; echo tty-err >&2; "
+                  "trap 'exit 0' TERM; while true; do sleep 1; done")
+WORKER_SCRIPT = "echo worker-up; trap 'exit 0' TERM; while true; do sleep 1; done"
+
+
+# ---------- helpers ----------
+
+class Api:
+    def __init__(self, base: str):
+        self.host, self.port = base.removeprefix("http://").rsplit(":", 1)
+
+    def call(self, method: str, path: str, body=None, headers: dict | None = None, auth: bool = True,
+             raw_body: bytes | None = None, timeout: float = 60):
+        conn = http.client.HTTPConnection(self.host, int(self.port), timeout=timeout)
+        hdrs = dict(AUTH) if auth else {}
+        hdrs.update(headers or {})
+        data = raw_body
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        ctype = resp.getheader("Content-Type", "")
+        parsed = json.loads(payload) if payload and "json" in ctype and "ndjson" not in ctype else payload
+        return resp.status, dict(resp.getheaders()), parsed
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.call("POST", path, body=body, **kw)
+
+
+def assert_error(status_body, status: int, code: str):
+    got_status, _, body = status_body
+    assert got_status == status, body
+    assert set(body) >= {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"], body
+
+
+def start_controller(procs, project: str, audit_dir: Path, env: dict | None = None, name: str = "controller"):
+    full = {"OPS_CONTROLLER_TOKEN": TOKEN, "COMPOSE_PROJECT_NAME": project,
+            "CONTROLLER_LISTEN": "127.0.0.1:0", "CONTROLLER_AUDIT_DIR": str(audit_dir)}
+    full.update(env or {})
+    p = procs.start(name, ["controller"], env=full)
+    return p, Api(p.url())
+
+
+def verify_cli(audit_dir: Path, env: dict | None = None):
+    full = dict(os.environ, OPS_CONTROLLER_TOKEN=TOKEN)
+    full.update(env or {})
+    return subprocess.run([str(BIN / "controller"), "audit", "verify", "--dir", str(audit_dir)],
+                          capture_output=True, text=True, env=full, timeout=30)
+
+
+def audit_lines(audit_dir: Path) -> list[dict]:
+    files = sorted(audit_dir.glob("audit.log.*"), key=lambda p: -int(p.suffix[1:])) + [audit_dir / "audit.log"]
+    events = []
+    for f in files:
+        if f.exists():
+            events += [json.loads(line) for line in f.read_text().splitlines() if line]
+    return events
+
+
+def started_at(project: ComposeProject, service: str) -> str:
+    return project.inspect(service)["State"]["StartedAt"]
+
+
+# ---------- fixtures ----------
+
+@pytest.fixture(scope="module")
+def stack():
+    """Project P (web: non-tty + healthy, console: tty, worker: unhealthy) and project Q (web)."""
+    require_docker()
+    busybox_image()
+    p, q = ComposeProject(unique_name("aiboxp")), ComposeProject(unique_name("aiboxq"))
+    try:
+        p.run("web", WEB_SCRIPT, health_cmd="true")
+        p.run("console", CONSOLE_SCRIPT, tty=True)
+        p.run("worker", WORKER_SCRIPT, health_cmd="false")
+        q.run("web", WEB_SCRIPT)
+        p.wait_health("web", "healthy")
+        p.wait_health("worker", "unhealthy")
+        yield p, q
+    finally:
+        p.cleanup()
+        q.cleanup()
+
+
+# ---------- startup and auth ----------
+
+@pytest.mark.parametrize("token,needle", [("", "OPS_CONTROLLER_TOKEN is not set"),
+                                          ("short-token", "at least 32")])
+def test_refuses_to_start_without_a_strong_token(tmp_path, token, needle):
+    env = dict(os.environ, OPS_CONTROLLER_TOKEN=token, COMPOSE_PROJECT_NAME="x",
+               CONTROLLER_LISTEN="127.0.0.1:0", CONTROLLER_AUDIT_DIR=str(tmp_path))
+    res = subprocess.run([str(BIN / "controller")], capture_output=True, text=True, env=env, timeout=30)
+    assert res.returncode != 0
+    assert needle in res.stderr, res.stderr
+    assert "listening" not in res.stderr
+
+
+def test_health_is_open_everything_else_needs_the_token(procs, tmp_path, stack):
+    p, _ = stack
+    _, api = start_controller(procs, p.name, tmp_path / "audit")
+    status, headers, body = api.get("/health", auth=False)
+    assert (status, body) == (200, {"ok": True})
+    assert headers.get("x-request-id")
+    assert_error(api.get("/services", auth=False), 401, "unauthorized")
+    assert_error(api.get("/services", auth=False, headers={"Authorization": "Bearer " + "x" * 48}), 401, "unauthorized")
+    assert_error(api.post("/services/web/restart", {"confirm": True}, auth=False), 401, "unauthorized")
+    assert_error(api.get("/audit", auth=False), 401, "unauthorized")
+    assert_error(api.get("/nope"), 404, "not_found")
+    # Nothing acted, nothing audited.
+    assert api.get("/audit")[2]["events"] == []
+
+
+def test_docker_unreachable_is_a_clear_503(procs, tmp_path):
+    _, api = start_controller(procs, "whatever", tmp_path / "audit",
+                              env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert api.get("/health", auth=False)[0] == 200
+    status, _, body = api.get("/services")
+    assert_error((status, None, body), 503, "docker_unavailable")
+    assert "unreachable" in body["error"]["message"]
+
+
+# ---------- services ----------
+
+def test_lists_only_this_projects_services_with_state_and_health(procs, tmp_path, stack):
+    p, q = stack
+    _, api = start_controller(procs, p.name, tmp_path / "audit")
+    status, _, body = api.get("/services")
+    assert status == 200, body
+    assert body["project"] == p.name
+    by_name = {s["name"]: s for s in body["services"]}
+    assert set(by_name) == {"web", "console", "worker"}
+    web = by_name["web"]
+    assert web["state"] == "running"
+    assert web["health"] == "healthy"
+    assert by_name["worker"]["health"] == "unhealthy"
+    assert by_name["console"]["health"] == "none"
+    assert web["image"] == BUSYBOX
+    assert web["image_id"].startswith("sha256:")
+    assert web["container"] == p.container_name("web")
+    assert q.name not in json.dumps(body)
+    assert isinstance(web["restart_count"], int)
+    assert web["uptime_seconds"] >= 0 and web["started_at"]
+    assert web["allowed"] and web["replicas"] == 1 and web["ports"] == []
+
+
+def test_actions_dry_run_confirm_and_audit(procs, tmp_path, stack):
+    p, q = stack
+    audit_dir = tmp_path / "audit"
+    _, api = start_controller(procs, p.name, audit_dir)
+    dash = {"X-Actor": "dashboard", "X-Actor-User": "alice"}
+    q_before = started_at(q, "web")
+    before = started_at(p, "worker")
+
+    # Dry run: describes, changes nothing, is not audited.
+    status, _, body = api.post("/services/worker/restart", {"dry_run": True})
+    assert status == 200, body
+    assert body["would"] == "restart worker" and body["dry_run"] is True
+    assert started_at(p, "worker") == before
+
+    # Missing or false confirmation, junk bodies, unknown services and actions.
+    assert_error(api.post("/services/worker/restart"), 400, "confirmation_required")
+    assert_error(api.post("/services/worker/restart", {}), 400, "confirmation_required")
+    assert_error(api.post("/services/worker/restart", {"confirm": False}), 400, "confirmation_required")
+    assert_error(api.post("/services/worker/restart", raw_body=b"{nope"), 400, "invalid_body")
+    assert_error(api.post("/services/worker/explode", {"confirm": True}), 400, "unknown_action")
+    assert_error(api.post("/services/ghost/restart", {"confirm": True}), 404, "unknown_service")
+    assert started_at(p, "worker") == before
+
+    status, headers, body = api.post("/services/worker/restart", {"confirm": True},
+                                     headers={**dash, "X-Request-ID": "req-restart-1"})
+    assert status == 200, body
+    assert body == {"ok": True, "service": "worker", "action": "restarted", "changed": True,
+                    "containers": [p.container_name("worker")]}
+    assert headers["x-request-id"] == "req-restart-1"
+    assert started_at(p, "worker") != before
+
+    status, _, body = api.post("/services/worker/stop", {"confirm": True}, headers=dash)
+    assert (status, body["action"], body["changed"]) == (200, "stopped", True), body
+    assert p.inspect("worker")["State"]["Running"] is False
+    # Stopping a stopped service is a success, not an error.
+    status, _, body = api.post("/services/worker/stop", {"confirm": True}, headers=dash)
+    assert (status, body["ok"], body["changed"]) == (200, True, False), body
+    status, _, body = api.post("/services/worker/start", {"confirm": True}, headers=dash)
+    assert (status, body["action"], body["changed"]) == (200, "started", True), body
+    status, _, body = api.post("/services/worker/start", {"confirm": True}, headers=dash)
+    assert (status, body["changed"]) == (200, False), body
+    assert p.inspect("worker")["State"]["Running"] is True
+
+    # The other project was never touched.
+    assert started_at(q, "web") == q_before
+    assert q.inspect("web")["State"]["Running"] is True
+
+    # Exactly one event per performed action, newest first, with the caller's identity.
+    status, _, body = api.get("/audit?limit=50")
+    assert status == 200
+    events = body["events"]
+    assert [(e["action"], e["resource"], e["result"]) for e in events] == [
+        ("start", "worker", "ok"), ("start", "worker", "ok"), ("stop", "worker", "ok"),
+        ("stop", "worker", "ok"), ("restart", "worker", "ok")]
+    assert [e["seq"] for e in events] == [5, 4, 3, 2, 1]
+    assert all(e["actor"] == "dashboard" and e["metadata"]["user"] == "alice" for e in events)
+    assert events[-1]["correlation_id"] == "req-restart-1"
+    assert events[0]["metadata"]["changed"] is False and events[1]["metadata"]["changed"] is True
+    assert events[-1]["ts"].endswith("Z") and len(events[-1]["ts"]) == 24
+    assert len(audit_lines(audit_dir)) == 5
+    res = verify_cli(audit_dir)
+    assert res.returncode == 0 and res.stdout.strip() == "ok: 5 events", res.stdout + res.stderr
+
+
+def test_allowlist_narrows_actions(procs, tmp_path, stack):
+    p, _ = stack
+    _, api = start_controller(procs, p.name, tmp_path / "audit", env={"CONTROLLER_SERVICES": "web,console"})
+    allowed = {s["name"]: s["allowed"] for s in api.get("/services")[2]["services"]}
+    assert allowed == {"web": True, "console": True, "worker": False}
+    assert_error(api.post("/services/worker/restart", {"confirm": True}), 403, "service_not_allowed")
+    assert_error(api.get("/services/worker/logs"), 403, "service_not_allowed")
+    assert api.get("/audit")[2]["events"] == []
+
+
+# ---------- logs ----------
+
+def test_logs_stdout_stderr_and_tty(procs, tmp_path, stack):
+    p, _ = stack
+    _, api = start_controller(procs, p.name, tmp_path / "audit")
+    status, _, body = api.get("/services/web/logs?tail=1000", headers={"X-Actor": "cli"})
+    assert status == 200, body
+    assert body["tty"] is False and body["container"] == p.container_name("web")
+    lines = [(l["stream"], l["line"]) for l in body["lines"]]
+    assert ("stdout", "out-hello") in lines
+    assert ("stderr", "err-hello") in lines
+    assert any(s == "stdout" and t.startswith("tick ") for s, t in lines)
+
+    status, _, body = api.get("/services/console/logs?tail=100")
+    assert status == 200 and body["tty"] is True, body
+    got = [l["line"] for l in body["lines"]]
+    assert all(l["stream"] == "tty" for l in body["lines"])
+    assert "\x01\x02 starts with frame-like bytes" in got
+    assert "tty-hello" in got and "tty-err" in got
+
+    status, _, body = api.get("/services/web/logs?tail=2")
+    assert status == 200 and len(body["lines"]) == 2
+    status, _, body = api.get("/services/web/logs?tail=1&timestamps=true")
+    assert body["lines"][0]["ts"].endswith("Z")
+
+    assert_error(api.get("/services/web/logs?tail=99999"), 400, "invalid_query")
+    assert_error(api.get("/services/web/logs?tail=abc"), 400, "invalid_query")
+    assert_error(api.get("/services/ghost/logs"), 404, "unknown_service")
+
+    events = api.get("/audit?action=logs")[2]["events"]
+    assert [(e["resource"], e["metadata"]["tail"]) for e in events] == [("web", 1), ("web", 2), ("console", 100), ("web", 1000)]
+    assert events[-1]["actor"] == "cli" and events[-1]["result"] == "ok"
+
+
+def test_follow_streams_until_the_client_leaves(procs, tmp_path, stack):
+    p, _ = stack
+    ctl, api = start_controller(procs, p.name, tmp_path / "audit")
+    conn = http.client.HTTPConnection(api.host, int(api.port), timeout=30)
+    conn.request("GET", "/services/web/logs?tail=1&follow=true", headers=AUTH)
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "application/x-ndjson"
+    seen = []
+    deadline = time.monotonic() + 20
+    while len([s for s in seen if s["line"].startswith("tick ")]) < 3 and time.monotonic() < deadline:
+        line = resp.readline()
+        assert line, "stream ended early"
+        if line.strip():
+            seen.append(json.loads(line))
+    ticks = [int(s["line"].split()[1]) for s in seen if s["line"].startswith("tick ")]
+    assert len(ticks) >= 3 and ticks == sorted(ticks), seen
+    conn.close()  # the client leaves
+    time.sleep(0.5)
+    assert api.get("/health", auth=False)[0] == 200
+    events = api.get("/audit?action=logs")[2]["events"]
+    assert len(events) == 1 and events[0]["metadata"]["follow"] is True
+
+
+# ---------- pull ----------
+
+def test_pull_through_a_loopback_registry_shows_drift(procs, tmp_path, stack):
+    p, _ = stack
+    registry = LocalRegistry(tmp_path)
+    app = ComposeProject(unique_name("aiboxpull"))
+    repo = f"aibox-test/app-{uuid.uuid4().hex[:8]}:1"
+    try:
+        v1 = busybox_image(f"aibox-test/app-v1-{uuid.uuid4().hex[:6]}:1", marker="v1 " + uuid.uuid4().hex)
+        ref = registry.push(v1, repo)
+        app.run("app", WORKER_SCRIPT, image=ref)
+        # A newer image is published under the same tag; the engine no longer has that tag locally.
+        v2_tag = f"aibox-test/app-v2-{uuid.uuid4().hex[:6]}:1"
+        v2 = busybox_image(v2_tag, marker="v2 " + uuid.uuid4().hex)
+        registry.push(v2_tag, repo)
+        docker("rmi", ref, v2_tag)  # v1 stays: the container still uses it
+        assert v1 != v2
+
+        _, api = start_controller(procs, app.name, tmp_path / "audit")
+        status, _, body = api.post("/images/pull", {"services": ["app"], "dry_run": True})
+        assert status == 200 and body["would"] == "pull images for app", body
+        assert_error(api.post("/images/pull", {"services": ["app"]}), 400, "confirmation_required")
+        assert_error(api.post("/images/pull", {"services": ["ghost"], "confirm": True}), 404, "unknown_service")
+
+        status, _, body = api.post("/images/pull", {"services": ["app"], "confirm": True},
+                                   headers={"X-Actor": "dashboard"})
+        assert status == 200, body
+        assert "does not change running containers" in body["note"]
+        (res,) = body["results"]
+        assert res["ok"] is True and res["image"] == ref
+        assert res["container_image_id"] == v1
+        assert res["pulled_image_id"] == v2
+        assert res["drift"] is True
+        assert any("Downloaded newer image" in line for line in res["progress"]), res["progress"]
+        # The running container is unchanged.
+        assert app.inspect("app")["Image"] == v1
+        assert app.inspect("app")["State"]["Running"] is True
+
+        # A tag that is not in the registry: a pull error, reported as such.
+        missing_ref = f"{registry.host}/aibox-test/missing-{uuid.uuid4().hex[:6]}:1"
+        docker("tag", v1, missing_ref)  # exists locally, never pushed
+        app.run("broken", WORKER_SCRIPT, image=missing_ref)
+        status, _, body = api.post("/images/pull", {"services": ["broken"], "confirm": True})
+        assert status == 502 and body["error"]["code"] == "pull_failed", body
+        assert body["results"][0]["ok"] is False and body["results"][0]["error"]
+
+        events = api.get("/audit?action=pull")[2]["events"]
+        assert [(e["resource"], e["result"]) for e in events] == [("broken", "error"), ("app", "ok")]
+        assert events[1]["metadata"]["drift"] is True and events[1]["actor"] == "dashboard"
+    finally:
+        app.cleanup()
+        registry.stop()
+        for img in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
+            if img.startswith(registry.host) or img.startswith("aibox-test/app-"):
+                docker("rmi", "-f", img, check=False)
+
+
+# ---------- audit log ----------
+
+def test_post_audit_records_events_for_other_components(procs, tmp_path, stack):
+    p, _ = stack
+    _, api = start_controller(procs, p.name, tmp_path / "audit")
+    status, headers, ev = api.post("/audit", {"action": "mcp_add", "resource": "time", "metadata": {"url": "x"}},
+                                   headers={"X-Actor": "dashboard", "X-Actor-User": "bob", "X-Request-ID": "r-9"})
+    assert status == 201, ev
+    assert ev["seq"] == 1 and ev["action"] == "mcp_add" and ev["resource"] == "time"
+    assert ev["actor"] == "dashboard" and ev["result"] == "ok" and ev["correlation_id"] == "r-9"
+    assert ev["metadata"] == {"url": "x", "user": "bob"}
+    assert len(ev["prev_hash"]) == 64
+    status, _, ev2 = api.post("/audit", {"action": "model_pull", "resource": "llama3", "actor": "edge",
+                                         "result": "error", "correlation_id": "c-2"})
+    assert status == 201 and ev2["seq"] == 2 and ev2["actor"] == "edge" and ev2["result"] == "error"
+    assert_error(api.post("/audit", {"action": "Bad Action", "resource": "x"}), 400, "invalid_body")
+    assert_error(api.post("/audit", {"action": "a", "resource": "x", "result": "maybe"}), 400, "invalid_body")
+    assert_error(api.post("/audit", {"action": "a", "resource": "x", "extra": 1}), 400, "invalid_body")
+    assert_error(api.post("/audit", {"action": "a", "resource": "x"}, auth=False), 401, "unauthorized")
+
+    status, headers, text = api.get("/audit?format=jsonl")
+    assert status == 200 and headers["content-type"] == "application/x-ndjson"
+    assert [json.loads(l)["seq"] for l in text.decode().splitlines()] == [2, 1]
+    assert api.get("/audit?since=2999-01-01T00:00:00Z")[2]["events"] == []
+    assert len(api.get("/audit?since=2000-01-01T00:00:00Z")[2]["events"]) == 2
+    assert api.get("/audit?actor=edge")[2]["count"] == 1
+    assert_error(api.get("/audit?since=yesterday"), 400, "invalid_query")
+    assert_error(api.get("/audit?limit=0"), 400, "invalid_query")
+    assert_error(api.get("/audit?format=xml"), 400, "invalid_query")
+    status, _, report = api.get("/audit/verify")
+    assert status == 200 and report["ok"] is True and report["events"] == 2 and report["last_seq"] == 2
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])
+def test_verifier_detects_tampering_in_the_middle(procs, tmp_path, stack, tamper):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    ctl, api = start_controller(procs, p.name, audit_dir)
+    for i in range(6):
+        assert api.post("/audit", {"action": "mcp_add", "resource": f"srv{i}"})[0] == 201
+    ctl.stop()
+    assert verify_cli(audit_dir).returncode == 0
+    path = audit_dir / "audit.log"
+    lines = path.read_text().splitlines(keepends=True)
+    if tamper == "edit":
+        lines[2] = lines[2].replace('"srv2"', '"srvX"')
+        expect = ("seq 4", "line 4")
+    elif tamper == "delete":
+        del lines[2]
+        expect = ("seq 4", "line 3")
+    else:
+        lines[2], lines[3] = lines[3], lines[2]
+        expect = ("seq 4", "line 3")
+    path.write_text("".join(lines))
+    res = verify_cli(audit_dir)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stdout.startswith("broken:"), res.stdout
+    for needle in (*expect, "audit.log"):
+        assert needle in res.stdout, res.stdout
+
+
+def test_kill_9_during_a_burst_loses_no_acknowledged_event(procs, tmp_path, stack):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    ctl, api = start_controller(procs, p.name, audit_dir)
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w: int):
+        i = 0
+        while not stop.is_set():
+            cid = f"w{w}-{i}"
+            i += 1
+            try:
+                status, _, _ = api.post("/audit", {"action": "model_pull", "resource": "m", "correlation_id": cid},
+                                        timeout=5)
+            except OSError:
+                return
+            if status == 201:
+                with lock:
+                    acked.append(cid)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(acked) < 150 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ctl.signal(signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(acked) >= 150
+    raw = (audit_dir / "audit.log").read_bytes()
+    assert raw.endswith(b"\n"), "torn last line"
+    stored = {e["correlation_id"] for e in audit_lines(audit_dir)}
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged events lost"
+    res = verify_cli(audit_dir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The chain carries on after a restart.
+    _, api2 = start_controller(procs, p.name, audit_dir, name="controller-again")
+    status, _, ev = api2.post("/audit", {"action": "mcp_remove", "resource": "time"})
+    assert status == 201 and ev["seq"] == len(stored) + 1
+    assert verify_cli(audit_dir).returncode == 0
+
+
+def test_rotation_under_concurrent_writes_keeps_every_event(procs, tmp_path, stack):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    _, api = start_controller(procs, p.name, audit_dir, env={"AUDIT_MAX_BYTES": "4096", "AUDIT_KEEP": "200"})
+
+    def record(i: int) -> str:
+        cid = f"rot-{i}"
+        status, _, body = api.post("/audit", {"action": "mcp_add", "resource": f"s{i}", "correlation_id": cid})
+        assert status == 201, body
+        return cid
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        cids = list(pool.map(record, range(300)))
+    rotated = list(audit_dir.glob("audit.log.*"))
+    assert len(rotated) >= 10, rotated
+    assert all(f.stat().st_size <= 4096 for f in [*rotated, audit_dir / "audit.log"])
+    events = audit_lines(audit_dir)
+    assert [e["seq"] for e in events] == list(range(1, 301))
+    assert {e["correlation_id"] for e in events} == set(cids)
+    for f in [*rotated, audit_dir / "audit.log"]:
+        assert f.read_bytes().endswith(b"\n")
+    res = verify_cli(audit_dir)
+    assert res.returncode == 0 and res.stdout.strip() == "ok: 300 events", res.stdout + res.stderr
+    status, _, report = api.get("/audit/verify")
+    assert report["ok"] is True and report["events"] == 300
+    # Reading back spans the rotated files.
+    assert [e["seq"] for e in api.get("/audit?limit=1000")[2]["events"]] == list(range(300, 0, -1))
+    # A whole rotated file gone from the middle is a missing link.
+    middle = sorted(rotated, key=lambda f: int(f.suffix[1:]))[len(rotated) // 2]
+    middle.unlink()
+    res = verify_cli(audit_dir)
+    assert res.returncode == 1 and "missing" in res.stdout, res.stdout
