@@ -133,6 +133,15 @@ def test_refuses_to_start_without_a_strong_token(tmp_path, token, needle):
     assert "listening" not in res.stderr
 
 
+def test_refuses_to_start_when_the_audit_log_cannot_be_used(tmp_path):
+    (tmp_path / "audit.log").mkdir()
+    env = dict(os.environ, OPS_CONTROLLER_TOKEN=TOKEN, COMPOSE_PROJECT_NAME="x",
+               CONTROLLER_LISTEN="127.0.0.1:0", CONTROLLER_AUDIT_DIR=str(tmp_path))
+    res = subprocess.run([str(BIN / "controller")], capture_output=True, text=True, env=env, timeout=30)
+    assert res.returncode != 0
+    assert "audit" in res.stderr and "not a regular file" in res.stderr, res.stderr
+
+
 def test_health_is_open_everything_else_needs_the_token(procs, tmp_path, stack):
     p, _ = stack
     _, api = start_controller(procs, p.name, tmp_path / "audit")
@@ -365,9 +374,10 @@ def test_pull_through_a_loopback_registry_shows_drift(procs, tmp_path, stack):
     finally:
         app.cleanup()
         registry.stop()
-        for img in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
-            if img.startswith(registry.host) or img.startswith("aibox-test/app-"):
-                docker("rmi", "-f", img, check=False)
+        for row in docker("image", "ls", "--format", "{{.ID}} {{.Repository}}").stdout.splitlines():
+            image_id, repo_name = row.split(" ", 1)
+            if repo_name.startswith((registry.host, "aibox-test/app-")):
+                docker("rmi", "-f", image_id, check=False)
 
 
 # ---------- audit log ----------
