@@ -28,19 +28,19 @@ pub fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Re
         .into_response()
 }
 
-fn require_admin(caller: &Option<Extension<Caller>>) -> Result<Caller, Response> {
+fn require_admin(caller: &Option<Extension<Caller>>) -> Result<Caller, Box<Response>> {
     match caller {
         Some(Extension(c)) if c.admin => Ok(c.clone()),
-        Some(Extension(c)) if c.client != "anonymous" => Err(problem(
+        Some(Extension(c)) if c.client != "anonymous" => Err(Box::new(problem(
             StatusCode::FORBIDDEN,
             "Forbidden",
             "the MCP admin API needs the admin key",
-        )),
-        _ => Err(problem(
+        ))),
+        _ => Err(Box::new(problem(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "the MCP admin API needs the admin key (Authorization: Bearer <admin token>)",
-        )),
+        ))),
     }
 }
 
@@ -49,7 +49,7 @@ pub async fn get_registry(
     caller: Option<Extension<Caller>>,
 ) -> Response {
     if let Err(r) = require_admin(&caller) {
-        return r;
+        return *r;
     }
     let snap = core.snapshot();
     let servers: Vec<Value> = snap
@@ -78,7 +78,7 @@ pub async fn get_health(
     caller: Option<Extension<Caller>>,
 ) -> Response {
     if let Err(r) = require_admin(&caller) {
-        return r;
+        return *r;
     }
     let servers: Vec<Value> = core
         .upstreams()
@@ -132,7 +132,7 @@ pub async fn put_registry(
 ) -> Response {
     let caller = match require_admin(&caller) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return problem(
@@ -180,7 +180,13 @@ pub async fn put_registry(
     let path = core.config.registry_path();
     let pretty = match serde_json::to_string_pretty(&new_file) {
         Ok(s) => s + "\n",
-        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string()),
+        Err(e) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                e.to_string(),
+            )
+        }
     };
     if let Err(e) = write_atomically(&path, pretty.as_bytes()) {
         return problem(
@@ -237,7 +243,9 @@ fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("registry.json"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("registry.json"),
         uuid::Uuid::new_v4()
     ));
     let result = (|| {

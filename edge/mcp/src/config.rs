@@ -46,11 +46,7 @@ pub struct McpConfig {
 
 impl McpConfig {
     pub fn registry_path(&self) -> PathBuf {
-        PathBuf::from(
-            self.registry
-                .as_deref()
-                .unwrap_or("data/mcp/registry.json"),
-        )
+        PathBuf::from(self.registry.as_deref().unwrap_or("data/mcp/registry.json"))
     }
     pub fn servers_txt_path(&self) -> PathBuf {
         PathBuf::from(
@@ -89,7 +85,10 @@ impl McpConfig {
     pub fn allowed_hosts(&self) -> Vec<String> {
         match &self.allowed_hosts {
             Some(hosts) => hosts.clone(),
-            None => DEFAULT_ALLOWED_HOSTS.iter().map(|h| h.to_string()).collect(),
+            None => DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
         }
     }
     pub fn allowed_origins(&self) -> Vec<String> {

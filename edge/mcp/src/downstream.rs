@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
-    ClientRequest, ErrorCode, ErrorData, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, ServerResult, SubscriptionFilter,
+    ClientRequest, ErrorCode, ErrorData, Implementation, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
     NotificationContext, PeerRequestOptions, RequestContext, RoleServer, ServiceError,
@@ -162,7 +162,9 @@ impl ServerHandler for HubService {
         let Some((upstream, original)) = self.core.route(&exposed) else {
             if let Some(up) = self.core.server_of(&exposed) {
                 if !up.spec().policy.allows(client) {
-                    m.denials.with_label_values(&[&up.name, &exposed, client]).inc();
+                    m.denials
+                        .with_label_values(&[&up.name, &exposed, client])
+                        .inc();
                     tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
                     return Err(forbidden_error(client, &exposed));
                 }
@@ -170,8 +172,13 @@ impl ServerHandler for HubService {
                 if !health.state.serves_tools() {
                     return Err(ErrorData::new(
                         ErrorCode(CODE_UNAVAILABLE),
-                        format!("server {:?} is {:?}; its tools are unavailable", up.name, health.state),
-                        Some(json!({"server": up.name, "state": health.state, "last_error": health.last_error})),
+                        format!(
+                            "server {:?} is {:?}; its tools are unavailable",
+                            up.name, health.state
+                        ),
+                        Some(
+                            json!({"server": up.name, "state": health.state, "last_error": health.last_error}),
+                        ),
                     ));
                 }
             }
@@ -183,13 +190,20 @@ impl ServerHandler for HubService {
         let server = upstream.name.clone();
         let spec = upstream.spec();
         if !spec.policy.allows(client) {
-            m.denials.with_label_values(&[&server, &exposed, client]).inc();
+            m.denials
+                .with_label_values(&[&server, &exposed, client])
+                .inc();
             tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
             return Err(forbidden_error(client, &exposed));
         }
         if !rate_admitted(&context.extensions) {
-            if let Err(wait) = self.core.check_rate(&server, spec.policy.rate_limit_rpm, client) {
-                m.rate_limited.with_label_values(&[&server, &exposed, client]).inc();
+            if let Err(wait) = self
+                .core
+                .check_rate(&server, spec.policy.rate_limit_rpm, client)
+            {
+                m.rate_limited
+                    .with_label_values(&[&server, &exposed, client])
+                    .inc();
                 tracing::warn!(client, tool = %exposed, "mcp call rate limited");
                 return Err(rate_limited_error(&server, wait));
             }
@@ -205,7 +219,9 @@ impl ServerHandler for HubService {
             Err(e) if e.code.0 == CODE_TIMEOUT => "timeout",
             Err(_) => "error",
         };
-        m.calls.with_label_values(&[&server, &exposed, client, label]).inc();
+        m.calls
+            .with_label_values(&[&server, &exposed, client, label])
+            .inc();
         m.latency
             .with_label_values(&[&server, &exposed, client])
             .observe(started.elapsed().as_secs_f64());
@@ -282,11 +298,9 @@ impl HubService {
             )),
             Err(ServiceError::Timeout { .. }) => Err(timeout_error()),
             Err(ServiceError::McpError(e)) => Err(e),
-            Err(ServiceError::Cancelled { .. }) => Err(ErrorData::new(
-                ErrorCode(-32800),
-                "request cancelled",
-                None,
-            )),
+            Err(ServiceError::Cancelled { .. }) => {
+                Err(ErrorData::new(ErrorCode(-32800), "request cancelled", None))
+            }
             Err(e) => Err(unavailable(&upstream.name, &e.to_string())),
         }
     }

@@ -229,5 +229,6 @@ async fn rate_precheck(State(core): State<Arc<HubCore>>, req: Request, next: Nex
             }
         }
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }

@@ -44,7 +44,10 @@ mod tests {
 
     #[test]
     fn short_names_are_plain() {
-        assert_eq!(exposed_name("time", "get_current_time"), "time__get_current_time");
+        assert_eq!(
+            exposed_name("time", "get_current_time"),
+            "time__get_current_time"
+        );
     }
 
     #[test]

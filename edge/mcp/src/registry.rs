@@ -270,7 +270,9 @@ pub fn load(src: &Sources) -> Result<Snapshot, String> {
     let mut servers = BTreeMap::new();
     for (name, entry, origin) in entries {
         let mut spec = resolve(&name, &entry, src, origin)?;
-        let listed = enabled_by_txt.as_ref().is_none_or(|set| set.contains(&name));
+        let listed = enabled_by_txt
+            .as_ref()
+            .is_none_or(|set| set.contains(&name));
         if spec.status == SpecStatus::Enabled && (!listed || entry.enabled == Some(false)) {
             spec.status = SpecStatus::Disabled;
         }
@@ -323,12 +325,7 @@ fn expand(value: &str, env: &HashMap<String, String>, missing: &mut Vec<String>)
     out
 }
 
-fn resolve(
-    name: &str,
-    e: &ServerEntry,
-    src: &Sources,
-    origin: &str,
-) -> Result<ServerSpec, String> {
+fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<ServerSpec, String> {
     let err = |field: &str, msg: &str| format!("{origin}: servers.{name}.{field}: {msg}");
     if !server_name_ok(name) {
         return Err(format!(
@@ -342,7 +339,10 @@ fn resolve(
         ));
     }
     if e.command.is_none() && (!e.args.is_empty() || !e.env.is_empty() || e.cwd.is_some()) {
-        return Err(err("args", "\"args\", \"env\" and \"cwd\" need \"command\""));
+        return Err(err(
+            "args",
+            "\"args\", \"env\" and \"cwd\" need \"command\"",
+        ));
     }
     if e.url.is_none() && !e.headers.is_empty() {
         return Err(err("headers", "\"headers\" need \"url\""));
@@ -363,7 +363,10 @@ fn resolve(
     }
     for var in e.env_schema.keys().chain(e.env.keys()) {
         if !env_name_ok(var) {
-            return Err(err("env_schema", &format!("{var:?} is not a valid variable name")));
+            return Err(err(
+                "env_schema",
+                &format!("{var:?} is not a valid variable name"),
+            ));
         }
     }
     let mut missing: Vec<String> = e
@@ -528,7 +531,11 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, String> {
 mod tests {
     use super::*;
 
-    fn load_str(json: Option<&str>, txt: Option<&str>, env: &[(&str, &str)]) -> Result<Snapshot, String> {
+    fn load_str(
+        json: Option<&str>,
+        txt: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Snapshot, String> {
         let env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -591,7 +598,12 @@ mod tests {
 
     #[test]
     fn servers_txt_alone_gets_defaults_and_enables_registry_entries() {
-        let s = load_str(None, Some("# tools\ntime /bin/time-server --x\nweb http://127.0.0.1:9/mcp\n"), &[]).unwrap();
+        let s = load_str(
+            None,
+            Some("# tools\ntime /bin/time-server --x\nweb http://127.0.0.1:9/mcp\n"),
+            &[],
+        )
+        .unwrap();
         assert_eq!(s.servers.len(), 2);
         assert!(s.servers["time"].policy.allows("anonymous"));
         let s = load_str(
@@ -603,7 +615,12 @@ mod tests {
         assert_eq!(s.servers["a"].status, SpecStatus::Enabled);
         assert_eq!(s.servers["b"].status, SpecStatus::Disabled);
         assert_eq!(s.servers["img"].status, SpecStatus::NotServed);
-        let e = load_str(Some(r#"{"servers":{"a":{"command":"x"}}}"#), Some("zz\n"), &[]).unwrap_err();
+        let e = load_str(
+            Some(r#"{"servers":{"a":{"command":"x"}}}"#),
+            Some("zz\n"),
+            &[],
+        )
+        .unwrap_err();
         assert!(e.contains("unknown server \"zz\""), "{e}");
     }
 
@@ -625,10 +642,19 @@ mod tests {
     fn bad_names_and_values_are_refused() {
         for (json, needle) in [
             (r#"{"servers":{"a__b":{"command":"x"}}}"#, "server name"),
-            (r#"{"servers":{"a":{"command":"x","url":"http://h/"}}}"#, "exactly one of"),
+            (
+                r#"{"servers":{"a":{"command":"x","url":"http://h/"}}}"#,
+                "exactly one of",
+            ),
             (r#"{"servers":{"a":{"url":"ftp://h/"}}}"#, "servers.a.url"),
-            (r#"{"servers":{"a":{"command":"x","timeout_sec":0}}}"#, "servers.a.timeout_sec"),
-            (r#"{"servers":{"a":{"command":"x","rate_limit_rpm":"9"}}}"#, "servers.a.rate_limit_rpm"),
+            (
+                r#"{"servers":{"a":{"command":"x","timeout_sec":0}}}"#,
+                "servers.a.timeout_sec",
+            ),
+            (
+                r#"{"servers":{"a":{"command":"x","rate_limit_rpm":"9"}}}"#,
+                "servers.a.rate_limit_rpm",
+            ),
             (r#"{"servers": [}"#, "registry.json"),
         ] {
             let e = load_str(Some(json), None, &[]).unwrap_err();

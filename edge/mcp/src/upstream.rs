@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use process_wrap::tokio::{CommandWrap, ProcessGroup};
 use rmcp::model::{
-    ClientCapabilities, ClientRequest, Implementation, InitializeRequestParams,
-    ListToolsRequest, PaginatedRequestParams, PingRequest, ProgressNotificationParam,
-    ProgressToken, ProtocolVersion, ServerResult, Tool,
+    ClientCapabilities, ClientRequest, Implementation, InitializeRequestParams, ListToolsRequest,
+    PaginatedRequestParams, PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion,
+    ServerResult, Tool,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RoleClient, RoleServer,
@@ -116,9 +116,9 @@ impl Upstream {
                 "not started: missing secrets {} (set them in the environment or the secrets file)",
                 m.join(", ")
             )),
-            SpecStatus::NotServed => Some(
-                "image servers are not served yet (containers come in a later release)".into(),
-            ),
+            SpecStatus::NotServed => {
+                Some("image servers are not served yet (containers come in a later release)".into())
+            }
             _ => None,
         };
         let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
@@ -147,7 +147,11 @@ impl Upstream {
             on_change,
         });
         if initial == HealthState::Starting {
-            tokio::spawn(supervise(Arc::downgrade(&up), up.cancel.clone(), refresh_rx));
+            tokio::spawn(supervise(
+                Arc::downgrade(&up),
+                up.cancel.clone(),
+                refresh_rx,
+            ));
         }
         up
     }
@@ -190,7 +194,10 @@ impl Upstream {
     }
 
     pub fn forget_progress(&self, upstream: &ProgressToken) {
-        self.progress.lock().expect("progress lock").remove(upstream);
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .remove(upstream);
     }
 
     /// Stops the supervisor and kills the child's whole process group.
@@ -573,4 +580,3 @@ fn spawn_child(
     }
     Ok(transport)
 }
-

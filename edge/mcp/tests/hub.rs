@@ -1,0 +1,195 @@
+//! The hub's router served on a loopback port, with the edge's `Caller` faked by a layer
+//! (the `x-test-client` header names the client), talked to with rmcp's own client over both
+//! protocol revisions, against the real `mcp-server-time` from the test venv.
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aibox_mcp::{Caller, McpConfig, McpHub};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, Implementation, InitializeRequestParams,
+    ProtocolVersion,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ClientHandler;
+
+fn venv_bin(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let p = root.join(".venv/bin").join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run ./aibox pytest --co -q once to build the test venv",
+        p.display()
+    );
+    p
+}
+
+struct Served {
+    addr: std::net::SocketAddr,
+    hub: Arc<McpHub>,
+    dir: PathBuf,
+}
+
+async fn serve(registry_json: &str) -> Served {
+    let dir = std::env::temp_dir().join(format!("aibox-mcp-test-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("registry.json"), registry_json).unwrap();
+    let config: McpConfig = toml_like(&dir);
+    let registry = prometheus::Registry::new();
+    let hub = McpHub::start(config, &registry, None).await.unwrap();
+    let app = hub.router().layer(axum::middleware::from_fn(
+        |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let client = req
+                .headers()
+                .get("x-test-client")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if let Some(client) = client {
+                req.extensions_mut().insert(Caller {
+                    admin: client == "admin",
+                    client,
+                    request_id: "test".into(),
+                });
+            }
+            next.run(req).await
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Served { addr, hub, dir }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn toml_like(dir: &std::path::Path) -> McpConfig {
+    McpConfig {
+        registry: Some(dir.join("registry.json").display().to_string()),
+        servers_txt: Some(dir.join("servers.txt").display().to_string()),
+        env_file: Some(dir.join(".env").display().to_string()),
+        probe_interval_ms: Some(200),
+        reload_interval_ms: Some(100),
+        max_backoff_ms: Some(1000),
+        ..Default::default()
+    }
+}
+
+#[derive(Clone)]
+struct TestClient;
+impl ClientHandler for TestClient {
+    fn get_info(&self) -> InitializeRequestParams {
+        InitializeRequestParams::new(
+            ClientCapabilities::default(),
+            Implementation::new("hub-test", "0"),
+        )
+    }
+}
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    client: &str,
+    lifecycle: ClientLifecycleMode,
+) -> RunningService<RoleClient, TestClient> {
+    let mut cfg = StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp"));
+    cfg.custom_headers.insert(
+        http::HeaderName::from_static("x-test-client"),
+        http::HeaderValue::from_str(client).unwrap(),
+    );
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
+    TestClient
+        .serve_with_lifecycle(transport, lifecycle)
+        .await
+        .expect("connect to hub")
+}
+
+async fn wait_for_tools(svc: &RunningService<RoleClient, TestClient>, want: usize) -> Vec<String> {
+    for _ in 0..150 {
+        let tools = svc.peer().list_tools(None).await.unwrap().tools;
+        if tools.len() >= want {
+            return tools.iter().map(|t| t.name.to_string()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("tools never appeared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_revisions_see_policy_filtered_tools_and_call_them() {
+    let time = venv_bin("mcp-server-time");
+    let registry = serde_json::json!({
+        "servers": {
+            "time": {"command": time, "args": ["--local-timezone", "UTC"], "allow_clients": ["*"], "deny_clients": ["blocked"], "rate_limit_rpm": 3},
+            "time2": {"command": time, "args": ["--local-timezone", "UTC"], "allow_clients": ["cursor"]},
+        }
+    });
+    let s = serve(&registry.to_string()).await;
+
+    let modern = connect(
+        s.addr,
+        "cursor",
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await;
+    let names = wait_for_tools(&modern, 4).await;
+    assert_eq!(
+        names,
+        vec![
+            "time__convert_time",
+            "time__get_current_time",
+            "time2__convert_time",
+            "time2__get_current_time"
+        ]
+    );
+    let mut call = CallToolRequestParams::new("time__get_current_time");
+    call.arguments = Some(
+        serde_json::json!({"timezone": "UTC"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let result = modern.peer().call_tool(call.clone()).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+
+    let legacy = connect(s.addr, "n8n", ClientLifecycleMode::Initialize).await;
+    let names = wait_for_tools(&legacy, 2).await;
+    assert_eq!(names, vec!["time__convert_time", "time__get_current_time"]);
+    // Forbidden: time2 is for cursor only.
+    let mut forbidden = call.clone();
+    forbidden.name = "time2__get_current_time".into();
+    let err = legacy.peer().call_tool(forbidden).await.unwrap_err();
+    assert!(err.to_string().contains("may not call"), "{err}");
+    // Rate limit 3/min per client: n8n has 3, the 4th is refused.
+    for _ in 0..3 {
+        legacy.peer().call_tool(call.clone()).await.unwrap();
+    }
+    // The HTTP layer answers 429 (with a JSON-RPC error body and Retry-After).
+    let err = legacy.peer().call_tool(call.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("429"), "{err}");
+
+    let blocked = connect(s.addr, "blocked", ClientLifecycleMode::Initialize).await;
+    assert!(blocked
+        .peer()
+        .list_tools(None)
+        .await
+        .unwrap()
+        .tools
+        .is_empty());
+
+    s.hub.shutdown().await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
