@@ -188,13 +188,14 @@ impl EgressPolicy {
         if builtin == Some(DenyReason::Metadata) {
             return Some(DenyReason::Metadata);
         }
+        if builtin.is_some() && !self.allow_cidrs.iter().any(|n| n.contains(&ip)) {
+            return builtin;
+        }
+        // Public, or let through by allow_cidrs: still never the edge itself.
         if self.edge_addresses.contains(&canonical) {
             return Some(DenyReason::EdgeAddress);
         }
-        if self.allow_cidrs.iter().any(|n| n.contains(&ip)) {
-            return None;
-        }
-        builtin
+        None
     }
 }
 
@@ -232,7 +233,7 @@ mod tests {
         );
         assert_eq!(
             p.check_ip("::ffff:10.1.2.3".parse().unwrap()),
-            Some(DenyReason::EdgeAddress)
+            Some(DenyReason::PrivateRange)
         );
         assert_eq!(p.check_ip("10.1.2.4".parse().unwrap()), None);
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,6 +41,8 @@ pub struct EgressProxy {
 struct EgressMetrics {
     decisions: IntCounterVec,
     open_tunnels: IntGauge,
+    /// Every outbound TCP connect the proxy starts; tests assert denials leave it untouched.
+    connect_attempts: IntCounter,
 }
 
 impl EgressMetrics {
@@ -58,15 +60,24 @@ impl EgressMetrics {
             "CONNECT tunnels open right now",
         )
         .map_err(|e| EgressError::Metrics(e.to_string()))?;
+        let connect_attempts = IntCounter::new(
+            "aibox_egress_connect_attempts_total",
+            "Outbound connections the egress proxy started (only ever to checked addresses)",
+        )
+        .map_err(|e| EgressError::Metrics(e.to_string()))?;
         registry
             .register(Box::new(decisions.clone()))
             .map_err(|e| EgressError::Metrics(e.to_string()))?;
         registry
             .register(Box::new(open_tunnels.clone()))
             .map_err(|e| EgressError::Metrics(e.to_string()))?;
+        registry
+            .register(Box::new(connect_attempts.clone()))
+            .map_err(|e| EgressError::Metrics(e.to_string()))?;
         Ok(Self {
             decisions,
             open_tunnels,
+            connect_attempts,
         })
     }
 }
@@ -480,6 +491,7 @@ impl EgressProxy {
         let started = Instant::now();
         for ip in &addrs {
             record.resolved_ip = Some(*ip);
+            self.metrics.connect_attempts.inc();
             let attempt = timeout(
                 self.connect_timeout,
                 TcpStream::connect(SocketAddr::new(*ip, target.port())),
