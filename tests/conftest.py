@@ -105,20 +105,36 @@ class Proc:
         self._log.close() if not self._log.closed else None
 
 
+class Starter:
+    """Starts binaries and remembers them so the fixture can stop them all."""
+
+    def __init__(self) -> None:
+        self.started: list[Proc] = []
+
+    def start(self, name: str, args: list[str], **kw) -> Proc:
+        p = Proc(name, args, **kw)
+        self.started.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in reversed(self.started):
+            p.stop()
+
+
 @pytest.fixture
 def procs():
     """Start binaries with `procs.start(name, args, ...)`; all are stopped when the test ends."""
-    started: list[Proc] = []
+    s = Starter()
+    yield s
+    s.stop_all()
 
-    class Starter:
-        def start(self, name: str, args: list[str], **kw) -> Proc:
-            p = Proc(name, args, **kw)
-            started.append(p)
-            return p
 
-    yield Starter()
-    for p in reversed(started):
-        p.stop()
+@pytest.fixture(scope="module")
+def module_procs():
+    """Like `procs`, shared by the tests of one module (for a stack that every test reuses)."""
+    s = Starter()
+    yield s
+    s.stop_all()
 
 
 def free_port() -> int:
