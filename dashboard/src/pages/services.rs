@@ -1,0 +1,614 @@
+//! Services: a card per compose service with Docker's view (state, health, uptime, image) beside
+//! the edge's model-aware readiness; start/stop/restart behind a confirmation that shows the
+//! controller's dry run; logs with a follow mode; image pulls with a drift badge.
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use futures::StreamExt;
+use maud::{html, Markup};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{error_page, human_duration, layout, unavailable, FlashKind, Nav, PageContext};
+use crate::auth::{csrf_refusal, Viewer};
+use crate::backend::{valid_service_name, Actor, BackendError, Readiness, ServiceStatus};
+use crate::SharedState;
+
+pub const ACTIONS: [&str; 3] = ["start", "stop", "restart"];
+
+/// What an image pull through the dashboard found for one service.
+#[derive(Debug, Clone)]
+pub struct DriftNote {
+    pub container_image_id: String,
+    pub pulled_image_id: String,
+    pub drift: bool,
+}
+
+/// The edge's readiness for the model server a compose service runs, if it runs one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReadiness {
+    pub endpoints: usize,
+    pub healthy: usize,
+    pub models: usize,
+    pub last_error: Option<String>,
+}
+
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+/// A provider endpoint belongs to a compose service when its URL's host is the service name
+/// (compose DNS) or the provider is named after the service.
+pub fn model_readiness(service: &str, ready: &Readiness) -> Option<ModelReadiness> {
+    let mut out = ModelReadiness {
+        endpoints: 0,
+        healthy: 0,
+        models: 0,
+        last_error: None,
+    };
+    for p in &ready.providers {
+        for e in &p.endpoints {
+            if url_host(&e.url).eq_ignore_ascii_case(service)
+                || p.name.eq_ignore_ascii_case(service)
+            {
+                out.endpoints += 1;
+                out.healthy += usize::from(e.healthy);
+                out.models += e.models.len();
+                if out.last_error.is_none() {
+                    out.last_error.clone_from(&e.last_error);
+                }
+            }
+        }
+    }
+    (out.endpoints > 0).then_some(out)
+}
+
+fn state_class(state: &str) -> &'static str {
+    match state {
+        "running" => "good",
+        "restarting" | "paused" | "created" | "removing" => "warn",
+        _ => "bad",
+    }
+}
+
+fn health_class(health: &str) -> &'static str {
+    match health {
+        "healthy" => "good",
+        "starting" => "warn",
+        "unhealthy" => "bad",
+        _ => "neutral",
+    }
+}
+
+fn badge(class: &str, text: &str) -> Markup {
+    html! { span class={ "badge " (class) } { (text) } }
+}
+
+fn readiness_cell(r: Option<&ModelReadiness>, edge_ok: bool) -> Markup {
+    html! {
+        @match r {
+            None if !edge_ok => span.muted { "edge unavailable" },
+            None => span.muted { "no model endpoint" },
+            Some(r) if r.healthy == 0 => {
+                (badge("bad", "not ready"))
+                @if let Some(e) = &r.last_error { " " span.err-text { (e) } }
+            },
+            Some(r) if r.models == 0 => {
+                (badge("warn", "no models"))
+                " " span.muted { "container up, but it serves no model" }
+            },
+            Some(r) => {
+                (badge("good", "ready"))
+                " " (r.models) @if r.models == 1 { " model" } @else { " models" }
+                @if r.healthy < r.endpoints { " · " (r.healthy) "/" (r.endpoints) " endpoints healthy" }
+            },
+        }
+    }
+}
+
+fn card(
+    s: &ServiceStatus,
+    readiness: Option<&ModelReadiness>,
+    edge_ok: bool,
+    drift: bool,
+    csrf: &str,
+) -> Markup {
+    let id = format!("svc-{}", s.name);
+    let allowed = s.allowed != Some(false);
+    let running = s.state == "running";
+    let ports: Vec<String> = s
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let private = p.private?;
+            Some(match (p.public, &p.ip) {
+                (Some(public), Some(ip)) if !ip.is_empty() => format!("{ip}:{public}→{private}"),
+                (Some(public), _) => format!("{public}→{private}"),
+                _ => format!("{private}"),
+            })
+        })
+        .collect();
+    html! {
+        article.card #(id) aria-labelledby={ (id) "-title" } data-state=(s.state) {
+            header.card-head {
+                h2 #{ (id) "-title" } { (s.name) }
+                span class={ "badge state " (state_class(&s.state)) } { (s.state) }
+            }
+            dl.facts {
+                dt { "Health" }
+                dd { (badge(health_class(&s.health), if s.health.is_empty() { "none" } else { &s.health })) }
+                dt { "Models" }
+                dd { (readiness_cell(readiness, edge_ok)) }
+                dt { "Uptime" }
+                dd { @match s.uptime_seconds { Some(u) => (human_duration(u)), None => span.muted { "—" } } }
+                dt { "Image" }
+                dd {
+                    code.image { (s.image) }
+                    @if drift {
+                        " " span.badge.warn title="A newer image was pulled; recreate the service to run it" { "newer image pulled" }
+                    }
+                }
+                @if let Some(n) = s.restart_count.filter(|n| *n > 0) {
+                    dt { "Restarts" } dd { (n) }
+                }
+                @if !ports.is_empty() {
+                    dt { "Ports" } dd { (ports.join(", ")) }
+                }
+            }
+            @if !s.status.is_empty() { p.status.muted { (s.status) } }
+            div.actions {
+                @if allowed {
+                    @if !running { a.button href={ "/services/" (s.name) "/start" } { "Start" span.sr-only { " " (s.name) } } }
+                    @if running { a.button href={ "/services/" (s.name) "/stop" } { "Stop" span.sr-only { " " (s.name) } } }
+                    a.button href={ "/services/" (s.name) "/restart" } { "Restart" span.sr-only { " " (s.name) } }
+                }
+                a.button href={ "/services/" (s.name) "/logs" } { "Logs" span.sr-only { " of " (s.name) } }
+                @if allowed {
+                    form.inline method="post" action={ "/services/" (s.name) "/pull" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button.secondary type="submit" { "Pull image" span.sr-only { " for " (s.name) } }
+                    }
+                }
+            }
+            @if !allowed { p.muted { "Read-only: outside the controller's service allowlist." } }
+        }
+    }
+}
+
+pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response {
+    let actor = Actor::new(&viewer.user);
+    let (services, ready) = tokio::join!(
+        state.controller.services(&actor),
+        state.edge.readiness(&actor)
+    );
+    let drift_notes = state.drift.lock().expect("drift lock").clone();
+    let body = html! {
+        div.page-head {
+            h1 { "Services" }
+            @if let Ok(list) = &services { @if !list.project.is_empty() { p.muted { "Compose project " code { (list.project) } } } }
+        }
+        div #services data-refresh="10" aria-live="polite" {
+            @match &services {
+                Err(e) => {
+                    (unavailable("Operations", e))
+                    p { "Services, logs and start/stop need the controller. Models, tools and traffic still work." }
+                },
+                Ok(list) if list.services.is_empty() => p { "The controller found no services in its compose project." },
+                Ok(list) => div.cards {
+                    @for s in &list.services {
+                        @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
+                        @let drift = s.drift == Some(true) || drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
+                        (card(s, r.as_ref(), ready.is_ok(), drift, &viewer.csrf))
+                    }
+                },
+            }
+        }
+    };
+    layout(
+        PageContext {
+            title: "Services",
+            nav: Nav::Services,
+            viewer: Some(&viewer),
+            flashes: state.flashes.take(&viewer),
+            noscript_refresh: None,
+        },
+        body,
+    )
+    .into_response()
+}
+
+fn target_refusal(name: &str, action: &str) -> Option<Response> {
+    if !valid_service_name(name) {
+        return Some(error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such service.",
+        ));
+    }
+    if !ACTIONS.contains(&action) {
+        return Some(error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no page at this address.",
+        ));
+    }
+    None
+}
+
+fn past(action: &str) -> &'static str {
+    match action {
+        "start" => "Started",
+        "stop" => "Stopped",
+        _ => "Restarted",
+    }
+}
+
+/// The confirmation step: shows the controller's dry run and asks before acting.
+pub async fn confirm_page(
+    State(state): State<SharedState>,
+    viewer: Viewer,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = target_refusal(&name, &action) {
+        return r;
+    }
+    let actor = Actor::new(&viewer.user);
+    let dry = state.controller.act(&actor, &name, &action, true).await;
+    let title = format!("{} {name}?", capitalize(&action));
+    let body = html! {
+        h1 { (title) }
+        @match &dry {
+            Err(e) => {
+                (unavailable("Operations", e))
+                p { a href="/" { "Back to services" } }
+            },
+            Ok(v) => {
+                section.confirm aria-labelledby="dry-title" {
+                    h2 #dry-title { "Dry run" }
+                    p { "The controller says it would: " strong { (v.get("would").and_then(Value::as_str).unwrap_or(&action)) } }
+                    @if let Some(cs) = v.get("containers").and_then(Value::as_array) {
+                        p { "Containers: " @for (i, c) in cs.iter().enumerate() { @if i > 0 { ", " } code { (c.as_str().unwrap_or("?")) } } }
+                    }
+                    @if let Some(st) = v.get("state").and_then(Value::as_str) { p { "Current state: " (st) } }
+                    form method="post" action={ "/services/" (name) "/" (action) } {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        input type="hidden" name="confirm" value="yes";
+                        div.actions {
+                            button.primary.danger type="submit" { "Yes, " (action) " " (name) }
+                            a.button href="/" { "Cancel" }
+                        }
+                    }
+                }
+            },
+        }
+    };
+    layout(
+        PageContext {
+            title: &title,
+            nav: Nav::Services,
+            viewer: Some(&viewer),
+            flashes: vec![],
+            noscript_refresh: None,
+        },
+        body,
+    )
+    .into_response()
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub async fn act(
+    State(state): State<SharedState>,
+    viewer: Viewer,
+    Path((name, action)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    if let Some(r) = target_refusal(&name, &action) {
+        return r;
+    }
+    if let Some(r) = csrf_refusal(&state, &viewer, &f.csrf) {
+        return r;
+    }
+    if f.confirm != "yes" {
+        return Redirect::to(&format!("/services/{name}/{action}")).into_response();
+    }
+    let actor = Actor::new(&viewer.user);
+    match state.controller.act(&actor, &name, &action, false).await {
+        Ok(v) => {
+            let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
+            let text = if changed {
+                format!("{} {name}.", past(&action))
+            } else {
+                format!(
+                    "{name} was already {}.",
+                    if action == "start" {
+                        "running"
+                    } else {
+                        "stopped"
+                    }
+                )
+            };
+            state.flashes.push(
+                &viewer,
+                FlashKind::Ok,
+                format!("{text} (request {})", actor.request_id),
+            );
+        }
+        Err(e) => {
+            state.flashes.push(
+                &viewer,
+                FlashKind::Error,
+                format!("Could not {action} {name}: {e}"),
+            );
+        }
+    }
+    Redirect::to("/").into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PullForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn pull_image(
+    State(state): State<SharedState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Form(f): Form<PullForm>,
+) -> Response {
+    if !valid_service_name(&name) {
+        return error_page(StatusCode::NOT_FOUND, "Not found", "No such service.");
+    }
+    if let Some(r) = csrf_refusal(&state, &viewer, &f.csrf) {
+        return r;
+    }
+    let actor = Actor::new(&viewer.user);
+    match state
+        .controller
+        .pull_images(&actor, std::slice::from_ref(&name))
+        .await
+    {
+        Ok(v) => {
+            for r in v
+                .get("results")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let service = r
+                    .get("service")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&name)
+                    .to_string();
+                let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                if r.get("ok").and_then(Value::as_bool) == Some(false) {
+                    state.flashes.push(
+                        &viewer,
+                        FlashKind::Error,
+                        format!(
+                            "Pull of {} for {service} failed: {}",
+                            s("image"),
+                            s("error")
+                        ),
+                    );
+                    continue;
+                }
+                let drift = r.get("drift").and_then(Value::as_bool).unwrap_or(false);
+                state.drift.lock().expect("drift lock").insert(
+                    service.clone(),
+                    DriftNote {
+                        container_image_id: s("container_image_id"),
+                        pulled_image_id: s("pulled_image_id"),
+                        drift,
+                    },
+                );
+                let text = if drift {
+                    format!("Pulled {} for {service}: a newer image is ready; recreate the service (docker compose up -d {service}) to run it.", s("image"))
+                } else {
+                    format!(
+                        "Pulled {} for {service}: the running container already uses it.",
+                        s("image")
+                    )
+                };
+                state.flashes.push(&viewer, FlashKind::Ok, text);
+            }
+        }
+        Err(e) => state.flashes.push(
+            &viewer,
+            FlashKind::Error,
+            format!("Could not pull the image of {name}: {e}"),
+        ),
+    }
+    Redirect::to("/").into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    tail: Option<u32>,
+    #[serde(default)]
+    follow: Option<String>,
+}
+
+const TAIL_CHOICES: [u32; 6] = [50, 100, 200, 500, 1000, 5000];
+
+pub async fn logs_page(
+    State(state): State<SharedState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    if !valid_service_name(&name) {
+        return error_page(StatusCode::NOT_FOUND, "Not found", "No such service.");
+    }
+    let tail = q.tail.unwrap_or(200).clamp(1, 5000);
+    let follow = q
+        .follow
+        .as_deref()
+        .is_some_and(|f| f == "1" || f == "true" || f == "on");
+    let actor = Actor::new(&viewer.user);
+    let logs = state.controller.logs(&actor, &name, tail).await;
+    let title = format!("Logs: {name}");
+    let body = html! {
+        div.page-head {
+            h1 { "Logs: " (name) }
+            p { a href={ "/#svc-" (name) } { "← Services" } }
+        }
+        form.toolbar method="get" action={ "/services/" (name) "/logs" } {
+            label for="tail" { "Lines" }
+            select #tail name="tail" {
+                @for n in TAIL_CHOICES { option value=(n) selected[n == tail] { (n) } }
+            }
+            label.check { input type="checkbox" name="follow" value="1" checked[follow]; " Follow" }
+            button type="submit" { "Show" }
+        }
+        @match &logs {
+            Err(BackendError::Status { status: 404, message, .. }) => div.notice.warn role="alert" { (message) },
+            Err(e) => (unavailable("Operations", e)),
+            Ok(page) => {
+                p.muted #log-meta {
+                    "Container " code { (page.container) }
+                    @if page.tty { " (TTY: stdout and stderr merged)" }
+                    " · last " (page.lines.len()) " lines"
+                    @if follow { " · " span #follow-state { "following" } }
+                }
+                div.log-wrap tabindex="0" role="region" aria-label={ "Log lines of " (name) } {
+                    ol.log #log
+                        data-follow-url=[follow.then(|| format!("/services/{name}/logs/stream?tail={tail}"))] {
+                        @for l in &page.lines {
+                            li class={ "s-" (l.stream) } {
+                                @if let Some(ts) = &l.ts { time datetime=(ts) { (short_ts(ts)) } " " }
+                                span.line { (l.line) }
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    };
+    layout(
+        PageContext {
+            title: &title,
+            nav: Nav::Services,
+            viewer: Some(&viewer),
+            flashes: state.flashes.take(&viewer),
+            // Without JavaScript, "follow" reloads the page instead of streaming.
+            noscript_refresh: follow.then_some(5),
+        },
+        body,
+    )
+    .into_response()
+}
+
+/// `2026-11-26T05:00:01.123456789Z` -> `05:00:01`.
+fn short_ts(ts: &str) -> &str {
+    ts.split_once('T')
+        .map(|(_, t)| t.get(..8).unwrap_or(t))
+        .unwrap_or(ts)
+}
+
+/// The controller's follow stream, passed through as NDJSON for the page's script.
+pub async fn logs_stream(
+    State(state): State<SharedState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    if !valid_service_name(&name) {
+        return (StatusCode::NOT_FOUND, "no such service\n").into_response();
+    }
+    let tail = q.tail.unwrap_or(200).clamp(1, 5000);
+    let actor = Actor::new(&viewer.user);
+    match state.controller.follow_logs(&actor, &name, tail).await {
+        Ok(lines) => {
+            let body = Body::from_stream(lines.map(|l| {
+                l.map(|mut s| {
+                    s.push('\n');
+                    s
+                })
+            }));
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+        }
+        Err(e) => {
+            let status = match &e {
+                BackendError::Status { status, .. } => {
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+                }
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let body = serde_json::json!({"error": e.to_string()}).to_string();
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{EndpointHealth, ProviderHealth};
+
+    #[test]
+    fn readiness_matches_by_host_or_provider_name() {
+        let r = Readiness {
+            ready: true,
+            providers: vec![ProviderHealth {
+                name: "local".into(),
+                kind: "ollama".into(),
+                endpoints: vec![
+                    EndpointHealth {
+                        url: "http://ollama:11434".into(),
+                        healthy: true,
+                        models: vec!["a".into()],
+                        ..Default::default()
+                    },
+                    EndpointHealth {
+                        url: "http://gpu2:11434/v1".into(),
+                        healthy: false,
+                        last_error: Some("refused".into()),
+                        ..Default::default()
+                    },
+                ],
+            }],
+        };
+        assert_eq!(
+            model_readiness("ollama", &r),
+            Some(ModelReadiness {
+                endpoints: 1,
+                healthy: 1,
+                models: 1,
+                last_error: None
+            })
+        );
+        assert_eq!(
+            model_readiness("gpu2", &r).unwrap().last_error.as_deref(),
+            Some("refused")
+        );
+        assert_eq!(model_readiness("local", &r).unwrap().endpoints, 2);
+        assert_eq!(model_readiness("webui", &r), None);
+        assert_eq!(url_host("http://user@[::1]:80/x"), "::1");
+    }
+}
