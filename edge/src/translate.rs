@@ -534,3 +534,73 @@ pub fn embeddings_response_to_openai(resp: &Value, model: &str) -> Value {
         "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
     })
 }
+
+/// Golden files in `edge/tests/golden/`: each holds an input and the expected translation.
+/// `UPDATE_GOLDEN=1 cargo test -p edge golden` rewrites the expectations (review the diff).
+#[cfg(test)]
+mod golden {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn ids() -> ChatIds {
+        ChatIds {
+            id: "chatcmpl-golden".into(),
+            created: 1_795_000_000,
+            model: "ollama/test-model".into(),
+        }
+    }
+
+    fn translate_case(case: &Value) -> Value {
+        let model = case["model"].as_str().unwrap_or("m");
+        let input = &case["input"];
+        let result = |r: Result<Value, TranslateError>| match r {
+            Ok(v) => v,
+            Err(e) => json!({"error": e.message, "param": e.param}),
+        };
+        match case["kind"].as_str().unwrap() {
+            "chat_request" => result(chat_to_ollama(input, model)),
+            "chat_response" => chat_response_to_openai(input, &ids()),
+            "chat_stream" => {
+                let mut t = ChatStreamTranslator::new(ids(), case["include_usage"] == true);
+                let mut out = Vec::new();
+                for line in input.as_array().unwrap() {
+                    out.extend(t.on_line(line));
+                }
+                Value::Array(out)
+            }
+            "embeddings_request" => result(embeddings_to_ollama(input, model)),
+            "embeddings_response" => embeddings_response_to_openai(input, model),
+            other => panic!("unknown golden kind {other}"),
+        }
+    }
+
+    #[test]
+    fn golden_files() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+        let mut checked = 0;
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        for path in paths {
+            let mut case: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let got = translate_case(&case);
+            if update {
+                case["expected"] = got;
+                std::fs::write(&path, serde_json::to_string_pretty(&case).unwrap() + "\n").unwrap();
+            } else {
+                assert_eq!(
+                    got,
+                    case["expected"],
+                    "golden mismatch in {}",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 10, "golden files missing in {}", dir.display());
+    }
+}
