@@ -1,1 +1,320 @@
-fn main() {}
+//! `./aibox bench`: the edge's cost, measured against hitting the same upstream directly, in one
+//! run on this machine. Prints, per scenario: added latency p50/p99 at concurrency 1, and
+//! requests per second at concurrency 64 (edge ÷ direct), then the edge's idle memory.
+//!
+//! Both sides use one keep-alive HTTP/1.1 connection per worker, so the comparison is the same
+//! client doing the same work with and without the edge in the path.
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "target/release/edge")]
+    edge: String,
+    #[arg(long, default_value = "target/release/fake-upstream")]
+    fake: String,
+    /// Sequential requests per side for the latency figures.
+    #[arg(long, default_value_t = 2000)]
+    latency_requests: usize,
+    /// Seconds per side for the throughput figures.
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// A child process killed when dropped, with the address it announced.
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(cmd: &mut Command, label: &str) -> Result<Running> {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let needle = format!("{label} listening on ");
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            bail!("{cmd:?} exited before listening")
+        };
+        let line = line?;
+        if let Some(pos) = line.find(&needle) {
+            break line[pos + needle.len()..].trim().to_owned();
+        }
+    };
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Running { child, addr })
+}
+
+struct Scenario {
+    name: &'static str,
+    direct_addr: String,
+    direct_path: &'static str,
+    direct_body: String,
+    edge_path: &'static str,
+    edge_body: String,
+}
+
+async fn connect(addr: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn one(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: &str,
+    path: &str,
+    body: &Bytes,
+) -> Result<()> {
+    sender.ready().await?;
+    let req = Request::post(path)
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(())
+}
+
+async fn latencies(addr: &str, path: &str, body: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut sender = connect(addr).await?;
+    let body = Bytes::from(body.to_owned());
+    for _ in 0..n / 10 {
+        one(&mut sender, addr, path, &body).await?; // warm-up
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        one(&mut sender, addr, path, &body).await?;
+        out.push(t.elapsed());
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn throughput(addr: &str, path: &str, body: &str, workers: usize, secs: u64) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (addr, path, body) = (
+            addr.to_owned(),
+            path.to_owned(),
+            Bytes::from(body.to_owned()),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(&addr).await?;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                one(&mut sender, &addr, &path, &body).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let ollama = start(
+        Command::new(&args.fake).args(["--kind", "ollama", "--chunk-delay-ms", "0"]),
+        "api",
+    )?;
+    let openai = start(
+        Command::new(&args.fake).args(["--kind", "openai", "--chunk-delay-ms", "0"]),
+        "api",
+    )?;
+    let dir = std::env::temp_dir().join(format!("aibox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[providers]]\nname = \"ollama\"\nkind = \"ollama\"\nbase_url = \"http://{}\"\n\
+             [[providers]]\nname = \"vllm\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n\
+             [egress]\ndns_servers = [\"127.0.0.1:9\"]\n[mcp]\nregistry = \"{}/none.json\"\nservers_txt = \"{}/none.txt\"\n",
+            ollama.addr,
+            openai.addr,
+            dir.display(),
+            dir.display()
+        ),
+    )?;
+    let edge = start(
+        Command::new(&args.edge)
+            .env("EDGE_CONFIG", &config)
+            .env("EDGE_LISTEN", "127.0.0.1:0")
+            .env("EGRESS_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn"),
+        "api",
+    )?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(edge.child.id());
+
+    let chat = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hello bench"}}]}}"#
+        )
+    };
+    let scenarios = vec![
+        Scenario {
+            name: "openai passthrough, chat",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", false),
+            edge_path: "/v1/chat/completions",
+            edge_body: chat("vllm/Qwen/Qwen2.5-0.5B-Instruct", false),
+        },
+        Scenario {
+            name: "openai passthrough, stream",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", true),
+            edge_path: "/v1/chat/completions",
+            edge_body: chat("vllm/Qwen/Qwen2.5-0.5B-Instruct", true),
+        },
+        Scenario {
+            name: "ollama translated, chat",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", false),
+            edge_path: "/v1/chat/completions",
+            edge_body: chat("ollama/llama3:8b", false),
+        },
+        Scenario {
+            name: "ollama translated, stream",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", true),
+            edge_path: "/v1/chat/completions",
+            edge_body: chat("ollama/llama3:8b", true),
+        },
+        Scenario {
+            name: "ollama surface, chat",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", false),
+            edge_path: "/api/chat",
+            edge_body: chat("llama3:8b", false),
+        },
+        Scenario {
+            name: "ollama surface, stream",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", true),
+            edge_path: "/api/chat",
+            edge_body: chat("llama3:8b", true),
+        },
+    ];
+
+    println!(
+        "{:<28} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>7}",
+        "scenario",
+        "direct p50",
+        "edge p50",
+        "added p50",
+        "added p99",
+        "direct rps",
+        "edge rps",
+        "ratio"
+    );
+    for s in &scenarios {
+        let direct = latencies(
+            &s.direct_addr,
+            s.direct_path,
+            &s.direct_body,
+            args.latency_requests,
+        )
+        .await?;
+        let via = latencies(&edge.addr, s.edge_path, &s.edge_body, args.latency_requests).await?;
+        let added50 = us(pct(&via, 0.5)) - us(pct(&direct, 0.5));
+        let added99 = us(pct(&via, 0.99)) - us(pct(&direct, 0.99));
+        let direct_rps = throughput(
+            &s.direct_addr,
+            s.direct_path,
+            &s.direct_body,
+            args.concurrency,
+            args.seconds,
+        )
+        .await?;
+        let edge_rps = throughput(
+            &edge.addr,
+            s.edge_path,
+            &s.edge_body,
+            args.concurrency,
+            args.seconds,
+        )
+        .await?;
+        println!(
+            "{:<28} {:>8.0}µs {:>8.0}µs {:>10.0}µs {:>10.0}µs {:>10.0} {:>10.0} {:>6.2}×",
+            s.name,
+            us(pct(&direct, 0.5)),
+            us(pct(&via, 0.5)),
+            added50,
+            added99,
+            direct_rps,
+            edge_rps,
+            edge_rps / direct_rps
+        );
+    }
+    println!(
+        "edge memory: idle {:.1} MiB, after the run {:.1} MiB (VmRSS)",
+        idle_rss as f64 / 1024.0,
+        rss_kib(edge.child.id()) as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
