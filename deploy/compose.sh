@@ -104,6 +104,19 @@ ensure_secrets() {
     printf '%s=%s\n' "$key" "$value" >>"$ENV_FILE"
     say "generated $key (${value:0:4}…) in $ENV_FILE"
   done
+  # The audit chain's own key, so rotating OPS_CONTROLLER_TOKEN later does not change it. Only for
+  # a new audit log: adding a key under an existing chain would break its verification.
+  local audit_dir=$AIBOX_DATA_DIR/ops-controller fresh_audit=0
+  if [ ! -d "$audit_dir" ]; then
+    fresh_audit=1
+  elif [ -r "$audit_dir" ] && [ -x "$audit_dir" ] && [ -z "$(ls -A "$audit_dir")" ]; then
+    fresh_audit=1
+  fi
+  if [ -z "$(setting AUDIT_HMAC_KEY)" ] && [ "$fresh_audit" = 1 ]; then
+    value=$(random_hex 32)
+    printf 'AUDIT_HMAC_KEY=%s\n' "$value" >>"$ENV_FILE"
+    say "generated AUDIT_HMAC_KEY (${value:0:4}…) in $ENV_FILE"
+  fi
   if [ "$created" = 1 ]; then
     say "the dashboard password is DASHBOARD_PASSWORD in $ENV_FILE (mode 0600)"
   fi

@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 UI_PORTS_FILE = ROOT / "deploy" / "compose.ui-ports.yml"
+OLLAMA_DIRECT_FILE = ROOT / "deploy" / "compose.ollama-direct.yml"
 DEBUG_BIN = ROOT / "target" / "debug"
 CORE = ("edge", "controller", "dashboard")
 # Secrets the static render needs (the compose file refuses to render without them).

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from compose_fixtures import (COMPOSE_FILE, CORE, ROOT, UI_PORTS_FILE, CoreStack, bind_sources,
-                              image_size, published_ports, render_config, require_docker)
+from compose_fixtures import (COMPOSE_FILE, CORE, OLLAMA_DIRECT_FILE, ROOT, UI_PORTS_FILE, CoreStack,
+                              bind_sources, image_size, published_ports, render_config, require_docker)
 from conftest import free_port
 
 THIRD_PARTY = {"ollama", "open-webui", "n8n", "browser"}
@@ -96,6 +96,16 @@ def test_ui_ports_override_publishes_only_on_loopback(tmp_path):
         for p in published_ports(s):
             assert p["host_ip"] == "127.0.0.1", f"{name} publishes {p}"
     assert published_ports(services(rendered)["open-webui"])[0]["published"] == "3000"
+
+
+def test_break_glass_override_publishes_ollama_only_on_loopback(tmp_path):
+    rendered = render_config(tmp_path, files=[COMPOSE_FILE, OLLAMA_DIRECT_FILE])
+    assert published_ports(services(rendered)["ollama"]) == [
+        {"host_ip": "127.0.0.1", "published": "11434", "target": "11434"}]
+    assert services(rendered)["open-webui"]["environment"]["OLLAMA_BASE_URL"] == "http://ollama:11434"
+    for name, s in services(rendered).items():
+        for p in published_ports(s):
+            assert p["host_ip"] == "127.0.0.1", f"{name} publishes {p}"
 
 
 def test_port_is_configurable_but_stays_on_loopback(tmp_path):
@@ -181,7 +191,8 @@ def test_compose_refuses_to_render_without_secrets(tmp_path):
 def test_env_example_documents_every_variable():
     documented = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
     used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
-    used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", UI_PORTS_FILE.read_text()))
+    for extra in (UI_PORTS_FILE, OLLAMA_DIRECT_FILE):
+        used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", extra.read_text()))
     used |= set(re.findall(r"setting ([A-Z][A-Z0-9_]*)", (ROOT / "deploy" / "compose.sh").read_text()))
     assert used - documented == set(), f"not in .env.example: {sorted(used - documented)}"
 
@@ -228,7 +239,8 @@ def test_core_comes_up_healthy_with_generated_secrets(stack):
             assert published == {}, f"{name} publishes {published}"
     # Secrets: generated, private, never printed in full.
     assert stat.S_IMODE(stack.env_file.stat().st_mode) == 0o600
-    for key in ("OPS_CONTROLLER_TOKEN", "AIBOX_ADMIN_TOKEN", "DASHBOARD_PASSWORD", "DASHBOARD_SESSION_KEY"):
+    for key in ("OPS_CONTROLLER_TOKEN", "AIBOX_ADMIN_TOKEN", "DASHBOARD_PASSWORD", "DASHBOARD_SESSION_KEY",
+                "AUDIT_HMAC_KEY"):
         value = stack.secret(key)
         assert len(value) >= 24, key
         assert value not in stack.up_output, f"{key} was printed"
