@@ -163,8 +163,25 @@ impl McpHub {
     }
 }
 
-/// Takes the rate-limit token of a single `tools/call` POST before rmcp sees it, so an
-/// over-limit call can be answered with HTTP 429 + `Retry-After` and a JSON-RPC error body
+/// 2026-07-28 requests (self-contained, no session): their clients read a JSON-RPC error from
+/// a non-2xx body. 2025-11-25 clients (e.g. the v1 Python SDK) treat any 4xx on a session as a
+/// broken transport, so they get the error in a 200 answer instead.
+fn is_sessionless_revision(headers: &http::HeaderMap, msg: &serde_json::Value) -> bool {
+    const MODERN: &str = "2026-07-28";
+    if headers.contains_key("mcp-session-id") {
+        return false;
+    }
+    let header = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok());
+    let meta = msg
+        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+        .and_then(|v| v.as_str());
+    header.or(meta).is_some_and(|v| v >= MODERN)
+}
+
+/// Takes the rate-limit token of a single 2026-07-28 `tools/call` POST before rmcp sees it,
+/// so an over-limit call is answered with HTTP 429 + `Retry-After` and a JSON-RPC error body
 /// (the handler alone could only answer 200).
 async fn rate_precheck(State(core): State<Arc<HubCore>>, req: Request, next: Next) -> Response {
     if req.method() != http::Method::POST {
@@ -184,7 +201,9 @@ async fn rate_precheck(State(core): State<Arc<HubCore>>, req: Request, next: Nex
         }
     };
     if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-        if msg.get("method").and_then(|m| m.as_str()) == Some("tools/call") {
+        if msg.get("method").and_then(|m| m.as_str()) == Some("tools/call")
+            && is_sessionless_revision(&parts.headers, &msg)
+        {
             let name = msg
                 .pointer("/params/name")
                 .and_then(|n| n.as_str())

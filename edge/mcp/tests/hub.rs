@@ -177,8 +177,15 @@ async fn both_revisions_see_policy_filtered_tools_and_call_them() {
     for _ in 0..3 {
         legacy.peer().call_tool(call.clone()).await.unwrap();
     }
-    // The HTTP layer answers 429 (with a JSON-RPC error body and Retry-After).
+    // A session client gets the JSON-RPC error in a 200 answer...
     let err = legacy.peer().call_tool(call.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("rate limit"), "{err}");
+    // ...a 2026-07-28 client gets HTTP 429 (with the JSON-RPC error body and Retry-After).
+    // (cursor made one call above: two left.)
+    for _ in 0..2 {
+        modern.peer().call_tool(call.clone()).await.unwrap();
+    }
+    let err = modern.peer().call_tool(call.clone()).await.unwrap_err();
     assert!(err.to_string().contains("429"), "{err}");
 
     let blocked = connect(s.addr, "blocked", ClientLifecycleMode::Initialize).await;

@@ -1,0 +1,54 @@
+"""A streamable-HTTP MCP server built with the official SDK (MCPServer, formerly FastMCP).
+
+Tools: `echo` (answers at once), `sleep` (sleeps, for timeouts and cancellation), `fail`
+(raises, for tool errors). Binds `--port` (0 = any), prints `api listening on HOST:PORT` once
+the socket is bound, then serves `/mcp`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("http-tools")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@server.tool()
+async def sleep(seconds: float) -> str:
+    """Sleep for the given number of seconds, then answer."""
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool()
+def fail(reason: str = "boom") -> str:
+    """Always fail with the given reason."""
+    raise RuntimeError(reason)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    sock.listen(64)
+    app = server.streamable_http_app()
+    config = uvicorn.Config(app, log_level="warning")
+    print(f"api listening on 127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
