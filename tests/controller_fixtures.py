@@ -20,6 +20,7 @@ Reusable by any test that needs real containers (controller, dashboard, compose 
 - `LocalRegistry(tmp_dir)`: Debian's `docker-registry` on 127.0.0.1:<free port>, filesystem storage.
     - `.push(local_image, repo)` -> "127.0.0.1:<port>/<repo>" (tags and pushes through the engine;
       Docker allows plain HTTP to 127.0.0.0/8 registries by default)
+    - `.storage`: the registry's filesystem root (to corrupt it on purpose)
     - `.stop()`
 - `docker(*args, check=True, input=None)` -> CompletedProcess (text) of the docker CLI.
 """
@@ -163,7 +164,7 @@ class LocalRegistry:
             pytest.fail("docker-registry (Debian package docker-registry) is required for the pull test")
         self.port = _free_port()
         self.host = f"127.0.0.1:{self.port}"
-        storage = tmp_dir / "registry-data"
+        self.storage = storage = tmp_dir / "registry-data"
         storage.mkdir(parents=True, exist_ok=True)
         config = tmp_dir / "registry.yml"
         config.write_text(

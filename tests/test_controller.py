@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -368,9 +369,31 @@ def test_pull_through_a_loopback_registry_shows_drift(procs, tmp_path, stack):
         assert status == 502 and body["error"]["code"] == "pull_failed", body
         assert body["results"][0]["ok"] is False and body["results"][0]["error"]
 
+        # A registry that serves the manifest but lost a layer: the engine answers 200 and reports
+        # the failure inside the progress stream.
+        repo3 = f"aibox-test/corrupt-{uuid.uuid4().hex[:6]}"
+        tag3 = f"aibox-test/app-v3-{uuid.uuid4().hex[:6]}:1"
+        busybox_image(tag3, marker="v3 " + uuid.uuid4().hex)
+        ref3 = registry.push(tag3, f"{repo3}:1")
+        docker("rmi", ref3, tag3)
+        req = urllib.request.Request(f"http://{registry.host}/v2/{repo3}/manifests/1", headers={
+            "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            layer = json.load(r)["layers"][0]["digest"].split(":", 1)[1]
+        (registry.storage / "docker/registry/v2/blobs/sha256" / layer[:2] / layer / "data").unlink()
+        docker("tag", v1, ref3)
+        app.run("corrupt", WORKER_SCRIPT, image=ref3)
+        status, _, body = api.post("/images/pull", {"services": ["corrupt"], "confirm": True})
+        assert status == 502 and body["error"]["code"] == "pull_failed", body
+        (res,) = body["results"]
+        assert res["ok"] is False and res["error"] and res["drift"] is None, res
+        assert res["progress"], "progress before the failure is kept"
+        assert app.inspect("corrupt")["State"]["Running"] is True
+
         events = api.get("/audit?action=pull")[2]["events"]
-        assert [(e["resource"], e["result"]) for e in events] == [("broken", "error"), ("app", "ok")]
-        assert events[1]["metadata"]["drift"] is True and events[1]["actor"] == "dashboard"
+        assert [(e["resource"], e["result"]) for e in events] == [
+            ("corrupt", "error"), ("broken", "error"), ("app", "ok")]
+        assert events[2]["metadata"]["drift"] is True and events[2]["actor"] == "dashboard"
     finally:
         app.cleanup()
         registry.stop()
@@ -455,11 +478,14 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_event(procs, tmp_path, stac
             cid = f"w{w}-{i}"
             i += 1
             try:
-                status, _, _ = api.post("/audit", {"action": "model_pull", "resource": "m", "correlation_id": cid},
-                                        timeout=5)
-            except OSError:
+                if w % 2:  # a real audited action: reading a service's logs
+                    status, _, _ = api.get("/services/web/logs?tail=1", headers={"X-Request-ID": cid}, timeout=5)
+                else:
+                    status, _, _ = api.post("/audit", {"action": "model_pull", "resource": "m",
+                                                       "correlation_id": cid}, timeout=5)
+            except (OSError, http.client.HTTPException):
                 return
-            if status == 201:
+            if status in (200, 201):
                 with lock:
                     acked.append(cid)
 

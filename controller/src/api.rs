@@ -490,6 +490,11 @@ async fn pull_images(
             ),
             Err(e) => ("error", json!({"error": e.to_string()})),
         };
+        match &outcome {
+            Ok(r) if r.ok => tracing::info!(%service, image = %r.image, drift = ?r.drift, "pulled"),
+            Ok(r) => tracing::warn!(%service, image = %r.image, error = ?r.error, "pull failed"),
+            Err(e) => tracing::warn!(%service, error = %e, "pull failed"),
+        }
         let Value::Object(mut metadata) = metadata else {
             unreachable!()
         };

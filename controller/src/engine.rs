@@ -536,7 +536,7 @@ impl Engine {
                         return Err(e);
                     }
                     result.error = Some(match e {
-                        DockerError::Api { message, .. } => message,
+                        DockerError::Api { message, .. } | DockerError::Gone(message) => message,
                         other => other.to_string(),
                     });
                     return Ok(result);
