@@ -237,6 +237,14 @@ fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, ()> 
     }
 }
 
+/// The request half of one forwarded HTTP exchange.
+struct Exchange<'a> {
+    head: &'a RequestHead,
+    target: &'a Target,
+    body_framing: Framing,
+    id: &'a str,
+}
+
 /// How the judging ended when it did not end in a connection.
 enum Refusal {
     Deny(DenyReason),
@@ -428,13 +436,15 @@ impl EgressProxy {
             Target::Http { .. } => {
                 let result = self
                     .forward(
-                        &head,
-                        &target,
-                        body_framing,
+                        Exchange {
+                            head: &head,
+                            target: &target,
+                            body_framing,
+                            id: &record.id,
+                        },
                         &mut inbound,
                         &mut client_w,
                         upstream,
-                        &record.id,
                     )
                     .await;
                 if let Err(e) = result {
@@ -538,14 +548,17 @@ impl EgressProxy {
     /// headers, its body copied by its framing, and the response passed back the same way.
     async fn forward(
         &self,
-        head: &RequestHead,
-        target: &Target,
-        body_framing: Framing,
+        exchange: Exchange<'_>,
         inbound: &mut Inbound<OwnedReadHalf>,
         client_w: &mut OwnedWriteHalf,
         upstream: TcpStream,
-        id: &str,
     ) -> std::io::Result<()> {
+        let Exchange {
+            head,
+            target,
+            body_framing,
+            id,
+        } = exchange;
         let Target::Http {
             host,
             port,

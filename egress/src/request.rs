@@ -353,7 +353,7 @@ pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
     let lower = name.to_ascii_lowercase();
     HOP.contains(&lower.as_str())
         || lower.starts_with("proxy-")
-        || connection_tokens.iter().any(|t| *t == lower)
+        || connection_tokens.contains(&lower)
 }
 
 /// Header names listed in `Connection` headers (lower-cased), which are hop-by-hop too.
