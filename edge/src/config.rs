@@ -453,7 +453,7 @@ impl EdgeConfig {
                 }
                 _ => {
                     return Err(invalid(
-                        format!("{key}"),
+                        key.clone(),
                         "set exactly one of key_env and key_sha256",
                     ))
                 }
