@@ -704,3 +704,19 @@ async fn tunnel(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The edge builds the proxy before entering any runtime.
+    #[test]
+    fn new_works_outside_a_runtime() {
+        let config = EgressConfig {
+            dns_servers: vec!["127.0.0.1:5353".into()],
+            ..EgressConfig::default()
+        };
+        EgressProxy::new(config, &Registry::new()).unwrap();
+        EgressProxy::new(EgressConfig::default(), &Registry::new()).unwrap();
+    }
+}
