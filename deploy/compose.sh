@@ -157,16 +157,19 @@ build() {
 prepare_data() {
   local d=$AIBOX_DATA_DIR
   mkdir -p "$d/mcp" "$d/ops-controller" "$d/edge" "$d/ollama" "$d/open-webui" "$d/n8n"
+  # Committed examples (data/**/*.example*, README.md) stay the user's, so git keeps working.
+  local keep=(! -name '*.example*' ! -name README.md)
   local wrong=""
   for sub in mcp ops-controller ollama open-webui; do
-    if [ -n "$(find "$d/$sub" ! -user $APP_UID -print -quit 2>/dev/null)" ]; then wrong=1; fi
+    if [ -n "$(find "$d/$sub" "${keep[@]}" ! -user $APP_UID -print -quit 2>/dev/null)" ]; then wrong=1; fi
   done
   if [ -n "$(find "$d/n8n" ! -user 1000 -print -quit 2>/dev/null)" ]; then wrong=1; fi
   [ -z "$wrong" ] && return 0
   local image="${AIBOX_IMAGE_PREFIX:-aibox}-edge:${AIBOX_TAG:-local}"
   docker run --rm --network none --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add FOWNER \
     --security-opt no-new-privileges:true --entrypoint /bin/busybox -v "$d:/mnt" "$image" \
-    sh -c "chown -R $APP_UID:$APP_UID /mnt/mcp /mnt/ops-controller /mnt/ollama /mnt/open-webui \
+    sh -c "find /mnt/mcp /mnt/ops-controller /mnt/ollama /mnt/open-webui ! -name '*.example*' ! -name README.md \
+             -exec chown $APP_UID:$APP_UID {} + \
            && chown -R 1000:1000 /mnt/n8n && chmod 700 /mnt/ops-controller" \
     || die "could not set the owner of $d (the containers run as uid $APP_UID)"
 }

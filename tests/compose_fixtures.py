@@ -201,6 +201,9 @@ class CoreStack:
         self.override.write_text(FAKE_OVERRIDE.format(image=self.fake_image))
 
     def up(self) -> None:
+        # A committed example in data/, as in the repository: it must stay the user's.
+        (self.data_dir / "mcp").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "mcp" / "registry.example.json").write_text('{"servers": {}}\n')
         t0 = time.monotonic()
         p = run(["deploy/compose.sh", "up", "--no-build"], env=self.env, timeout=150, check=False)
         self.up_seconds = time.monotonic() - t0

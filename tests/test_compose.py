@@ -5,6 +5,7 @@ restart goes dashboard -> controller -> Docker, and tear-down leaves nothing beh
 """
 from __future__ import annotations
 
+import os
 import re
 import stat
 import subprocess
@@ -246,6 +247,11 @@ def test_core_comes_up_healthy_with_generated_secrets(stack):
         assert value not in stack.up_output, f"{key} was printed"
         assert f"{key} ({value[:4]}…)" in stack.up_output
     assert "core healthy in" in stack.up_output
+    # data/: the writers own their directories; the audit log's is private; examples stay the user's.
+    audit_dir = (stack.data_dir / "ops-controller").stat()
+    assert (audit_dir.st_uid, stat.S_IMODE(audit_dir.st_mode)) == (65532, 0o700)
+    assert (stack.data_dir / "mcp").stat().st_uid == 65532
+    assert (stack.data_dir / "mcp" / "registry.example.json").stat().st_uid == os.geteuid()
 
 
 def test_our_images_are_small(stack):
