@@ -13,6 +13,7 @@ import sys
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("http-tools")
 
@@ -33,7 +34,7 @@ async def sleep(seconds: float) -> str:
 @server.tool()
 def fail(reason: str = "boom") -> str:
     """Always fail with the given reason."""
-    raise RuntimeError(reason)
+    raise ToolError(reason)
 
 
 def main() -> None:

@@ -207,8 +207,18 @@ pub struct Sources<'a> {
 pub fn parse_registry(text: &str) -> Result<RegistryFile, String> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let file: RegistryFile = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
         let inner = e.into_inner();
+        // For an unknown field the path already ends with that field; name its parent.
+        if let Some(field) = inner
+            .to_string()
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+        {
+            if let Some(parent) = path.strip_suffix(&format!(".{field}")) {
+                path = parent.to_string();
+            }
+        }
         if path.is_empty() || path == "." {
             format!("registry.json: {inner}")
         } else {

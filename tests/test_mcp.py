@@ -1,0 +1,287 @@
+"""The edge's /mcp: one endpoint over real MCP servers, per-client policy, limits, health, registry.
+
+Clients: `cursor` uses the official v2 SDK (2026-07-28, `server/discover`, no session);
+`n8n` uses the official v1 SDK (2025-11-25, `initialize`, `MCP-Session-Id`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from mcp_fixtures import (
+    KEYS,
+    VENV_BIN,
+    McpEdge,
+    make_git_repo,
+    require,
+    start_http_tools,
+    start_mcp_edge,
+    v1_run,
+    v2,
+    v2_client,
+    wait_served,
+)
+
+FORBIDDEN, TIMEOUT, RATE_LIMITED, UNKNOWN = -32003, -32001, -32029, -32602
+
+
+def tool_text(result) -> str:
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+@pytest.fixture
+def world(procs, tmp_path):
+    """The edge with time (everyone but anonymous), git (cursor only) and web (HTTP; both)."""
+    repo = make_git_repo(tmp_path / "repo")
+    web = start_http_tools(procs)
+    registry = {"servers": {
+        "time": {"command": str(require(VENV_BIN / "mcp-server-time")), "args": ["--local-timezone", "UTC"],
+                 "allow_clients": ["*"], "deny_clients": ["anonymous"]},
+        "git": {"command": str(require(VENV_BIN / "mcp-server-git")), "args": ["--repository", str(repo)],
+                "allow_clients": ["cursor"]},
+        "web": {"url": web.url() + "/mcp", "allow_clients": ["cursor", "n8n"],
+                "rate_limit_rpm": 5, "timeout_sec": 1.5},
+    }}
+    edge = start_mcp_edge(procs, tmp_path, registry)
+    wait_served(edge, ["time", "git", "web"])
+    return edge, web, repo
+
+
+def test_mcp_two_sdk_clients_see_and_call_exactly_their_tools(world):
+    edge, _web, repo = world
+
+    async def cursor():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            assert c.protocol_version == "2026-07-28"
+            names = [t.name for t in (await c.list_tools()).tools]
+            assert names == sorted(names, key=lambda n: (n.split("__")[0], n)), names
+            assert {"time__get_current_time", "time__convert_time", "git__git_status", "git__git_log",
+                    "web__echo", "web__sleep", "web__fail"} <= set(names)
+            assert all(len(n) <= 64 and n.replace("_", "").replace("-", "").isalnum() for n in names)
+            r = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
+            assert not r.is_error and "UTC" in tool_text(r)
+            r = await c.call_tool("git__git_status", {"repo_path": str(repo)})
+            assert not r.is_error and "branch" in tool_text(r).lower()
+            r = await c.call_tool("web__echo", {"text": "hello through the edge"})
+            assert tool_text(r) == "hello through the edge"
+            r = await c.call_tool("web__fail", {"reason": "kaputt"})
+            assert r.is_error and "kaputt" in tool_text(r)
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("nosuch__tool", {})
+            assert e.value.code == UNKNOWN
+
+    v2(cursor)
+
+    out = v1_run(edge.url, KEYS["n8n"], [
+        ["list"],
+        ["call", "time__get_current_time", {"timezone": "UTC"}],
+        ["call", "web__echo", {"text": "v1 says hi"}],
+        ["call", "git__git_status", {"repo_path": str(repo)}],
+        ["ping"],
+    ])
+    assert out["protocol_version"] == "2025-11-25" and out["session_id"], out
+    tools, t, echo, forbidden, ping = out["results"]
+    assert not any(n.startswith("git__") for n in tools["tools"]), tools
+    assert {"time__get_current_time", "web__echo"} <= set(tools["tools"])
+    assert t["ok"] and not t["is_error"] and "UTC" in t["text"]
+    assert echo["text"] == "v1 says hi"
+    assert forbidden["error"]["code"] == FORBIDDEN and "n8n" in forbidden["error"]["message"], forbidden
+    assert ping == {"ok": True}
+
+    # Anonymous callers see nothing they may not call (time denies anonymous; git/web do not allow it).
+    out = v1_run(edge.url, None, [["list"], ["call", "time__get_current_time", {"timezone": "UTC"}]])
+    assert out["results"][0]["tools"] == []
+    assert out["results"][1]["error"]["code"] == FORBIDDEN
+
+    # The denial is logged and counted.
+    edge.proc.wait_for_line(r"mcp call denied by policy")
+    metrics = urllib.request.urlopen(edge.proc.url() + "/metrics", timeout=10).read().decode()
+    assert 'aibox_mcp_denials_total{client="n8n",server="git",tool="git__git_status"} 1' in metrics, \
+        [line for line in metrics.splitlines() if "aibox_mcp" in line]
+
+
+def test_mcp_rate_limit_and_slow_tool_timeout(world):
+    edge, _web, _repo = world
+
+    async def cursor():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            for i in range(5):
+                await c.call_tool("web__echo", {"text": str(i)})
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("web__echo", {"text": "one too many"})
+            assert e.value.code == RATE_LIMITED and "retry after" in e.value.message, e.value.error
+            assert e.value.data["retry_after_ms"] > 0
+            # Other servers are not limited.
+            r = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
+            assert not r.is_error
+
+    v2(cursor)
+
+    # The limit is per client: n8n still has its own 5 calls (v1 gets the error in-band).
+    out = v1_run(edge.url, KEYS["n8n"], [["call", "web__echo", {"text": str(i)}] for i in range(6)]
+                 + [["call", "web__sleep", {"seconds": 30}]])
+    results = out["results"]
+    assert all(r.get("ok") for r in results[:5]), results
+    assert results[5]["error"]["code"] == RATE_LIMITED, results[5]
+
+    # n8n's 7th call was rate limited too (the limit applies before the timeout).
+    assert results[6]["error"]["code"] == RATE_LIMITED
+    v2(slow_timeout_only(edge))
+
+
+def slow_timeout_only(edge: McpEdge):
+    async def run():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            # cursor's budget on web is spent: raise the limit (a policy-only edit, hot reloaded
+            # without restarting the server), then call the tool that sleeps past timeout_sec.
+            reg = json.loads(edge.registry.read_text())
+            reg["servers"]["web"]["rate_limit_rpm"] = 1000
+            edge.registry.write_text(json.dumps(reg))
+            deadline = time.monotonic() + 10
+            while edge.health()["web"]["policy"]["rate_limit_rpm"] != 1000:
+                assert time.monotonic() < deadline, "registry edit not picked up"
+                time.sleep(0.1)
+            started = time.monotonic()
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("web__sleep", {"seconds": 20}, read_timeout_seconds=60)
+            assert e.value.code == TIMEOUT and "timed out" in e.value.message, e.value.error
+            assert time.monotonic() - started < 15
+            # The server is still fine afterwards.
+            r = await c.call_tool("web__echo", {"text": "still here"})
+            assert tool_text(r) == "still here"
+    return run
+
+
+def test_mcp_dead_server_goes_unhealthy_and_comes_back(world, procs):
+    edge, web, _repo = world
+    port = int(web.addr().rsplit(":", 1)[1])
+    web.stop()
+    h = edge.wait_health("web", lambda h: h["state"] == "unhealthy", what="unhealthy")
+    assert h["consecutive_failures"] >= 3 and h["last_error"], h
+    assert h["tools"] == []
+
+    async def gone():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            names = [t.name for t in (await c.list_tools()).tools]
+            assert not any(n.startswith("web__") for n in names) and "time__get_current_time" in names
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("web__echo", {"text": "x"})
+            assert "unavailable" in e.value.message
+
+    v2(gone)
+    out = v1_run(edge.url, KEYS["n8n"], [["list"]])
+    assert not any(n.startswith("web__") for n in out["results"][0]["tools"])
+
+    start_http_tools(procs, port=port, name="http-tools-again")
+    edge.wait_health("web", lambda h: h["state"] == "healthy" and h["tools"], what="healthy again")
+
+    async def back():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            r = await c.call_tool("web__echo", {"text": "back"})
+            assert tool_text(r) == "back"
+
+    v2(back)
+
+
+def test_mcp_stdio_server_killed_is_restarted(world):
+    edge, _web, repo = world
+    pids = [p for p in os.listdir("/proc") if p.isdigit() and str(repo) in _cmdline(p)]
+    assert pids, "mcp-server-git child not found"
+    for p in pids:
+        os.killpg(int(p), signal.SIGKILL)
+    h = edge.wait_health("git", lambda h: h["restarts"] >= 1 and h["state"] == "healthy", what="restarted")
+    assert h["tools"]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_mcp_registry_errors_keep_the_last_good_registry(procs, tmp_path):
+    time_cmd = str(require(VENV_BIN / "mcp-server-time"))
+    good = {"servers": {"time": {"command": time_cmd, "allow_clients": ["*"]}}}
+    edge = start_mcp_edge(procs, tmp_path, good)
+    wait_served(edge, ["time"])
+
+    def registry_error() -> str | None:
+        status, body = edge.admin("GET", "/api/mcp/registry")
+        assert status == 200, body
+        return body["error"]
+
+    # Bad JSON, unknown field, duplicate names: named in the error, last good registry stays.
+    for text, needle in [
+        ('{"servers": {', "registry.json"),
+        ('{"servers": {"time": {"command": "x", "timeout": 3}}}', "servers.time: unknown field `timeout`"),
+        ('{"servers": {"a": {"command": "x"}, "a": {"command": "y"}}}', 'duplicate server name "a"'),
+        ('{"servers": {"a": {"command": "x", "rate_limit_rpm": 0}}}', "servers.a.rate_limit_rpm"),
+    ]:
+        edge.registry.write_text(text)
+        deadline = time.monotonic() + 10
+        while needle not in (registry_error() or ""):
+            assert time.monotonic() < deadline, (needle, registry_error())
+            time.sleep(0.1)
+        assert edge.health()["time"]["state"] in ("healthy", "degraded")
+
+    # The same errors through the admin API: 400 problem, nothing written.
+    edge.registry.write_text(json.dumps(good))
+    status, body = edge.admin("PUT", "/api/mcp/registry",
+                              b'{"servers": {"t": {"command": "x", "colour": "red"}}}')
+    assert status == 400 and "servers.t: unknown field `colour`" in body["detail"], body
+    assert json.loads(edge.registry.read_text()) == good
+
+    # Admin only.
+    status, body = edge.admin("GET", "/api/mcp/health", token=KEYS["n8n"])
+    assert status == 403, body
+    status, body = edge.admin("PUT", "/api/mcp/registry", json.dumps(good).encode(), token=None)
+    assert status == 401, body
+
+    # A server whose secret is missing is reported, not started; the others keep running.
+    with_secret = {"servers": {
+        "time": {"command": time_cmd},
+        "github": {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer ${GITHUB_TOKEN}"},
+                   "env_schema": {"GITHUB_TOKEN": {"required": True, "description": "a GitHub token"}}},
+        "browser": {"image": "aibox/browser-mcp:latest"},
+    }}
+    status, body = edge.admin("PUT", "/api/mcp/registry", json.dumps(with_secret).encode())
+    assert status == 200 and sorted(body["added"]) == ["browser", "github"], body
+    h = edge.health()
+    assert h["github"]["state"] == "missing_secrets" and h["github"]["missing_secrets"] == ["GITHUB_TOKEN"], h
+    assert h["browser"]["state"] == "not_served", h
+    assert h["time"]["state"] in ("healthy", "degraded") and h["time"]["restarts"] == 0, h
+    assert json.loads(edge.registry.read_text())["servers"]["github"]["env_schema"]
+
+    # servers.txt lists the enabled servers.
+    (edge.dir / "servers.txt").write_text("# enabled\ngithub\n")
+    edge.wait_health("time", lambda h: h["state"] == "disabled", what="disabled by servers.txt")
+
+
+def test_mcp_host_and_origin_are_checked(world):
+    edge, _web, _repo = world
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}).encode()
+    for headers in ({"Origin": "http://evil.example"}, {"Host": "evil.example"}):
+        req = urllib.request.Request(edge.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+            "Authorization": f"Bearer {KEYS['cursor']}", **headers})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 403, headers
+
+
+def test_mcp_children_are_gone_after_the_edge_stops(world):
+    edge, _web, repo = world
+    assert any(str(repo) in _cmdline(p) for p in os.listdir("/proc") if p.isdigit())
+    edge.proc.stop()
+    deadline = time.monotonic() + 10
+    while any(str(repo) in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()):
+        assert time.monotonic() < deadline, "mcp-server-git outlived the edge"
+        time.sleep(0.1)
