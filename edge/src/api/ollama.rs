@@ -571,6 +571,7 @@ async fn relay(
         lines: LineBuffer::default(),
         ctx: ctx.clone(),
         expect_done,
+        endpoint: up.endpoint.url.clone(),
         saw_done: false,
         at_line_start: true,
         done: false,
@@ -599,6 +600,8 @@ struct NdjsonRelay {
     ctx: RequestContext,
     /// Chat and generate streams end with a `"done":true` line; one that does not was cut short.
     expect_done: bool,
+    /// For the log line when the upstream fails mid-stream.
+    endpoint: String,
     saw_done: bool,
     at_line_start: bool,
     done: bool,
@@ -658,6 +661,8 @@ impl NdjsonRelay {
 
     /// An error line as Ollama writes one mid-stream, on a line of its own.
     fn error_line(&mut self, msg: &str) -> Bytes {
+        tracing::warn!(request_id = %self.ctx.id, endpoint = %self.endpoint, error = msg,
+                       "upstream stream failed");
         self.ctx
             .update(|m| m.error = Some("upstream_stream_failed"));
         let line = ndjson(&json!({"error": msg}));

@@ -318,7 +318,7 @@ pub enum Shape {
 }
 
 fn piece(shape: Shape, model: &str, content: &str, thinking: Option<&str>) -> Value {
-    let mut v = json!({"model": model, "created_at": rfc3339_now()});
+    let mut v = json!({"model": model, "created_at": rfc3339_now(), "done": false});
     match shape {
         Shape::Chat => {
             let mut msg = json!({"role": "assistant", "content": content});
@@ -606,7 +606,7 @@ mod tests {
             .is_empty());
         let first = t.on_event(&ev(json!({"delta": {"content": "Hi"}})));
         assert_eq!(first[0]["message"]["content"], "Hi");
-        assert_eq!(first[0]["done"], Value::Null);
+        assert_eq!(first[0]["done"], false);
         t.on_event(&ev(json!({"delta": {"tool_calls": [
             {"index": 0, "id": "a", "function": {"name": "w", "arguments": "{\"ci"}}]}})));
         t.on_event(&ev(json!({"delta": {"tool_calls": [
