@@ -1,0 +1,135 @@
+"""Many inference hosts behind one provider: balancing, passive ejection, failover.
+
+Three fake Ollama endpoints serve one provider, `pool`. Clients never see a host fail: a load
+keeps going with zero failures while one endpoint is killed, a slow endpoint gets less of the
+traffic, and a model that only one endpoint has always goes there.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import ollama
+import openai
+
+from conftest import fake_upstream, start_edge
+
+ADMIN = "admin-token-0123456789abcdef"
+HEALTH = """
+[health]
+probe_interval_ms = 200
+eject_ms = 1000
+eject_after = 2
+"""
+
+
+def pool_edge(procs, tmp_path, fakes, extra: str = ""):
+    endpoints = "".join(f'[[providers.endpoints]]\nurl = "{f.url()}"\n' for f in fakes)
+    config = f"{HEALTH}{extra}\n[[providers]]\nname = \"pool\"\nkind = \"ollama\"\n{endpoints}"
+    edge = start_edge(procs, tmp_path, config, {"AIBOX_ADMIN_TOKEN": ADMIN, "OLLAMA_URL": "",
+                                                "CONTROLLER_URL": ""})
+    wait_until(lambda: all(e["healthy"] for e in endpoints_of(edge)), "every endpoint listed its models")
+    return edge
+
+
+def endpoints_of(edge) -> list[dict]:
+    ready = httpx.get(f"{edge.url()}/ready").json()
+    return next(p for p in ready["providers"] if p["name"] == "pool")["endpoints"]
+
+
+def wait_until(check, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def served(fake) -> int:
+    return httpx.get(f"{fake.url()}/_fake/stats").json()["requests"]
+
+
+def test_killing_an_endpoint_mid_load_fails_no_request(procs, tmp_path):
+    fakes = [fake_upstream(procs, "ollama", "--name", f"e{i}", name=f"fake-e{i}") for i in range(3)]
+    edge = pool_edge(procs, tmp_path, fakes)
+    client = openai.OpenAI(base_url=f"{edge.url()}/v1", api_key="unused", max_retries=0, timeout=30)
+    victim = fakes[1]
+    done = [0]
+    lock = threading.Lock()
+
+    def one(i: int) -> str:
+        r = client.chat.completions.create(model="pool/llama3:8b",
+                                           messages=[{"role": "user", "content": f"request {i}"}])
+        with lock:
+            done[0] += 1
+            if done[0] == 100:
+                victim.signal(9)  # SIGKILL: no goodbye, connections just die
+        return r.choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(one, range(300)))  # an exception in any request fails the test
+
+    assert replies == [f"You said: request {i}" for i in range(300)]
+    assert victim.proc.wait(timeout=5) is not None
+    assert served(fakes[0]) + served(fakes[2]) > 200, "the survivors carried the rest"
+
+    # The dead endpoint is reported on /ready and in the metrics; the provider stays ready.
+    wait_until(lambda: next(e for e in endpoints_of(edge) if e["url"] == victim.url())["ejected"],
+               "the killed endpoint is ejected")
+    assert httpx.get(f"{edge.url()}/ready").status_code == 200
+    up = {line.split("} ")[0]: line.split("} ")[1] for line in httpx.get(f"{edge.url()}/metrics").text.splitlines()
+          if line.startswith("aibox_endpoint_up{")}
+    assert [v for k, v in up.items() if f'endpoint="{victim.url()}"' in k] == ["0"]
+    assert sorted(v for k, v in up.items() if 'provider="pool"' in k) == ["0", "1", "1"]
+
+
+def test_a_slow_endpoint_gets_less_traffic(procs, tmp_path):
+    fast = [fake_upstream(procs, "ollama", "--name", f"fast{i}", name=f"fake-fast{i}") for i in range(2)]
+    slow = fake_upstream(procs, "ollama", "--name", "slow", "--latency-ms", "200", name="fake-slow")
+    edge = pool_edge(procs, tmp_path, [fast[0], slow, fast[1]])
+    client = ollama.Client(host=edge.url())
+
+    def one(i: int) -> None:
+        client.chat(model="llama3:8b", messages=[{"role": "user", "content": f"hi {i}"}])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, range(80)))
+    counts = {"fast0": served(fast[0]), "fast1": served(fast[1]), "slow": served(slow)}
+    assert sum(counts.values()) == 80, counts
+    assert counts["slow"] * 4 < min(counts["fast0"], counts["fast1"]), counts
+
+
+def test_a_model_on_one_endpoint_always_goes_there(procs, tmp_path):
+    fakes = [
+        fake_upstream(procs, "ollama", "--models", "llama3:8b,only-here:1b", "--name", "has-it", name="fake-has-it"),
+        fake_upstream(procs, "ollama", "--models", "llama3:8b", "--name", "lacks1", name="fake-lacks1"),
+        fake_upstream(procs, "ollama", "--models", "llama3:8b", "--name", "lacks2", name="fake-lacks2"),
+    ]
+    edge = pool_edge(procs, tmp_path, fakes)
+    client = ollama.Client(host=edge.url())
+
+    def one(i: int) -> str:
+        return client.generate(model="only-here:1b", prompt=f"p{i}").response
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(pool.map(one, range(40)))
+    assert replies == [f"You said: p{i}" for i in range(40)]
+    assert [served(f) for f in fakes] == [40, 0, 0]
+    assert "only-here:1b" in {m.model for m in client.list().models}
+
+
+def test_an_admin_pull_reaches_every_endpoint(procs, tmp_path):
+    fakes = [fake_upstream(procs, "ollama", "--name", f"p{i}", name=f"fake-p{i}") for i in range(3)]
+    edge = pool_edge(procs, tmp_path, fakes)
+    admin = ollama.Client(host=edge.url(), headers={"Authorization": f"Bearer {ADMIN}"})
+    progress = list(admin.pull("mistral:7b", stream=True))
+    assert [p.status for p in progress].count("success") == 1 and progress[-1].status == "success"
+    for f in fakes:
+        tags = httpx.get(f"{f.url()}/api/tags").json()
+        assert "mistral:7b" in {m["name"] for m in tags["models"]}
+    assert admin.delete("mistral:7b").status == "success"
+    for f in fakes:
+        tags = httpx.get(f"{f.url()}/api/tags").json()
+        assert "mistral:7b" not in {m["name"] for m in tags["models"]}
