@@ -421,6 +421,9 @@ def test_post_audit_records_events_for_other_components(procs, tmp_path, stack):
     assert_error(api.post("/audit", {"action": "Bad Action", "resource": "x"}), 400, "invalid_body")
     assert_error(api.post("/audit", {"action": "a", "resource": "x", "result": "maybe"}), 400, "invalid_body")
     assert_error(api.post("/audit", {"action": "a", "resource": "x", "extra": 1}), 400, "invalid_body")
+    assert_error(api.post("/audit", {"action": "a", "resource": "x", "metadata": {"blob": "x" * 20000}}),
+                 400, "invalid_body")
+    assert_error(api.post("/audit", {"action": "a", "resource": "x", "metadata": [1]}), 400, "invalid_body")
     assert_error(api.post("/audit", {"action": "a", "resource": "x"}, auth=False), 401, "unauthorized")
 
     status, headers, text = api.get("/audit?format=jsonl")

@@ -24,6 +24,8 @@ use crate::logstream::{LogDecoder, LogLine};
 
 const MAX_TAIL: u32 = 5000;
 const MAX_AUDIT_LIMIT: usize = 1000;
+/// Keeps one event well under a rotated file's size and readable in the dashboard.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 pub struct AppState {
     pub engine: Engine,
@@ -673,12 +675,14 @@ async fn audit_record(
         }
         caller.correlation_id = cid;
     }
-    let event = caller.event(
-        &req.action,
-        &req.resource,
-        &result,
-        req.metadata.unwrap_or_default(),
-    );
+    let metadata = req.metadata.unwrap_or_default();
+    if serde_json::to_vec(&metadata).map_or(0, |v| v.len()) > MAX_METADATA_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("metadata must serialize to at most {MAX_METADATA_BYTES} bytes"),
+        ));
+    }
+    let event = caller.event(&req.action, &req.resource, &result, metadata);
     let stored = append(&state, event).await.map_err(audit_refused)?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }

@@ -139,7 +139,7 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("shutting down");
+    // Nothing is logged here: the process is expected to go quiet once asked to stop.
     // Give in-flight actions a moment, then stop regardless of open log streams.
     tokio::spawn(async {
         tokio::time::sleep(Duration::from_secs(3)).await;
