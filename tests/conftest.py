@@ -63,6 +63,8 @@ class Proc:
                 if m and m.group(1) not in self.addrs:
                     self.addrs[m.group(1)] = m.group(2)
                 self._cond.notify_all()
+        # The pump owns the log file: it closes it once the process's output has ended.
+        self._log.close()
 
     def addr(self, label: str = "api") -> str:
         return self.addrs[label]
@@ -102,7 +104,6 @@ class Proc:
                 except ProcessLookupError:
                     pass
                 self.proc.wait(timeout=5)
-        self._log.close() if not self._log.closed else None
 
 
 class Starter:

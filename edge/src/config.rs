@@ -162,6 +162,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub service_names: Vec<String>,
     pub dashboard_url: Option<String>,
+    /// Peers allowed to assert a user through `Tailscale-User-*` headers (Tailscale Serve).
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub controller: Option<ControllerLink>,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
@@ -208,6 +211,7 @@ pub struct EdgeConfig {
     pub trust_client_id_header: bool,
     pub service_names: HashSet<String>,
     pub dashboard_url: Option<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub controller: Option<(String, String)>,
     pub timeouts: TimeoutConfig,
     pub health: HealthConfig,
@@ -495,6 +499,7 @@ impl EdgeConfig {
                 .var("DASHBOARD_URL")
                 .or(file.dashboard_url.clone())
                 .map(|u| u.trim_end_matches('/').to_owned()),
+            trusted_proxies: file.trusted_proxies.clone(),
             controller,
             timeouts: file.timeouts.clone(),
             health: file.health.clone(),

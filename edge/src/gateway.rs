@@ -29,6 +29,12 @@ pub struct EdgeGateway {
     router: axum::Router,
 }
 
+const TAILSCALE_IDENTITY: &[&str] = &[
+    "tailscale-user-login",
+    "tailscale-user-name",
+    "tailscale-user-profile-pic",
+];
+
 pub struct EdgeCtx {
     request_id: String,
     started: Instant,
@@ -302,8 +308,23 @@ impl ProxyHttp for EdgeGateway {
         ctx: &mut EdgeCtx,
     ) -> pingora_core::Result<()> {
         upstream_request.insert_header("x-request-id", &ctx.request_id)?;
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            upstream_request.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Some(ip) = peer {
+            upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        // Identity headers count only from the proxy that is allowed to set them; anyone else
+        // reaching the edge directly could forge them.
+        let trusted = peer.is_some_and(|ip| {
+            self.state
+                .config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
+        if !trusted {
+            for h in TAILSCALE_IDENTITY {
+                upstream_request.remove_header(*h);
+            }
         }
         Ok(())
     }
