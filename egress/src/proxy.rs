@@ -173,6 +173,31 @@ pub fn client_name(head: &RequestHead) -> String {
     }
 }
 
+/// What of an unparsable target may be logged: no query (tokens live there), no userinfo
+/// (passwords), no control characters, bounded length.
+pub fn loggable_target(target: &str) -> String {
+    let without_query = target.split(['?', '#']).next().unwrap_or("");
+    let (scheme, rest) = match without_query.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, without_query),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let joined = match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{path}"),
+        None => format!("{authority}{path}"),
+    };
+    joined
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(200)
+        .collect()
+}
+
 fn denial_response(reason: DenyReason, id: &str) -> Vec<u8> {
     let status = if reason == DenyReason::BadRequest {
         "400 Bad Request"
@@ -355,7 +380,7 @@ impl EgressProxy {
         {
             Ok(t) => t,
             Err(e) => {
-                record.host = head.target.chars().take(200).collect();
+                record.host = loggable_target(&head.target);
                 self.refuse(&record, &mut inbound, &mut client_w, e.reason)
                     .await;
                 return;
@@ -708,6 +733,16 @@ async fn tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_targets_carry_no_credentials_or_queries() {
+        assert_eq!(
+            loggable_target("http://user:hunter2@example.com/a?token=s3cret"),
+            "http://***@example.com/a"
+        );
+        assert_eq!(loggable_target("u:p@host:443"), "***@host:443");
+        assert_eq!(loggable_target("/x\r\n?q"), "/x??");
+    }
 
     /// The edge builds the proxy before entering any runtime.
     #[test]
