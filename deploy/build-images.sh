@@ -27,7 +27,7 @@ for b in "${BINS[@]}"; do
 done
 command -v docker >/dev/null || die "docker is not installed"
 BUSYBOX=${AIBOX_BUSYBOX:-/bin/busybox}
-if ! file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked'; then
+if [ ! -x "$BUSYBOX" ] || ! ldd "$BUSYBOX" 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then
   die "$BUSYBOX is not a static busybox (Debian: apt-get install busybox-static)"
 fi
 
