@@ -226,3 +226,37 @@ def egress_toml(dns: DnsServer, ports: list[int], allow: list[str] | None = None
         lines.append("allow_loopback_for_tests = true")
         lines.append("allow_cidrs = [" + ", ".join(f'"{a}"' for a in allow) + "]")
     return "\n".join(lines) + "\n" + extra
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def chromium_behind_proxy(proxy_addr: str):
+    """Headless Debian Chromium with the egress guard's flags (docs/egress.md), pointed at the
+    edge's egress listener. Fails (never skips) when Chromium or chromedriver is missing."""
+    import os
+
+    import pytest
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(path):
+            pytest.fail(f"{path} is missing: install Debian's chromium and chromium-driver", pytrace=False)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+        "--no-first-run", "--disable-extensions", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-default-apps",
+        # The egress guard's flags, exactly as the compose bundle passes them:
+        f"--proxy-server=http://{proxy_addr}",
+        "--proxy-bypass-list=<-loopback>",
+        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    return driver

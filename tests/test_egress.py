@@ -19,6 +19,7 @@ from egress_fixtures import (
     DnsServer,
     Origin,
     Recorder,
+    chromium_behind_proxy,
     connect_tunnel,
     egress_toml,
     follow_redirects,
@@ -240,3 +241,40 @@ def test_egress_firewall_script_dry_run_prints_rules_for_both_backends():
     bad = subprocess.run([str(FIREWALL), "--dry-run", "--subnet", "not-a-subnet"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "--subnet" in bad.stderr
+
+
+def test_egress_real_chromium_reaches_the_web_only_through_the_proxy(procs, tmp_path, loopback):
+    """Debian Chromium with the bundle's flags: allowed pages load, loopback URLs go to the proxy
+    too (`<-loopback>`), redirects to metadata are refused at the next hop, HTTPS tunnels are
+    judged, and the recorder on 127.0.0.1 is never reached."""
+    origin = loopback(Origin("127.0.0.2"))
+    recorder = loopback(Recorder("127.0.0.1"))
+    dns = loopback(DnsServer({"origin.test": ["127.0.0.2"], "metadata.test": ["169.254.169.254"]}))
+    edge = start_edge(procs, tmp_path,
+                      egress_toml(dns, [80, 443, origin.port, recorder.port], allow=["127.0.0.2/32"]),
+                      wait_for=("api", "egress"))
+    driver = chromium_behind_proxy(edge.addr("egress"))
+    try:
+        driver.get(f"http://origin.test:{origin.port}/hello")
+        assert "hello from the origin: GET /hello" in driver.page_source
+
+        driver.get(f"http://127.0.0.1:{recorder.port}/")
+        assert "aibox egress denied this request: loopback" in driver.page_source
+
+        driver.get(f"http://origin.test:{origin.port}/redirect?to=http://metadata.test/latest/")
+        assert "aibox egress denied this request: metadata" in driver.page_source
+
+        # HTTPS is a CONNECT tunnel, refused before any TLS; Chromium reports the refused tunnel.
+        from selenium.common.exceptions import WebDriverException
+
+        with pytest.raises(WebDriverException, match="ERR_TUNNEL_CONNECTION_FAILED"):
+            driver.get("https://metadata.test/")
+    finally:
+        driver.quit()
+    assert recorder.connections == 0
+    seen = {(d.get("host"), d.get("port"), d.get("reason")) for d in decisions(edge)}
+    assert ("127.0.0.1", recorder.port, "loopback") in seen, seen
+    assert ("metadata.test", 80, "metadata") in seen, seen
+    assert ("metadata.test", 443, "metadata") in seen, seen
+    paths = [p for _, p, _ in origin.seen]
+    assert "/hello" in paths and "/redirect?to=http://metadata.test/latest/" in paths, paths
