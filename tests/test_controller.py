@@ -439,6 +439,34 @@ def test_post_audit_records_events_for_other_components(procs, tmp_path, stack):
     assert status == 200 and report["ok"] is True and report["events"] == 2 and report["last_seq"] == 2
 
 
+def test_actions_are_refused_while_the_audit_log_cannot_be_written(procs, tmp_path, stack):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    _, api = start_controller(procs, p.name, audit_dir, env={"AUDIT_MAX_BYTES": "1024", "AUDIT_KEEP": "1"})
+    assert api.post("/audit", {"action": "mcp_add", "resource": "pad", "metadata": {"pad": "x" * 1000}})[0] == 201
+    # The next event must rotate audit.log, which needs audit.log.1 gone; a directory there blocks it.
+    (audit_dir / "audit.log.1").mkdir()
+    before = started_at(p, "worker")
+    # The first failure can only be found by writing: the action ran, and the caller is told so.
+    status, _, body = api.post("/services/worker/restart", {"confirm": True})
+    assert_error((status, None, body), 500, "audit_write_failed")
+    assert started_at(p, "worker") != before
+    # From then on actions are refused (fail closed) and nothing is done.
+    before = started_at(p, "worker")
+    assert_error(api.post("/services/worker/restart", {"confirm": True}), 503, "audit_unavailable")
+    assert_error(api.get("/services/worker/logs"), 503, "audit_unavailable")
+    assert_error(api.post("/audit", {"action": "mcp_add", "resource": "x"}), 503, "audit_unavailable")
+    assert started_at(p, "worker") == before
+    # Once the log is writable again the gap is recorded and actions resume.
+    (audit_dir / "audit.log.1").rmdir()
+    status, _, body = api.post("/services/worker/restart", {"confirm": True})
+    assert status == 200, body
+    events = api.get("/audit")[2]["events"]
+    assert [(e["seq"], e["action"]) for e in events] == [(3, "restart"), (2, "audit_recovered"), (1, "mcp_add")]
+    assert events[1]["actor"] == "controller" and events[1]["metadata"]["error"]
+    assert verify_cli(audit_dir).returncode == 0
+
+
 @pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])
 def test_verifier_detects_tampering_in_the_middle(procs, tmp_path, stack, tamper):
     p, _ = stack

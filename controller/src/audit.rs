@@ -260,17 +260,30 @@ impl AuditLog {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// After a failed write, proves the log works again by writing an `audit_recovered` event
+    /// (which also records the failure); until that succeeds every action is refused.
     fn heal(&self, w: &mut Writer) -> Result<(), AuditError> {
-        if let Some(reason) = w.failed.clone() {
-            match Self::recover(&self.cfg) {
-                Ok(fresh) => *w = fresh,
-                Err(e) => {
-                    return Err(AuditError::Unavailable(format!(
-                        "{reason}; reopening failed: {e}"
-                    )))
-                }
-            }
+        let Some(reason) = w.failed.clone() else {
+            return Ok(());
+        };
+        let refused =
+            |e: AuditError| AuditError::Unavailable(format!("{reason}; still failing: {e}"));
+        *w = Self::recover(&self.cfg).map_err(refused)?;
+        let mut metadata = Map::new();
+        metadata.insert("error".into(), Value::String(reason.clone()));
+        let notice = NewEvent {
+            action: "audit_recovered".into(),
+            resource: LOG_FILE.into(),
+            actor: "controller".into(),
+            result: "ok".into(),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            metadata,
+        };
+        if let Err(e) = self.write_event(w, notice) {
+            w.failed = Some(reason.clone());
+            return Err(refused(e));
         }
+        tracing::warn!(after = %reason, "audit log writable again");
         Ok(())
     }
 
@@ -284,6 +297,11 @@ impl AuditLog {
     pub fn append(&self, new: NewEvent) -> Result<AuditEvent, AuditError> {
         let mut w = self.lock();
         self.heal(&mut w)?;
+        self.write_event(&mut w, new)
+            .inspect_err(|e| w.failed = Some(e.to_string()))
+    }
+
+    fn write_event(&self, w: &mut Writer, new: NewEvent) -> Result<AuditEvent, AuditError> {
         let event = AuditEvent {
             seq: w.last_seq + 1,
             ts: now_ts(),
@@ -297,10 +315,7 @@ impl AuditLog {
         };
         let mut line = event.canonical();
         line.push('\n');
-        if let Err(e) = self.write_line(&mut w, line.as_bytes()) {
-            w.failed = Some(e.to_string());
-            return Err(e);
-        }
+        self.write_line(w, line.as_bytes())?;
         w.last_seq = event.seq;
         w.last_hash = event_hash(&self.cfg.key, &event);
         Ok(event)
@@ -765,9 +780,41 @@ mod tests {
             w.file = Some(OpenOptions::new().write(true).open("/dev/full").unwrap());
         }
         assert!(log.append(ev("stop", "a")).is_err());
-        // The next call reopens the real file and the chain carries on from seq 1.
+        // The next call reopens the real file and records the failure before anything else.
         log.ready().unwrap();
-        assert_eq!(log.append(ev("stop", "a")).unwrap().seq, 2);
+        assert_eq!(log.append(ev("stop", "a")).unwrap().seq, 3);
+        let events: Vec<AuditEvent> = lines(&t.0.join(LOG_FILE))
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events[1].action, "audit_recovered");
+        assert!(events[1].metadata["error"]
+            .as_str()
+            .unwrap()
+            .contains("No space"));
+        assert!(verify_dir(&t.0, b"test-key").unwrap().ok);
+    }
+
+    #[test]
+    fn refuses_while_rotation_keeps_failing() {
+        let t = TempDir::new();
+        let log = AuditLog::open(cfg(&t.0, 1024, 1)).unwrap();
+        let mut big = ev("start", "a");
+        big.metadata
+            .insert("pad".into(), Value::String("x".repeat(1000)));
+        log.append(big).unwrap();
+        // Rotation must delete audit.log.1, which it cannot when that is a directory.
+        fs::create_dir(t.0.join("audit.log.1")).unwrap();
+        assert!(log.append(ev("stop", "a")).is_err());
+        assert!(
+            log.ready().is_err(),
+            "must refuse while the log cannot be written"
+        );
+        assert!(log.append(ev("stop", "a")).is_err());
+        fs::remove_dir(t.0.join("audit.log.1")).unwrap();
+        log.ready().unwrap();
+        let next = log.append(ev("stop", "a")).unwrap();
+        assert_eq!(next.seq, 3, "seq 2 is the audit_recovered event");
         assert!(verify_dir(&t.0, b"test-key").unwrap().ok);
     }
 
