@@ -1,0 +1,217 @@
+"""The dashboard in real Chromium, behind the real edge, acting through the real controller on real
+Docker containers: sign in, act on a service and watch it change, read and follow its logs, see
+the audit row; wrong passwords and forms without their CSRF token refused; screenshots of every
+page at 1280 and 375 px (artifacts/screenshots/).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import urllib.request
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from conftest import BIN
+from controller_fixtures import ComposeProject
+from dashboard_fixtures import (N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
+                                wait_edge_ready, wait_until)
+
+PAGES = {
+    "services": "/",
+    "confirm": "/services/web/restart",
+    "logs": "/services/web/logs?tail=100",
+    "models": "/models",
+    "tools": "/tools",
+    "audit": "/audit",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(module_procs, tmp_path_factory):
+    project = ComposeProject()
+    try:
+        s = dashboard_stack(module_procs, tmp_path_factory.mktemp("dashboard"), project)
+        wait_edge_ready(s.url)
+        yield s
+    finally:
+        module_procs.stop_all()
+        project.cleanup()
+
+
+def sign_in(driver, base: str, password: str) -> None:
+    driver.get(base + "/login")
+    field = driver.find_element(By.ID, "password")
+    field.send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button[type=submit]").click()
+
+
+def flash_text(driver) -> str:
+    els = driver.find_elements(By.CSS_SELECTOR, ".flashes")
+    return els[0].text if els else ""
+
+
+def card_state(driver, service: str) -> str:
+    return driver.find_element(By.ID, f"svc-{service}").get_attribute("data-state")
+
+
+def act(driver, service: str, action: str) -> str:
+    """Click the card's button, read the dry run, confirm; returns the flash after the redirect."""
+    driver.find_element(By.CSS_SELECTOR, f"#svc-{service} a[href='/services/{service}/{action}']").click()
+    dry = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "section.confirm").text, what="dry run")
+    assert f"would: {action} {service}" in dry, dry
+    driver.find_element(By.CSS_SELECTOR, f"form[action='/services/{service}/{action}'] button[type=submit]").click()
+    return wait_until(lambda: flash_text(driver), what=f"{action} flash")
+
+
+def test_dashboard_refuses_to_start_without_a_password():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHBOARD_")}
+    env["DASHBOARD_LISTEN"] = "127.0.0.1:0"
+    res = subprocess.run([str(BIN / "dashboard")], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert "DASHBOARD_PASSWORD" in res.stderr and "refuses to run open" in res.stderr, res.stderr
+
+
+def test_dashboard_wrong_password_is_refused(stack):
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, "not-the-password")
+        err = wait_until(lambda: d.find_element(By.ID, "signin-error").text, what="sign-in error")
+        assert "Wrong password" in err
+        assert d.get_cookie("aibox_session") is None
+        d.get(stack.url + "/audit")
+        assert "/login" in d.current_url, "still signed out"
+    finally:
+        d.quit()
+
+
+def test_dashboard_sign_in_restart_logs_and_audit_row(stack):
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, PASSWORD)
+        wait_until(lambda: d.find_element(By.ID, "svc-web"), what="services page")
+        assert "Signed in as admin" in d.find_element(By.CSS_SELECTOR, ".who").text
+        assert card_state(d, "web") == "running"
+        assert "healthy" in d.find_element(By.ID, "svc-web").text or "starting" in d.find_element(By.ID, "svc-web").text
+
+        # Stop the worker and watch its card change, then start it again.
+        assert "Stopped worker." in act(d, "worker", "stop")
+        wait_until(lambda: card_state(d, "worker") == "exited", what="worker exited on the page")
+        assert stack.project.inspect("worker")["State"]["Status"] == "exited"
+        assert "Started worker." in act(d, "worker", "start")
+        wait_until(lambda: card_state(d, "worker") == "running", what="worker running on the page")
+        assert stack.project.inspect("worker")["State"]["Running"] is True
+
+        # Restart web: Docker's start time moves, and the flash names the request id.
+        before = stack.project.inspect("web")["State"]["StartedAt"]
+        flash = act(d, "web", "restart")
+        assert "Restarted web." in flash, flash
+        request_id = re.search(r"request ([0-9a-f-]{36})", flash).group(1)
+        assert stack.project.inspect("web")["State"]["StartedAt"] != before
+
+        # Logs: stdout and stderr lines, then follow mode streams new lines in.
+        d.find_element(By.CSS_SELECTOR, "#svc-web a[href='/services/web/logs']").click()
+        wait_until(lambda: "out-hello" in d.find_element(By.ID, "log").text, what="log lines")
+        assert "err-hello" in d.find_element(By.CSS_SELECTOR, "#log li.s-stderr").text
+        d.find_element(By.CSS_SELECTOR, "input[name=follow]").click()
+        d.find_element(By.CSS_SELECTOR, "form.toolbar button[type=submit]").click()
+        wait_until(lambda: d.find_element(By.ID, "follow-state").text == "following live", what="follow mode")
+
+        def newest_tick() -> int:
+            ticks = re.findall(r"tick (\d+)", d.find_element(By.ID, "log").text)
+            return max(map(int, ticks)) if ticks else 0
+        first = wait_until(newest_tick, what="tick lines")
+        wait_until(lambda: newest_tick() >= first + 2, timeout=15, what="new lines while following")
+
+        # The audit page shows the restart, by the dashboard, for the signed-in user.
+        d.get(stack.url + "/audit?action=restart")
+        row = wait_until(lambda: [r for r in d.find_elements(By.CSS_SELECTOR, "#audit tbody tr") if request_id in r.text],
+                         what="audit row")[0]
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        assert cells[1:6] == ["restart", "web", "dashboard", "admin", "ok"], cells
+        # ... and the controller's log has it with the same correlation id.
+        events = [e for e in stack.audit_events() if e.get("correlation_id") == request_id]
+        assert [(e["action"], e["resource"], e["actor"], e["result"], e["metadata"].get("user")) for e in events] == \
+            [("restart", "web", "dashboard", "ok", "admin")]
+        assert any(e["action"] == "logs" and e["actor"] == "dashboard" for e in stack.audit_events()), \
+            "reading logs is audited too"
+    finally:
+        d.quit()
+
+
+def test_dashboard_form_without_csrf_token_is_refused(stack):
+    c = PlainClient(stack.url)
+    status, _, _ = c.request("POST", "/services/web/restart", form={"confirm": "yes"})
+    assert status == 401, "not signed in"
+    c.sign_in()
+    before = stack.project.inspect("web")["State"]["StartedAt"]
+    restarts = sum(1 for e in stack.audit_events() if e["action"] == "restart")
+    for form in ({"confirm": "yes"}, {"confirm": "yes", "csrf": "forged-token"}):
+        status, _, body = c.request("POST", "/services/web/restart", form=form)
+        assert status == 403, (status, body)
+        assert "security token" in body
+    assert stack.project.inspect("web")["State"]["StartedAt"] == before, "nothing was restarted"
+    assert sum(1 for e in stack.audit_events() if e["action"] == "restart") == restarts
+    # The same form with the session's token goes through.
+    _, _, page = c.request("GET", "/")
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    status, headers, _ = c.request("POST", "/services/worker/restart", form={"confirm": "yes", "csrf": token})
+    assert (status, headers["location"]) == (303, "/")
+    # Security headers on every page.
+    _, headers, _ = c.request("GET", "/")
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+
+
+def test_dashboard_models_pull_and_traffic(stack):
+    # Some traffic for the charts: a chat completion by the n8n client through the edge.
+    req = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                                 headers={"Authorization": f"Bearer {N8N_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, PASSWORD)
+        d.get(stack.url + "/models")
+        models = wait_until(lambda: d.find_element(By.ID, "models").text, what="models table")
+        assert "llama3:8b" in models
+        wait_until(lambda: "n8n" in d.find_element(By.CSS_SELECTOR, "section[aria-labelledby=traffic-title]").text,
+                   what="n8n traffic chart")
+        field = d.find_element(By.ID, "pull-model")
+        field.send_keys("tinyllama:1b")
+        d.find_element(By.CSS_SELECTOR, "form[action='/models/pull'] button").click()
+        wait_until(lambda: "pulled" in d.find_element(By.ID, "pulls").text, timeout=30, what="pull finished")
+        events = wait_until(lambda: [e for e in stack.audit_events() if e["action"] == "model_pull"
+                                     and e["actor"] == "dashboard"], what="model_pull audit event")
+        assert events[0]["metadata"]["user"] == "admin"
+    finally:
+        d.quit()
+
+
+@pytest.mark.parametrize("width", [1280, 375])
+def test_dashboard_screenshots_of_every_page(stack, width):
+    d = chrome(width)
+    try:
+        d.get(stack.url + "/login")
+        wait_until(lambda: d.find_element(By.ID, "password"))
+        screenshot(d, "login", width)
+        sign_in(d, stack.url, PASSWORD)
+        wait_until(lambda: d.find_element(By.ID, "svc-web"), what="services page")
+        for name, path in PAGES.items():
+            d.get(stack.url + path)
+            wait_until(lambda: d.find_element(By.TAG_NAME, "h1").text, what=f"{name} page")
+            if name == "tools":
+                wait_until(lambda: "healthy" in d.find_element(By.ID, "tool-time").text, timeout=30,
+                           what="time server healthy")
+            # Nothing is wider than the window (no sideways scrolling on a phone).
+            overflow = d.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 1, f"{name} at {width}px scrolls sideways by {overflow}px"
+            path = screenshot(d, name, width)
+            assert path.stat().st_size > 5000
+            d.set_window_size(width, 900)
+    finally:
+        d.quit()
