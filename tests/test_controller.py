@@ -251,8 +251,15 @@ def test_actions_dry_run_confirm_and_audit(procs, tmp_path, stack):
     assert events[0]["metadata"]["changed"] is False and events[1]["metadata"]["changed"] is True
     assert events[-1]["ts"].endswith("Z") and len(events[-1]["ts"]) == 24
     assert len(audit_lines(audit_dir)) == 5
+
+    # Same service name in both projects: only this project's container restarts.
+    web_before = started_at(p, "web")
+    status, _, body = api.post("/services/web/restart", {"confirm": True})
+    assert status == 200 and body["containers"] == [p.container_name("web")], body
+    assert started_at(p, "web") != web_before
+    assert started_at(q, "web") == q_before
     res = verify_cli(audit_dir)
-    assert res.returncode == 0 and res.stdout.strip() == "ok: 5 events", res.stdout + res.stderr
+    assert res.returncode == 0 and res.stdout.strip() == "ok: 6 events", res.stdout + res.stderr
 
 
 def test_allowlist_narrows_actions(procs, tmp_path, stack):
