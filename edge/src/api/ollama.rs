@@ -1078,6 +1078,16 @@ async fn admin(
         } else {
             o.remove("name");
             o.insert("model".into(), json!(model));
+            // `create` may name its base model as the client lists it, prefix included.
+            let prefix = format!("{}/", provider.name);
+            if let Some(base) = o
+                .get("from")
+                .and_then(Value::as_str)
+                .and_then(|f| f.strip_prefix(&prefix))
+            {
+                let base = base.to_owned();
+                o.insert("from".into(), json!(base));
+            }
         }
     }
 
