@@ -273,8 +273,9 @@ struct Exchange<'a> {
 /// How the judging ended when it did not end in a connection.
 enum Refusal {
     Deny(DenyReason),
-    /// Allowed, but no checked address accepted the connection.
-    ConnectFailed,
+    /// Allowed (or let through by report mode, with the rule it relaxed), but no checked
+    /// address accepted the connection.
+    ConnectFailed(Option<DenyReason>),
 }
 
 impl EgressProxy {
@@ -433,8 +434,12 @@ impl EgressProxy {
                     .await;
                 return;
             }
-            Err(Refusal::ConnectFailed) => {
-                record.emit(&self.metrics, "allow", "none", Some("connect_failed"));
+            Err(Refusal::ConnectFailed(would_deny)) => {
+                let (decision, reason) = match would_deny {
+                    Some(reason) => ("would_deny", reason.as_str()),
+                    None => ("allow", "none"),
+                };
+                record.emit(&self.metrics, decision, reason, Some("connect_failed"));
                 let _ = client_w
                     .write_all(&gateway_error(&record.id, "connect_failed"))
                     .await;
@@ -539,7 +544,7 @@ impl EgressProxy {
             }
         }
         record.connect_ms = Some(ms_since(started));
-        Err(Refusal::ConnectFailed)
+        Err(Refusal::ConnectFailed(would_deny))
     }
 
     async fn refuse(

@@ -490,3 +490,22 @@ async fn config_errors_name_the_key() {
     let unknown = toml::from_str::<egress::EgressConfig>("no_such_key = 1").unwrap_err();
     assert!(unknown.to_string().contains("no_such_key"), "{unknown}");
 }
+
+#[tokio::test]
+async fn an_allowed_address_that_refuses_is_a_bad_gateway() {
+    // A port on 127.0.0.2 with nothing listening (bound, then released).
+    let port = {
+        let probe = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let dns = TestDns::start(vec![("closed.test", fixed(&["127.0.0.2"]))]).await;
+    let proxy = RunningProxy::start(&loopback_config(dns.addr, port, &["127.0.0.2/32"], "")).await;
+    let resp = proxy.get(&format!("http://closed.test:{port}/")).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert_eq!(
+        resp.header("X-Aibox-Egress-Error").as_deref(),
+        Some("connect_failed")
+    );
+    assert_eq!(resp.deny_reason(), None);
+    assert_eq!(proxy.connect_attempts(), 1.0);
+}
