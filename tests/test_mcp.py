@@ -76,6 +76,15 @@ def test_mcp_two_sdk_clients_see_and_call_exactly_their_tools(world):
             with pytest.raises(MCPError) as e:
                 await c.call_tool("nosuch__tool", {})
             assert e.value.code == UNKNOWN
+            # Prompts and resources pass through (prompt names prefixed like tools, URIs unchanged).
+            prompts = [p.name for p in (await c.list_prompts()).prompts]
+            assert prompts == ["web__greet"], prompts
+            got = await c.get_prompt("web__greet", {"name": "Ada"})
+            assert "Ada" in got.messages[0].content.text
+            uris = [str(r.uri) for r in (await c.list_resources()).resources]
+            assert uris == ["note://readme"], uris
+            read = await c.read_resource("note://readme")
+            assert read.contents[0].text == "the readme note"
 
     v2(cursor)
 

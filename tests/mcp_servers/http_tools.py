@@ -1,7 +1,7 @@
 """A streamable-HTTP MCP server built with the official SDK (MCPServer, formerly FastMCP).
 
 Tools: `echo` (answers at once), `sleep` (sleeps, for timeouts and cancellation), `fail`
-(raises, for tool errors). Binds `--port` (0 = any), prints `api listening on HOST:PORT` once
+(raises, for tool errors); prompt `greet`; resource `note://readme`. Binds `--port` (0 = any), prints `api listening on HOST:PORT` once
 the socket is bound, then serves `/mcp`.
 """
 from __future__ import annotations
@@ -35,6 +35,18 @@ async def sleep(seconds: float) -> str:
 def fail(reason: str = "boom") -> str:
     """Always fail with the given reason."""
     raise ToolError(reason)
+
+
+@server.prompt()
+def greet(name: str) -> str:
+    """A greeting prompt."""
+    return f"Say hello to {name}."
+
+
+@server.resource("note://readme")
+def readme() -> str:
+    """A fixed note."""
+    return "the readme note"
 
 
 def main() -> None:

@@ -10,17 +10,22 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
-    ClientRequest, ErrorCode, ErrorData, Implementation, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, ServerResult, SubscriptionFilter,
+    ClientRequest, ErrorCode, ErrorData, GetPromptRequest, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsRequest, ListPromptsResult,
+    ListResourceTemplatesRequest, ListResourceTemplatesResult, ListResourcesRequest,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+    ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
-    NotificationContext, PeerRequestOptions, RequestContext, RoleServer, ServiceError,
-    SubscriptionContext,
+    NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleClient, RoleServer,
+    ServiceError, SubscriptionContext,
 };
 use rmcp::ServerHandler;
 use serde_json::json;
 
 use crate::hub::HubCore;
+use crate::naming::exposed_name;
 use crate::Caller;
 
 /// JSON-RPC error codes of the hub (server-defined range).
@@ -76,6 +81,8 @@ impl HubService {
     fn info() -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_prompts()
+                .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .build(),
@@ -124,6 +131,165 @@ impl ServerHandler for HubService {
                 },
             }
         }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let caller = caller_of(&context.extensions);
+        let mut prompts = Vec::new();
+        for up in self.served(&caller, |u| u.offers_prompts()) {
+            let Some(peer) = up.peer() else { continue };
+            let req = ClientRequest::ListPromptsRequest(ListPromptsRequest {
+                method: Default::default(),
+                params: None,
+                extensions: Default::default(),
+            });
+            match raw(&peer, req, up.settings.timeout).await {
+                Ok(ServerResult::ListPromptsResult(page)) => {
+                    for mut p in page.prompts {
+                        p.name = exposed_name(&up.name, &p.name);
+                        prompts.push(p);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(server = %up.name, error = %e.message, "prompts/list failed")
+                }
+            }
+        }
+        Ok(ListPromptsResult::with_all_items(prompts)
+            .with_cache_scope(rmcp::model::CacheScope::Private))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let caller = caller_of(&context.extensions);
+        let exposed = request.name.clone();
+        let Some(up) = self.core.server_of(&exposed) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown prompt {exposed:?}"),
+                None,
+            ));
+        };
+        if !up.spec().policy.allows(&caller.client) {
+            return Err(forbidden_error(&caller.client, &exposed));
+        }
+        let Some(peer) = up.peer() else {
+            return Err(unavailable(&up.name, "server not connected"));
+        };
+        // Find the server's own name for the exposed one (names may be shortened).
+        let list = ClientRequest::ListPromptsRequest(ListPromptsRequest {
+            method: Default::default(),
+            params: None,
+            extensions: Default::default(),
+        });
+        let original = match raw(&peer, list, up.settings.timeout).await? {
+            ServerResult::ListPromptsResult(page) => page
+                .prompts
+                .into_iter()
+                .map(|p| p.name)
+                .find(|n| exposed_name(&up.name, n) == exposed),
+            _ => None,
+        };
+        let Some(original) = original else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown prompt {exposed:?}"),
+                None,
+            ));
+        };
+        let mut params = GetPromptRequestParams::new(original);
+        params.arguments = request.arguments;
+        let req = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
+        match raw(&peer, req, up.spec().policy.timeout).await? {
+            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            _ => Err(ErrorData::internal_error(
+                "unexpected prompts/get result",
+                None,
+            )),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let caller = caller_of(&context.extensions);
+        let mut resources = Vec::new();
+        for up in self.served(&caller, |u| u.offers_resources()) {
+            let Some(peer) = up.peer() else { continue };
+            let req = ClientRequest::ListResourcesRequest(ListResourcesRequest {
+                method: Default::default(),
+                params: None,
+                extensions: Default::default(),
+            });
+            match raw(&peer, req, up.settings.timeout).await {
+                Ok(ServerResult::ListResourcesResult(page)) => resources.extend(page.resources),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(server = %up.name, error = %e.message, "resources/list failed")
+                }
+            }
+        }
+        Ok(ListResourcesResult::with_all_items(resources)
+            .with_cache_scope(rmcp::model::CacheScope::Private))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let caller = caller_of(&context.extensions);
+        let mut templates = Vec::new();
+        for up in self.served(&caller, |u| u.offers_resources()) {
+            let Some(peer) = up.peer() else { continue };
+            let req = ClientRequest::ListResourceTemplatesRequest(ListResourceTemplatesRequest {
+                method: Default::default(),
+                params: None,
+                extensions: Default::default(),
+            });
+            if let Ok(ServerResult::ListResourceTemplatesResult(page)) =
+                raw(&peer, req, up.settings.timeout).await
+            {
+                templates.extend(page.resource_templates);
+            }
+        }
+        Ok(ListResourceTemplatesResult::with_all_items(templates)
+            .with_cache_scope(rmcp::model::CacheScope::Private))
+    }
+
+    /// Resource URIs are the servers' own (renaming them would break clients that build
+    /// URIs from templates), so a read goes to the first allowed server that can answer it.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let caller = caller_of(&context.extensions);
+        let mut last = None;
+        for up in self.served(&caller, |u| u.offers_resources()) {
+            let Some(peer) = up.peer() else { continue };
+            let req = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(
+                ReadResourceRequestParams::new(request.uri.clone()),
+            ));
+            match raw(&peer, req, up.spec().policy.timeout).await {
+                Ok(ServerResult::ReadResourceResult(r)) => {
+                    return Ok(ReadResourceResponse::Complete(r))
+                }
+                Ok(_) => {}
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ErrorData::resource_not_found(format!("no server offers {:?}", request.uri), None)
+        }))
     }
 
     async fn list_tools(
@@ -231,6 +397,20 @@ impl ServerHandler for HubService {
 }
 
 impl HubService {
+    /// Served upstreams the caller may use that pass `offers`.
+    fn served(
+        &self,
+        caller: &Caller,
+        offers: impl Fn(&crate::upstream::Upstream) -> bool,
+    ) -> Vec<Arc<crate::upstream::Upstream>> {
+        self.core
+            .upstreams()
+            .into_iter()
+            .filter(|u| u.health().state.serves_tools() && offers(u))
+            .filter(|u| u.spec().policy.allows(&caller.client))
+            .collect()
+    }
+
     async fn forward(
         &self,
         upstream: &Arc<crate::upstream::Upstream>,
@@ -303,6 +483,28 @@ impl HubService {
             }
             Err(e) => Err(unavailable(&upstream.name, &e.to_string())),
         }
+    }
+}
+
+/// One request to an upstream, bounded by `timeout`; upstream JSON-RPC errors pass through.
+async fn raw(
+    peer: &Peer<RoleClient>,
+    request: ClientRequest,
+    timeout: Duration,
+) -> Result<ServerResult, ErrorData> {
+    let handle = peer
+        .send_cancellable_request(request, PeerRequestOptions::with_timeout(timeout))
+        .await
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+    match handle.await_response().await {
+        Ok(r) => Ok(r),
+        Err(ServiceError::McpError(e)) => Err(e),
+        Err(ServiceError::Timeout { .. }) => Err(ErrorData::new(
+            ErrorCode(CODE_TIMEOUT),
+            format!("upstream timed out after {:.1} s", timeout.as_secs_f64()),
+            None,
+        )),
+        Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
     }
 }
 

@@ -5,7 +5,7 @@
 //! (`tools/list` on 2026-07-28, `ping` before), counts failures, drops and re-opens the
 //! connection with back-off, and publishes health plus the server's tool list.
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,7 +94,10 @@ pub struct Upstream {
     restarts: AtomicU64,
     progress: Arc<Mutex<HashMap<ProgressToken, ProgressRoute>>>,
     refresh_tx: mpsc::UnboundedSender<()>,
-    settings: ProbeSettings,
+    /// Whether the connected server offers prompts / resources.
+    offers_prompts: AtomicBool,
+    offers_resources: AtomicBool,
+    pub settings: ProbeSettings,
     on_change: ChangeSignal,
 }
 
@@ -143,6 +146,8 @@ impl Upstream {
             restarts: AtomicU64::new(0),
             progress: Arc::new(Mutex::new(HashMap::new())),
             refresh_tx,
+            offers_prompts: AtomicBool::new(false),
+            offers_resources: AtomicBool::new(false),
             settings,
             on_change,
         });
@@ -183,6 +188,14 @@ impl Upstream {
             return None;
         }
         self.peer.read().expect("peer lock").clone()
+    }
+
+    pub fn offers_prompts(&self) -> bool {
+        self.offers_prompts.load(Ordering::Relaxed)
+    }
+
+    pub fn offers_resources(&self) -> bool {
+        self.offers_resources.load(Ordering::Relaxed)
     }
 
     /// Routes progress for an upstream token to a downstream peer until `forget_progress`.
@@ -523,6 +536,12 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, St
         Transport::Image { .. } => return Err("image servers are not served yet".into()),
     };
     let info = service.peer().peer_info();
+    if let Some(i) = info.as_ref() {
+        up.offers_prompts
+            .store(i.capabilities.prompts.is_some(), Ordering::Relaxed);
+        up.offers_resources
+            .store(i.capabilities.resources.is_some(), Ordering::Relaxed);
+    }
     let protocol = info
         .as_ref()
         .map(|i| i.protocol_version.to_string())
