@@ -154,7 +154,9 @@ async fn guard(State(state): State<Shared>, mut req: Request, next: Next) -> Res
     let result = (|| {
         if req.uri().path() != "/health" {
             let presented = header_str(req.headers(), "authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
                 .unwrap_or("");
             let ok: bool = presented.as_bytes().ct_eq(state.token.as_bytes()).into();
             if !ok {
