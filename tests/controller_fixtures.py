@@ -22,6 +22,10 @@ Reusable by any test that needs real containers (controller, dashboard, compose 
       Docker allows plain HTTP to 127.0.0.0/8 registries by default)
     - `.storage`: the registry's filesystem root (to corrupt it on purpose)
     - `.stop()`
+- `ComposeFile(tmp_dir, yaml_text, project=None)`: a real `docker compose` / `docker-compose` project.
+    - `.up()` (`up -d`, no pull: use local images such as BUSYBOX and `network_mode: none`)
+    - `.down()` (`down -v --remove-orphans`; call at teardown)
+    - `compose_cli()` -> the argv prefix found (`["docker", "compose"]` or `["docker-compose"]`)
 - `docker(*args, check=True, input=None)` -> CompletedProcess (text) of the docker CLI.
 """
 from __future__ import annotations
@@ -202,3 +206,37 @@ class LocalRegistry:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self._log.close()
+
+
+def compose_cli() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed")
+
+
+class ComposeFile:
+    """A compose file in tmp_dir run by the real compose CLI under a unique project name."""
+
+    def __init__(self, tmp_dir: Path, yaml_text: str, project: str | None = None):
+        self.name = project or unique_name("aiboxc")
+        self.dir = tmp_dir / f"compose-{self.name}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "docker-compose.yml").write_text(yaml_text)
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        res = subprocess.run([*compose_cli(), "-p", self.name, "-f", str(self.dir / "docker-compose.yml"), *args],
+                             capture_output=True, text=True, cwd=self.dir, timeout=180)
+        if res.returncode != 0:
+            raise RuntimeError(f"compose {' '.join(args)} failed: {res.stderr.strip()}")
+        return res
+
+    def up(self) -> None:
+        self._run("up", "-d")
+
+    def down(self) -> None:
+        try:
+            self._run("down", "-v", "--remove-orphans")
+        except RuntimeError:
+            ComposeProject(self.name).cleanup()

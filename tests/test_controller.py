@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN
-from controller_fixtures import (BUSYBOX, ComposeProject, LocalRegistry, busybox_image, docker,
-                                 require_docker, unique_name)
+from controller_fixtures import (BUSYBOX, ComposeFile, ComposeProject, LocalRegistry, busybox_image,
+                                 docker, require_docker, unique_name)
 
 TOKEN = secrets.token_hex(24)  # 48 characters
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -260,6 +260,46 @@ def test_actions_dry_run_confirm_and_audit(procs, tmp_path, stack):
     assert started_at(q, "web") == q_before
     res = verify_cli(audit_dir)
     assert res.returncode == 0 and res.stdout.strip() == "ok: 6 events", res.stdout + res.stderr
+
+
+COMPOSE_YAML = f"""
+version: "2.4"
+services:
+  alpha:
+    image: {BUSYBOX}
+    network_mode: none
+    stop_grace_period: 1s
+    command: ["sh", "-c", "echo alpha-up; trap 'exit 0' TERM; while true; do sleep 1; done"]
+  beta:
+    image: {BUSYBOX}
+    network_mode: none
+    stop_grace_period: 1s
+    command: ["sh", "-c", "echo beta-up >&2; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 1s
+"""
+
+
+def test_a_project_started_by_docker_compose(procs, tmp_path, stack):
+    compose = ComposeFile(tmp_path, COMPOSE_YAML)
+    try:
+        compose.up()
+        _, api = start_controller(procs, compose.name, tmp_path / "audit")
+        deadline = time.monotonic() + 30
+        while True:
+            services = {s["name"]: s for s in api.get("/services")[2]["services"]}
+            if services.get("beta", {}).get("health") == "healthy" or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert set(services) == {"alpha", "beta"}
+        assert services["beta"]["health"] == "healthy" and services["alpha"]["state"] == "running"
+        status, _, body = api.post("/services/alpha/restart", {"confirm": True})
+        assert (status, body["action"]) == (200, "restarted"), body
+        lines = api.get("/services/beta/logs")[2]["lines"]
+        assert {"stream": "stderr", "line": "beta-up"} in lines
+    finally:
+        compose.down()
 
 
 def test_allowlist_narrows_actions(procs, tmp_path, stack):
