@@ -5,6 +5,7 @@ Clients: `cursor` uses the official v2 SDK (2026-07-28, `server/discover`, no se
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mcp.client.subscriptions import ToolsListChanged
 from mcp.shared.exceptions import MCPError
 
 from mcp_fixtures import (
@@ -171,7 +173,16 @@ def slow_timeout_only(edge: McpEdge):
 def test_mcp_dead_server_goes_unhealthy_and_comes_back(world, procs):
     edge, web, _repo = world
     port = int(web.addr().rsplit(":", 1)[1])
-    web.stop()
+
+    async def kill_while_listening():
+        # A 2026-07-28 client hears `notifications/tools/list_changed` on subscriptions/listen.
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            async with c.listen(tools_list_changed=True) as sub:
+                web.stop()
+                event = await asyncio.wait_for(sub.__anext__(), 30)
+                assert isinstance(event, ToolsListChanged), event
+
+    v2(kill_while_listening)
     h = edge.wait_health("web", lambda h: h["state"] == "unhealthy", what="unhealthy")
     assert h["consecutive_failures"] >= 3 and h["last_error"], h
     assert h["tools"] == []

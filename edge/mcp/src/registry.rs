@@ -283,7 +283,8 @@ pub fn load(src: &Sources) -> Result<Snapshot, String> {
         let listed = enabled_by_txt
             .as_ref()
             .is_none_or(|set| set.contains(&name));
-        if spec.status == SpecStatus::Enabled && (!listed || entry.enabled == Some(false)) {
+        // Turned off by the operator wins over every other state.
+        if !listed || entry.enabled == Some(false) {
             spec.status = SpecStatus::Disabled;
         }
         servers.insert(name, spec);
@@ -556,6 +557,22 @@ mod tests {
             env: &env,
             default_timeout: Duration::from_secs(30),
         })
+    }
+
+    #[test]
+    fn the_shipped_examples_load() {
+        let json = include_str!("../../../data/mcp/registry.example.json");
+        let txt = include_str!("../../../data/mcp/servers.txt.example");
+        let s = load_str(Some(json), Some(txt), &[("SEARCH_API_KEY", "k")]).unwrap();
+        assert_eq!(s.servers["time"].status, SpecStatus::Enabled);
+        assert_eq!(s.servers["search"].status, SpecStatus::Enabled);
+        assert_eq!(s.servers["github"].status, SpecStatus::Disabled);
+        assert_eq!(s.servers["browser"].status, SpecStatus::Disabled);
+        let s = load_str(Some(json), None, &[]).unwrap();
+        assert_eq!(
+            s.servers["github"].status,
+            SpecStatus::MissingSecrets(vec!["GITHUB_TOKEN".into()])
+        );
     }
 
     #[test]
