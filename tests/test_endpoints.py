@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import ollama
 import openai
+import pytest
 
 from conftest import fake_upstream, start_edge
 
@@ -107,7 +108,7 @@ def test_a_slow_endpoint_gets_less_traffic(procs, tmp_path):
 
 def test_a_model_on_one_endpoint_always_goes_there(procs, tmp_path):
     fakes = [
-        fake_upstream(procs, "ollama", "--models", "llama3:8b,only-here:1b", "--name", "has-it", name="fake-has-it"),
+        fake_upstream(procs, "ollama", "--models", "llama3:8b,only-here:1b,fake-error:latest", "--name", "has-it", name="fake-has-it"),
         fake_upstream(procs, "ollama", "--models", "llama3:8b", "--name", "lacks1", name="fake-lacks1"),
         fake_upstream(procs, "ollama", "--models", "llama3:8b", "--name", "lacks2", name="fake-lacks2"),
     ]
@@ -122,6 +123,14 @@ def test_a_model_on_one_endpoint_always_goes_there(procs, tmp_path):
     assert replies == [f"You said: p{i}" for i in range(40)]
     assert [served(f) for f in fakes] == [40, 0, 0]
     assert "only-here:1b" in {m.model for m in client.list().models}
+
+    # When that endpoint fails, clients see its failure rather than another endpoint's 404, and
+    # the model stays served there while the endpoint is ejected.
+    for _ in range(3):
+        with pytest.raises(ollama.ResponseError) as e:
+            client.chat(model="fake-error", messages=[{"role": "user", "content": "x"}])
+        assert e.value.status_code == 500 and "llama runner" in e.value.error
+    assert client.generate(model="only-here:1b", prompt="again").response == "You said: again"
 
 
 def test_an_admin_pull_reaches_every_endpoint(procs, tmp_path):

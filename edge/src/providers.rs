@@ -361,6 +361,19 @@ impl ProviderSet {
             .filter(|e| !e.is_ejected() && e.has_model(model) != Some(false))
             .collect();
         if candidates.is_empty() {
+            // Only ejected endpoints list it: retry the one whose rest ends first, since an
+            // endpoint without the model would answer a misleading 404.
+            if let Some(e) = provider
+                .endpoints
+                .iter()
+                .filter(usable)
+                .filter(|e| e.has_model(model) == Some(true))
+                .min_by_key(|e| e.lock().ejected_until)
+            {
+                return Some(e.clone());
+            }
+        }
+        if candidates.is_empty() {
             // Nothing healthy lists it: let an endpoint that is up answer (its 404 is accurate),
             // and if every one is ejected, try the one whose rest ends first.
             candidates = provider
@@ -404,6 +417,9 @@ impl ProviderSet {
             let Some(endpoint) = self.pick(provider, &route.model, tried.as_ref()) else {
                 break;
             };
+            if attempt > 0 && endpoint.has_model(&route.model) == Some(false) {
+                break; // no other endpoint has the model: its 404 would hide the real failure
+            }
             let timeout =
                 if endpoint.kind == ProviderKind::Ollama && !endpoint.is_loaded(&route.model) {
                     self.timeouts.first_byte_loading()
@@ -419,7 +435,10 @@ impl ProviderSet {
                 Ok(Ok(resp)) if resp.status().is_server_error() && attempt == 0 => {
                     let msg = format!("HTTP {}", resp.status().as_u16());
                     endpoint.record_failure(&msg, &self.health);
-                    if provider.endpoints.len() > 1 {
+                    let elsewhere = provider.endpoints.iter().any(|e| {
+                        !Arc::ptr_eq(e, &endpoint) && e.has_model(&route.model) != Some(false)
+                    });
+                    if elsewhere {
                         msg
                     } else {
                         return Ok(UpstreamResponse {
