@@ -4,7 +4,7 @@
 //! those same addresses, so a DNS server that changes its answer between "check" and "connect"
 //! (rebinding) has no second question to answer.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,9 +17,12 @@ use hickory_resolver::TokioResolver;
 
 use crate::EgressError;
 
-/// Tailscale's MagicDNS answers tailnet names with tailnet addresses; it is used only when
-/// configured explicitly.
-const TAILSCALE_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 100, 100));
+/// Tailscale's MagicDNS (IPv4 and IPv6) answers tailnet names with tailnet addresses; it is
+/// used only when configured explicitly.
+const TAILSCALE_DNS: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 100)),
+    IpAddr::V6(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0x53)),
+];
 
 pub struct DnsResolver {
     resolver: Option<TokioResolver>,
@@ -62,7 +65,7 @@ fn system_servers() -> Vec<SocketAddr> {
     for ns in config
         .name_servers()
         .iter()
-        .filter(|ns| ns.ip != TAILSCALE_DNS)
+        .filter(|ns| !TAILSCALE_DNS.contains(&ns.ip))
     {
         let addr = SocketAddr::new(ns.ip, ns.connections.first().map(|c| c.port).unwrap_or(53));
         if !servers.contains(&addr) {
