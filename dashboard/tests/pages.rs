@@ -956,7 +956,7 @@ async fn audit_page_filters_and_exports() {
         "newest first"
     );
     assert!(
-        body.contains("<td>admin</td>"),
+        body.contains("data-label=\"User\">admin</td>"),
         "the signed-in user of the event"
     );
     let q = &h.controller.find("GET", "/audit")[0].uri;

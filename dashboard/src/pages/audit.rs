@@ -103,7 +103,7 @@ pub async fn page(
                 Ok(list) => {
                     p.muted { (list.len()) " events, newest first." }
                     div.table-wrap tabindex="0" role="region" aria-label="Audit events" {
-                        table #audit {
+                        table.responsive #audit {
                             thead {
                                 tr {
                                     th scope="col" { "Time (UTC)" } th scope="col" { "Action" } th scope="col" { "Resource" }
@@ -113,13 +113,13 @@ pub async fn page(
                             tbody {
                                 @for e in list {
                                     tr data-action=(e.action) {
-                                        td { time datetime=(e.ts) { (e.ts.replace('T', " ").trim_end_matches('Z')) } }
-                                        td { (e.action) }
-                                        td { (e.resource) }
-                                        td { (e.actor) }
-                                        td { (e.metadata.get("user").and_then(Value::as_str).unwrap_or("")) }
-                                        td { @if e.result == "ok" { span.badge.good { "ok" } } @else { span.badge.bad { (e.result) } } }
-                                        td { code.rid { (e.correlation_id) } }
+                                        td data-label="Time" { time datetime=(e.ts) { (e.ts.replace('T', " ").trim_end_matches('Z')) } }
+                                        td data-label="Action" { (e.action) }
+                                        td data-label="Resource" { (e.resource) }
+                                        td data-label="Actor" { (e.actor) }
+                                        td data-label="User" { (e.metadata.get("user").and_then(Value::as_str).unwrap_or("")) }
+                                        td data-label="Result" { @if e.result == "ok" { span.badge.good { "ok" } } @else { span.badge.bad { (e.result) } } }
+                                        td data-label="Request ID" { code.rid { (e.correlation_id) } }
                                     }
                                 }
                             }

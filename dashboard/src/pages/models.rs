@@ -42,19 +42,19 @@ fn provider_section(ready: &Result<Readiness, BackendError>) -> Markup {
                     }
                     @for p in &r.providers {
                         div.table-wrap tabindex="0" role="region" aria-label={ "Endpoints of " (p.name) } {
-                            table {
+                            table.responsive {
                                 caption { (p.name) " " span.muted { "(" (p.kind) ")" } }
                                 thead { tr { th scope="col" { "Endpoint" } th scope="col" { "Health" } th scope="col" { "In flight" } th scope="col" { "Models" } } }
                                 tbody {
                                     @for e in &p.endpoints {
                                         tr {
-                                            td { code { (e.url) } }
-                                            td {
+                                            td data-label="Endpoint" { code { (e.url) } }
+                                            td data-label="Health" {
                                                 @if e.healthy { span.badge.good { "healthy" } } @else { span.badge.bad { "unhealthy" } }
                                                 @if let Some(err) = &e.last_error { br; span.err-text { (err) } }
                                             }
-                                            td { (e.in_flight) }
-                                            td { @if e.models.is_empty() { span.muted { "none" } } @else { (e.models.join(", ")) } }
+                                            td data-label="In flight" { (e.in_flight) }
+                                            td data-label="Models" { @if e.models.is_empty() { span.muted { "none" } } @else { (e.models.join(", ")) } }
                                         }
                                     }
                                 }
@@ -75,18 +75,18 @@ fn loaded_section(loaded: &Result<LoadedModels, BackendError>) -> Markup {
                 Err(e) => (unavailable("Loaded models", e)),
                 Ok(l) if l.models.is_empty() => p.muted { "No model is loaded in memory right now." },
                 Ok(l) => div.table-wrap tabindex="0" role="region" aria-label="Loaded models" {
-                    table #loaded {
+                    table.responsive #loaded {
                         thead { tr { th scope="col" { "Model" } th scope="col" { "Size" } th scope="col" { "GPU memory" } th scope="col" { "Unloads" } } }
                         tbody {
                             @for m in &l.models {
                                 tr {
-                                    td { (if m.name.is_empty() { &m.model } else { &m.name }) }
-                                    td { (human_bytes(m.size)) }
-                                    td {
+                                    td data-label="Model" { (if m.name.is_empty() { &m.model } else { &m.name }) }
+                                    td data-label="Size" { (human_bytes(m.size)) }
+                                    td data-label="VRAM" {
                                         (human_bytes(m.size_vram))
                                         @if m.size > 0 { span.muted { " (" ((m.size_vram.min(m.size) * 100) / m.size) "% on GPU)" } }
                                     }
-                                    td {
+                                    td data-label="Unloads" {
                                         @match m.expires_at.as_deref() {
                                             Some(t) => time datetime=(t) { (relative_time(t).unwrap_or_else(|| t.to_string())) },
                                             None => span.muted { "—" },
@@ -133,21 +133,21 @@ fn models_section(
                 Err(e) => (unavailable("Edge", e)),
                 Ok(l) if l.data.is_empty() => p.muted { "The edge lists no models." },
                 Ok(l) => div.table-wrap tabindex="0" role="region" aria-label="All models" {
-                    table #models {
+                    table.responsive #models {
                         thead { tr { th scope="col" { "Model" } th scope="col" { "Provider" } th scope="col" { "Health" } th scope="col" { span.sr-only { "Actions" } } } }
                         tbody {
                             @for m in &l.data {
                                 tr {
-                                    td { code { (m.id) } }
-                                    td { (m.owned_by) }
-                                    td {
+                                    td data-label="Model" { code { (m.id) } }
+                                    td data-label="Provider" { (m.owned_by) }
+                                    td data-label="Health" {
                                         @match healthy_for(&m.id, &m.owned_by) {
                                             Some(true) => span.badge.good { "served" },
                                             Some(false) => span.badge.bad { "endpoint down" },
                                             None => span.muted { "—" },
                                         }
                                     }
-                                    td { a.button.small href={ "/models/delete?model=" (super::encode_query_value(&m.id)) } { "Delete" span.sr-only { " " (m.id) } } }
+                                    td data-label="" { a.button.small href={ "/models/delete?model=" (super::encode_query_value(&m.id)) } { "Delete" span.sr-only { " " (m.id) } } }
                                 }
                             }
                         }

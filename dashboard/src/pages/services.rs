@@ -95,20 +95,18 @@ fn badge(class: &str, text: &str) -> Markup {
     html! { span class={ "badge " (class) } { (text) } }
 }
 
-fn readiness_cell(r: Option<&ModelReadiness>, edge_ok: bool) -> Markup {
+fn readiness_cell(r: &ModelReadiness) -> Markup {
     html! {
         @match r {
-            None if !edge_ok => span.muted { "edge unavailable" },
-            None => span.muted { "no model endpoint" },
-            Some(r) if r.healthy == 0 => {
+            r if r.healthy == 0 => {
                 (badge("bad", "not ready"))
                 @if let Some(e) = &r.last_error { " " span.err-text { (e) } }
             },
-            Some(r) if r.models == 0 => {
+            r if r.models == 0 => {
                 (badge("warn", "no models"))
                 " " span.muted { "container up, but it serves no model" }
             },
-            Some(r) => {
+            r => {
                 (badge("good", "ready"))
                 " " (r.models) @if r.models == 1 { " model" } @else { " models" }
                 @if r.healthy < r.endpoints { " · " (r.healthy) "/" (r.endpoints) " endpoints healthy" }
@@ -117,13 +115,7 @@ fn readiness_cell(r: Option<&ModelReadiness>, edge_ok: bool) -> Markup {
     }
 }
 
-fn card(
-    s: &ServiceStatus,
-    readiness: Option<&ModelReadiness>,
-    edge_ok: bool,
-    drift: bool,
-    csrf: &str,
-) -> Markup {
+fn card(s: &ServiceStatus, readiness: Option<&ModelReadiness>, drift: bool, csrf: &str) -> Markup {
     let id = format!("svc-{}", s.name);
     let allowed = s.allowed != Some(false);
     let running = s.state == "running";
@@ -148,8 +140,11 @@ fn card(
             dl.facts {
                 dt { "Health" }
                 dd { (badge(health_class(&s.health), if s.health.is_empty() { "none" } else { &s.health })) }
-                dt { "Models" }
-                dd { (readiness_cell(readiness, edge_ok)) }
+                // Only services that serve models get the edge's model-aware readiness.
+                @if let Some(r) = readiness {
+                    dt { "Models" }
+                    dd { (readiness_cell(r)) }
+                }
                 dt { "Uptime" }
                 dd { @match s.uptime_seconds { Some(u) => (human_duration(u)), None => span.muted { "—" } } }
                 dt { "Image" }
@@ -199,6 +194,9 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
             @if let Ok(list) = &services { @if !list.project.is_empty() { p.muted { "Compose project " code { (list.project) } } } }
         }
         div #services data-refresh="10" aria-live="polite" {
+            @if let Err(e) = &ready {
+                p.muted { "Model readiness from the edge is unavailable (" (e) ")." }
+            }
             @match &services {
                 Err(e) => {
                     (unavailable("Operations", e))
@@ -209,7 +207,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                     @for s in &list.services {
                         @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
                         @let drift = s.drift == Some(true) || drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
-                        (card(s, r.as_ref(), ready.is_ok(), drift, &viewer.csrf))
+                        (card(s, r.as_ref(), drift, &viewer.csrf))
                     }
                 },
             }
