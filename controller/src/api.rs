@@ -261,6 +261,14 @@ struct Confirmation {
 const CONFIRM_HELP: &str =
     "send {\"confirm\": true} to act or {\"dry_run\": true} to see what would happen";
 
+/// The map inside a `json!({...})` literal.
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
@@ -306,12 +314,12 @@ async fn service_action(
             json!({"containers": containers, "error": e.to_string()}),
         ),
     };
-    let Value::Object(metadata) = metadata else {
-        unreachable!()
-    };
-    append(&state, caller.event(action.verb(), &name, result, metadata))
-        .await
-        .map_err(|e| audit_lost(e, &format!("{} {name}", action.verb())))?;
+    append(
+        &state,
+        caller.event(action.verb(), &name, result, object(metadata)),
+    )
+    .await
+    .map_err(|e| audit_lost(e, &format!("{} {name}", action.verb())))?;
     let outcome = outcome?;
     tracing::info!(service = %name, action = action.verb(), actor = %caller.actor, changed = outcome.changed, "service action");
     Ok(Json(json!({
@@ -499,9 +507,7 @@ async fn pull_images(
             Ok(r) => tracing::warn!(%service, image = %r.image, error = ?r.error, "pull failed"),
             Err(e) => tracing::warn!(%service, error = %e, "pull failed"),
         }
-        let Value::Object(mut metadata) = metadata else {
-            unreachable!()
-        };
+        let mut metadata = object(metadata);
         metadata.retain(|_, v| !v.is_null());
         append(&state, caller.event("pull", service, result, metadata))
             .await
