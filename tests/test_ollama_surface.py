@@ -207,6 +207,13 @@ def test_generate_whole_and_streamed(stack, model):
     assert parts[-1].done and parts[-1].eval_count == 4
 
 
+def test_generate_without_prompt_loads_nothing_upstream(stack):
+    before = httpx.get(f"{stack['vllm'].url()}/_fake/stats").json()["requests"]
+    r = stack["client"].generate(model=OPENAI_MODEL, prompt="")
+    assert r.done and r.done_reason == "load" and r.response == ""
+    assert httpx.get(f"{stack['vllm'].url()}/_fake/stats").json()["requests"] == before
+
+
 @pytest.mark.parametrize("model", ["nomic-embed-text", "nomic-embed-text:latest", "BAAI/bge-small-en"])
 def test_embed_and_legacy_embeddings(stack, model):
     c = stack["client"]
