@@ -570,14 +570,14 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_event(procs, tmp_path, stac
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 20
-    while len(acked) < 150 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    ctl.signal(signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while len(acked) < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ctl.signal(signal.SIGKILL)  # mid-burst: eight writers are in flight
     stop.set()
     for t in threads:
         t.join(timeout=10)
-    assert len(acked) >= 150
+    assert len(acked) >= 100
     raw = (audit_dir / "audit.log").read_bytes()
     assert raw.endswith(b"\n"), "torn last line"
     stored = {e["correlation_id"] for e in audit_lines(audit_dir)}
