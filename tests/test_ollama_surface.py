@@ -287,6 +287,10 @@ def test_pull_copy_create_delete_with_admin_key(stack):
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
     assert any(p.total == 1000 and p.completed == 500 for p in progress)
     assert "mistral:7b" in {m.model for m in admin.list().models}
+    # Not streamed to the client, still streamed upstream (a long pull outlives any timeout).
+    assert admin.pull("phi3:mini").status == "success"
+    assert last_upstream_request(stack["ollama"])["body"]["stream"] is True
+    assert "phi3:mini" in {m.model for m in admin.list().models}
     assert admin.copy("mistral:7b", "mistral-copy").status == "success"
     assert admin.create(model="mine", from_="llama3:8b", stream=False).status == "success"
     names = {m.model for m in admin.list().models}
@@ -309,6 +313,9 @@ def test_admin_errors(stack):
     admin = stack["admin"]
     with pytest.raises(ollama.ResponseError) as e:
         list(admin.pull("does-not-exist:1b", stream=True))
+    assert e.value.status_code == 500 and "file does not exist" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        admin.pull("does-not-exist:1b")
     assert e.value.status_code == 500 and "file does not exist" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:
         admin.pull(f"vllm/{OPENAI_MODEL}")

@@ -34,6 +34,10 @@ mod translate;
 
 use translate::{BadRequest, Shape, StreamTranslator};
 
+/// Pull and create progress is bounded by the idle timeout only: pulling a large model can
+/// take far longer than any inference request, but Ollama reports progress every few seconds.
+const ADMIN_STREAM_TOTAL: Duration = Duration::from_secs(24 * 3600);
+
 /// Reported by `/api/version` when no Ollama endpoint answers: the Ollama release whose API
 /// this surface follows.
 const OLLAMA_API_VERSION: &str = "0.12.6";
@@ -1143,6 +1147,12 @@ async fn admin(
     }
 
     let streams = action.streams(&body);
+    let progress = matches!(action, AdminAction::Pull | AdminAction::Create);
+    if progress {
+        // Always streamed upstream: a whole pull can take longer than any first-byte timeout,
+        // and progress lines keep the idle timeout satisfied. `stream: false` is answered below.
+        body["stream"] = json!(true);
+    }
     let body = Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"));
     let call = AdminCall {
         state: state.clone(),
@@ -1161,14 +1171,14 @@ async fn admin(
     if !response.status().is_success() {
         return Err(upstream_status_error(&state, response).await);
     }
-    if streams {
+    if progress {
         let timed = TimedBody::new(
             response,
             state.config.timeouts.idle(),
-            state.config.timeouts.total(),
+            ADMIN_STREAM_TOTAL,
             Instant::now(),
         );
-        let stream = AdminStream {
+        let mut stream = AdminStream {
             call,
             remaining: targets,
             current: Some(timed),
@@ -1177,12 +1187,25 @@ async fn admin(
             ctx: ctx.clone(),
             done: false,
         };
-        return Ok(ndjson_response(Body::from_stream(futures::stream::unfold(
-            stream,
-            AdminStream::step,
-        ))));
+        if streams {
+            return Ok(ndjson_response(Body::from_stream(futures::stream::unfold(
+                stream,
+                AdminStream::step,
+            ))));
+        }
+        // `stream: false`: the last line is the answer, as Ollama gives it.
+        let mut last = Bytes::new();
+        while let Some((Ok(line), next)) = stream.step().await {
+            last = line;
+            stream = next;
+        }
+        let v: Value = serde_json::from_slice(&last).unwrap_or_default();
+        if let Some(e) = v.get("error").and_then(Value::as_str) {
+            return Err(OllamaError::new(StatusCode::INTERNAL_SERVER_ERROR, e));
+        }
+        return Ok(Json(v).into_response());
     }
-    // Not streamed: one endpoint after another; the first failure is the answer.
+    // Delete and copy: one endpoint after another; the first failure is the answer.
     let mut status = status_of(&response);
     let mut bytes = read_all(&state, response).await?;
     for e in targets {
@@ -1292,7 +1315,7 @@ impl AdminStream {
                 self.current = Some(TimedBody::new(
                     r,
                     self.call.state.config.timeouts.idle(),
-                    self.call.state.config.timeouts.total(),
+                    ADMIN_STREAM_TOTAL,
                     Instant::now(),
                 ));
             }
