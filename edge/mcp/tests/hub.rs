@@ -10,7 +10,9 @@ use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, Implementation, InitializeRequestParams,
     ProtocolVersion,
 };
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, RoleClient, RunningService,
+};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ClientHandler;
@@ -87,14 +89,20 @@ fn toml_like(dir: &std::path::Path) -> McpConfig {
     }
 }
 
-#[derive(Clone)]
-struct TestClient;
+#[derive(Clone, Default)]
+struct TestClient {
+    list_changed: Arc<tokio::sync::Notify>,
+}
 impl ClientHandler for TestClient {
     fn get_info(&self) -> InitializeRequestParams {
         InitializeRequestParams::new(
             ClientCapabilities::default(),
             Implementation::new("hub-test", "0"),
         )
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.list_changed.notify_one();
     }
 }
 
@@ -109,7 +117,7 @@ async fn connect(
         http::HeaderValue::from_str(client).unwrap(),
     );
     let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), cfg);
-    TestClient
+    TestClient::default()
         .serve_with_lifecycle(transport, lifecycle)
         .await
         .expect("connect to hub")
