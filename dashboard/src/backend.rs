@@ -54,7 +54,10 @@ impl Actor {
 }
 
 fn http_client() -> reqwest::Client {
+    // No proxy from the environment: the controller and the edge are internal, and a proxy
+    // would see their bearer tokens.
     reqwest::Client::builder()
+        .no_proxy()
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
@@ -131,6 +134,8 @@ fn parse<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, BackendError> {
     serde_json::from_value(v).map_err(|e| BackendError::Invalid(e.to_string()))
 }
 
+const MAX_LINE: usize = 1 << 20;
+
 /// A stream of lines (NDJSON) from a long response, as it arrives.
 pub type LineStream = std::pin::Pin<Box<dyn Stream<Item = Result<String, BackendError>> + Send>>;
 
@@ -141,7 +146,12 @@ fn lines_of(resp: reqwest::Response) -> LineStream {
         (bytes, Vec::<u8>::new(), false),
         |(mut bytes, mut buf, mut done)| async move {
             loop {
-                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                // A line longer than MAX_LINE is cut there rather than buffered without bound.
+                let cut = buf
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .or((buf.len() >= MAX_LINE).then_some(MAX_LINE - 1));
+                if let Some(pos) = cut {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
                     let s = String::from_utf8_lossy(&line).trim_end().to_string();
                     return Some((Ok(s), (bytes, buf, done)));

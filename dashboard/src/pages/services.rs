@@ -193,7 +193,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
             h1 { "Services" }
             @if let Ok(list) = &services { @if !list.project.is_empty() { p.muted { "Compose project " code { (list.project) } } } }
         }
-        div #services data-refresh="10" aria-live="polite" {
+        div #services data-refresh="10" {
             @if let Err(e) = &ready {
                 p.muted { "Model readiness from the edge is unavailable (" (e) ")." }
             }
