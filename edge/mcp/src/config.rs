@@ -5,8 +5,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Hosts accepted in `Host` when the config names none: loopback plus the compose service name
-/// (`edge`), because rmcp's loopback-only default breaks every client on the compose network.
-const DEFAULT_ALLOWED_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1", "edge"];
+/// and its aliases, because rmcp's loopback-only default breaks every client on the compose
+/// network.
+const DEFAULT_ALLOWED_HOSTS: &[&str] = &[
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "edge",
+    "mcp-gateway",
+    "model-gateway",
+];
 /// Browser origins accepted when the config names none. Requests without `Origin` (every
 /// non-browser client) always pass; a page on another site never does.
 const DEFAULT_ALLOWED_ORIGINS: &[&str] = &["http://localhost:*", "http://127.0.0.1:*"];
