@@ -15,7 +15,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from conftest import BIN
-from controller_fixtures import ComposeProject
+from controller_fixtures import ComposeProject, docker
 from dashboard_fixtures import (N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
                                 wait_edge_ready, wait_until)
 
@@ -137,6 +137,24 @@ def test_dashboard_sign_in_restart_logs_and_audit_row(stack):
             [("restart", "web", "dashboard", "ok", "admin")]
         assert any(e["action"] == "logs" and e["actor"] == "dashboard" for e in stack.audit_events()), \
             "reading logs is audited too"
+    finally:
+        d.quit()
+
+
+def test_dashboard_services_page_refreshes_itself(stack):
+    """With JavaScript, the status region updates in place (no reload) when a container changes."""
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, PASSWORD)
+        wait_until(lambda: card_state(d, "worker") == "running", what="worker running")
+        d.execute_script("window.__notReloaded = true")
+        docker("stop", stack.project.container_name("worker"))
+        try:
+            wait_until(lambda: card_state(d, "worker") == "exited", timeout=30, what="card refreshed to exited")
+            assert d.execute_script("return window.__notReloaded === true"), "the page was reloaded"
+        finally:
+            docker("start", stack.project.container_name("worker"))
+        wait_until(lambda: card_state(d, "worker") == "running", timeout=30, what="card refreshed to running")
     finally:
         d.quit()
 
