@@ -144,6 +144,7 @@ pub fn bar_chart(series: &Series) -> Markup {
                     }
                 }
             }
+            div.axis-labels aria-hidden="true" { span { (n) " min ago" } span { "now" } }
             figcaption {
                 strong { (series.name) }
                 span.muted {
