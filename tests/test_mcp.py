@@ -19,6 +19,8 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_fixtures import (
     KEYS,
+    SERVERS_DIR,
+    V1_PYTHON,
     VENV_BIN,
     McpEdge,
     make_git_repo,
@@ -308,3 +310,24 @@ def test_mcp_children_are_gone_after_the_edge_stops(world):
     while any(str(repo) in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()):
         assert time.monotonic() < deadline, "mcp-server-git outlived the edge"
         time.sleep(0.1)
+
+
+def test_mcp_modern_client_reaches_a_legacy_server(procs, tmp_path):
+    """Bridging the other way: a 2026-07-28 client calls a tool of a 2025-11-25-only server."""
+    legacy = procs.start("v1-http-tools", [str(require(V1_PYTHON)), str(SERVERS_DIR / "v1_http_tools.py")])
+    edge = start_mcp_edge(procs, tmp_path, {"servers": {"old": {"url": legacy.url() + "/mcp"}}})
+    wait_served(edge, ["old"])
+    assert edge.health()["old"]["protocol_version"] == "2025-11-25"
+
+    async def call():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            assert c.protocol_version == "2026-07-28"
+            assert [t.name for t in (await c.list_tools()).tools] == ["old__shout"]
+            r = await c.call_tool("old__shout", {"text": "bridged"})
+            assert tool_text(r) == "BRIDGED"
+
+    v2(call)
+    # Probed with ping (the legacy revision's liveness check): still healthy a few probes later.
+    time.sleep(1.5)
+    h = edge.health()["old"]
+    assert h["state"] == "healthy" and h["consecutive_failures"] == 0, h

@@ -14,7 +14,7 @@ use rmcp::model::{
     GetPromptResponse, Implementation, ListPromptsRequest, ListPromptsResult,
     ListResourceTemplatesRequest, ListResourceTemplatesResult, ListResourcesRequest,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequest,
-    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+    ReadResourceRequestParams, ReadResourceResponse, ResultType, ServerCapabilities, ServerConfig,
     ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
@@ -207,7 +207,10 @@ impl ServerHandler for HubService {
         params.arguments = request.arguments;
         let req = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
         match raw(&peer, req, up.spec().policy.timeout).await? {
-            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            ServerResult::GetPromptResult(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(GetPromptResponse::Complete(r))
+            }
             _ => Err(ErrorData::internal_error(
                 "unexpected prompts/get result",
                 None,
@@ -280,8 +283,9 @@ impl ServerHandler for HubService {
                 ReadResourceRequestParams::new(request.uri.clone()),
             ));
             match raw(&peer, req, up.spec().policy.timeout).await {
-                Ok(ServerResult::ReadResourceResult(r)) => {
-                    return Ok(ReadResourceResponse::Complete(r))
+                Ok(ServerResult::ReadResourceResult(mut r)) => {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    return Ok(ReadResourceResponse::Complete(r));
                 }
                 Ok(_) => {}
                 Err(e) => last = Some(e),
@@ -469,7 +473,12 @@ impl HubService {
         };
         upstream.forget_progress(&upstream_token);
         match result {
-            Ok(ServerResult::CallToolResult(r)) => Ok(CallToolResponse::Complete(r)),
+            Ok(ServerResult::CallToolResult(mut r)) => {
+                // A 2025-11-25 server omits resultType; 2026-07-28 clients require it
+                // (rmcp drops it again for older clients).
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(CallToolResponse::Complete(r))
+            }
             Ok(ServerResult::InputRequiredResult(r)) => Ok(CallToolResponse::InputRequired(r)),
             Ok(ServerResult::CreateTaskResult(r)) => Ok(CallToolResponse::Task(r)),
             Ok(_) => Err(ErrorData::internal_error(
