@@ -80,6 +80,15 @@ def test_mcp_two_sdk_clients_see_and_call_exactly_their_tools(world):
             with pytest.raises(MCPError) as e:
                 await c.call_tool("nosuch__tool", {})
             assert e.value.code == UNKNOWN
+            # Progress notifications come back with the caller's own token.
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append((progress, total))
+
+            r = await c.call_tool("web__count", {"to": 3}, progress_callback=on_progress)
+            assert tool_text(r) == "counted to 3"
+            assert seen == [(1, 3), (2, 3), (3, 3)], seen
             # Prompts and resources pass through (prompt names prefixed like tools, URIs unchanged).
             prompts = [p.name for p in (await c.list_prompts()).prompts]
             assert prompts == ["web__greet"], prompts

@@ -1,6 +1,7 @@
 """A streamable-HTTP MCP server built with the official SDK (MCPServer, formerly FastMCP).
 
-Tools: `echo` (answers at once), `sleep` (sleeps, for timeouts and cancellation), `fail`
+Tools: `echo` (answers at once), `sleep` (sleeps, for timeouts and cancellation), `count`
+(reports progress), `fail`
 (raises, for tool errors); prompt `greet`; resource `note://readme`. Binds `--port` (0 = any), prints `api listening on HOST:PORT` once
 the socket is bound, then serves `/mcp`.
 """
@@ -12,7 +13,7 @@ import socket
 import sys
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("http-tools")
@@ -29,6 +30,15 @@ async def sleep(seconds: float) -> str:
     """Sleep for the given number of seconds, then answer."""
     await asyncio.sleep(seconds)
     return f"slept {seconds}"
+
+
+@server.tool()
+async def count(to: int, ctx: Context) -> str:
+    """Count to `to`, reporting progress at each step."""
+    for i in range(1, to + 1):
+        await ctx.report_progress(i, to, f"step {i}")
+        await asyncio.sleep(0.05)
+    return f"counted to {to}"
 
 
 @server.tool()
