@@ -35,12 +35,19 @@ struct Served {
 }
 
 async fn serve(registry_json: &str) -> Served {
+    serve_with_audit(registry_json, None).await
+}
+
+async fn serve_with_audit(
+    registry_json: &str,
+    audit: Option<Arc<dyn aibox_mcp::AuditSink>>,
+) -> Served {
     let dir = std::env::temp_dir().join(format!("aibox-mcp-test-{}", uuid_like()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("registry.json"), registry_json).unwrap();
     let config: McpConfig = toml_like(&dir);
     let registry = prometheus::Registry::new();
-    let hub = McpHub::start(config, &registry, None).await.unwrap();
+    let hub = McpHub::start(config, &registry, audit).await.unwrap();
     let app = hub.router().layer(axum::middleware::from_fn(
         |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
             let client = req
@@ -205,6 +212,115 @@ async fn both_revisions_see_policy_filtered_tools_and_call_them() {
         .tools
         .is_empty());
 
+    s.hub.shutdown().await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Records audit entries, or refuses them while `fail` is set.
+#[derive(Default)]
+struct RecordingAudit {
+    records: std::sync::Mutex<Vec<aibox_mcp::AuditRecord>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl aibox_mcp::AuditSink for RecordingAudit {
+    async fn record(&self, record: aibox_mcp::AuditRecord) -> Result<(), String> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("controller unreachable".into());
+        }
+        self.records.lock().unwrap().push(record);
+        Ok(())
+    }
+}
+
+async fn put(addr: std::net::SocketAddr, who: &str, body: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .put(format!("http://{addr}/api/mcp/registry"))
+        .header("x-test-client", who)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_put_is_validated_audited_and_fails_closed() {
+    let audit = Arc::new(RecordingAudit::default());
+    let s = serve_with_audit(
+        r#"{"servers": {"a": {"image": "x/a"}, "b": {"image": "x/b"}}}"#,
+        Some(audit.clone()),
+    )
+    .await;
+    let next = r#"{"servers": {"a": {"image": "x/a2"}, "c": {"image": "x/c"}}}"#;
+
+    let (status, body) = put(s.addr, "n8n", next).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = put(
+        s.addr,
+        "admin",
+        r#"{"servers": {"a": {"image": "x", "port": 1}}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("servers.a: unknown field `port`"),
+        "{body}"
+    );
+
+    audit.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = put(s.addr, "admin", next).await;
+    assert_eq!(status, 503, "{body}");
+    let on_disk = std::fs::read_to_string(s.dir.join("registry.json")).unwrap();
+    assert!(
+        on_disk.contains("x/b"),
+        "refused change must not be written: {on_disk}"
+    );
+
+    audit.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = put(s.addr, "admin", next).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["added"], serde_json::json!(["c"]));
+    assert_eq!(body["removed"], serde_json::json!(["b"]));
+    assert_eq!(body["updated"], serde_json::json!(["a"]));
+    let mut actions: Vec<(String, String)> = audit
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| (r.action.clone(), r.resource.clone()))
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        vec![
+            ("mcp_add".into(), "mcp:c".into()),
+            ("mcp_remove".into(), "mcp:b".into()),
+            ("mcp_update".into(), "mcp:a".into()),
+        ]
+    );
+    let health: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/api/mcp/health", s.addr))
+        .header("x-test-client", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = health["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a", "c"]);
+    assert_eq!(health["servers"][0]["state"], "not_served");
     s.hub.shutdown().await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }
