@@ -158,7 +158,8 @@ fn models_section(
     }
 }
 
-fn pull_section(jobs: &[PullJob], csrf: &str, admin: bool) -> Markup {
+/// The form stays outside the refreshing region, so a half-typed name is never wiped.
+fn pull_form(csrf: &str, admin: bool) -> Markup {
     html! {
         section aria-labelledby="pull-title" {
             h2 #pull-title { "Pull a model" }
@@ -169,8 +170,14 @@ fn pull_section(jobs: &[PullJob], csrf: &str, admin: bool) -> Markup {
                 input #pull-model type="text" name="model" required placeholder="llama3.2:1b" autocomplete="off" spellcheck="false" pattern="[A-Za-z0-9][A-Za-z0-9._:/@-]*";
                 button.primary type="submit" { "Pull" }
             }
+        }
+    }
+}
+
+fn pull_jobs(jobs: &[PullJob]) -> Markup {
+    html! {
             @if !jobs.is_empty() {
-                ul.pulls #pulls {
+                ul.pulls #pulls aria-label="Model pulls" {
                     @for j in jobs {
                         li {
                             strong { (j.model) } " — "
@@ -188,7 +195,6 @@ fn pull_section(jobs: &[PullJob], csrf: &str, admin: bool) -> Markup {
                     }
                 }
             }
-        }
     }
 }
 
@@ -228,8 +234,9 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
     let running = state.pulls.any_running();
     let body = html! {
         h1 { "Models" }
+        (pull_form(&viewer.csrf, state.edge.has_admin_token()))
         div #models-live data-refresh=(if running { "2" } else { "15" }) {
-            (pull_section(&jobs, &viewer.csrf, state.edge.has_admin_token()))
+            (pull_jobs(&jobs))
             (loaded_section(&loaded))
             (models_section(&models, &ready))
             (provider_section(&ready))
