@@ -266,6 +266,14 @@ def test_mcp_registry_errors_keep_the_last_good_registry(procs, tmp_path):
             time.sleep(0.1)
         assert edge.health()["time"]["state"] in ("healthy", "degraded")
 
+    # A registry.json that disappears (an editor's delete-and-recreate) does not stop anything.
+    edge.registry.unlink()
+    deadline = time.monotonic() + 10
+    while "file disappeared" not in (registry_error() or ""):
+        assert time.monotonic() < deadline, registry_error()
+        time.sleep(0.1)
+    assert edge.health()["time"]["state"] in ("healthy", "degraded")
+
     # The same errors through the admin API: 400 problem, nothing written.
     edge.registry.write_text(json.dumps(good))
     status, body = edge.admin("PUT", "/api/mcp/registry",

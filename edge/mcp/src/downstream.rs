@@ -332,8 +332,9 @@ impl ServerHandler for HubService {
         let Some((upstream, original)) = self.core.route(&exposed) else {
             if let Some(up) = self.core.server_of(&exposed) {
                 if !up.spec().policy.allows(client) {
+                    // Not a listed tool: keep the caller's string out of the labels.
                     m.denials
-                        .with_label_values(&[&up.name, &exposed, client])
+                        .with_label_values(&[&up.name, "(unlisted)", client])
                         .inc();
                     tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
                     return Err(forbidden_error(client, &exposed));

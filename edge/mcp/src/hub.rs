@@ -235,8 +235,17 @@ impl HubCore {
     pub async fn reload_from_disk(self: &Arc<Self>) -> Result<(), String> {
         let _guard = self.load_lock.lock().await;
         let [reg, txt, _] = self.paths();
+        let had_registry = self.snapshot().file.is_some();
         let result = (|| {
             let registry_json = registry::read_optional(&reg)?;
+            if registry_json.is_none() && had_registry {
+                // Editors that delete and recreate would otherwise stop every server for a
+                // moment; removing servers is done by editing the file, not deleting it.
+                return Err(format!(
+                    "{}: file disappeared; keeping the last good registry (write {{\"servers\": {{}}}} to remove every server)",
+                    reg.display()
+                ));
+            }
             let servers_txt = registry::read_optional(&txt)?;
             let env = self.secrets_env()?;
             registry::load(&Sources {
