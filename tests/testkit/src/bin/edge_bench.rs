@@ -258,6 +258,22 @@ async fn main() -> Result<()> {
             edge_path: "/api/chat",
             edge_body: chat("llama3:8b", true),
         },
+        Scenario {
+            name: "ollama api → openai, chat",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", false),
+            edge_path: "/api/chat",
+            edge_body: chat("vllm/Qwen/Qwen2.5-0.5B-Instruct", false),
+        },
+        Scenario {
+            name: "ollama api → openai, stream",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", true),
+            edge_path: "/api/chat",
+            edge_body: chat("vllm/Qwen/Qwen2.5-0.5B-Instruct", true),
+        },
     ];
 
     println!(
