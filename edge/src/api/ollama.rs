@@ -2,8 +2,9 @@
 //! `OLLAMA_BASE_URL`, n8n's Ollama credential, the `ollama` Python client).
 //!
 //! Request path: parse the body → route by model name (as on the OpenAI surface) →
-//! an Ollama provider gets the request natively, NDJSON relayed line for line with only the
-//! model name rewritten; an OpenAI-compatible provider gets it translated (`translate`) and its
+//! an Ollama provider gets the request natively, its NDJSON relayed chunk by chunk, untouched,
+//! with only the model name rewritten; an OpenAI-compatible provider gets it translated
+//! (`translate`), and its
 //! SSE stream is written back as Ollama NDJSON as each event arrives.
 //!
 //! Admin calls (pull, delete, copy, create) need the admin key, are recorded in the audit log
