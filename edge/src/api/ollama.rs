@@ -4,8 +4,7 @@
 //! Request path: parse the body → route by model name (as on the OpenAI surface) →
 //! an Ollama provider gets the request natively, its NDJSON relayed chunk by chunk, untouched,
 //! with only the model name rewritten; an OpenAI-compatible provider gets it translated
-//! (`translate`), and its
-//! SSE stream is written back as Ollama NDJSON as each event arrives.
+//! (`translate`), and its SSE stream is written back as Ollama NDJSON as each event arrives.
 //!
 //! Admin calls (pull, delete, copy, create) need the admin key, are recorded in the audit log
 //! before they run (fail closed), and go to every endpoint of the Ollama provider, so a model
