@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -305,6 +306,35 @@ def test_mcp_registry_errors_keep_the_last_good_registry(procs, tmp_path):
     # servers.txt lists the enabled servers.
     (edge.dir / "servers.txt").write_text("# enabled\ngithub\n")
     edge.wait_health("time", lambda h: h["state"] == "disabled", what="disabled by servers.txt")
+
+
+def raw_post(url: str, body: dict, headers: dict) -> tuple[int, str, str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def test_mcp_headers_must_match_the_body(world):
+    """2026-07-28: `Mcp-Method`/`Mcp-Name` are checked against the JSON-RPC body."""
+    edge, _web, _repo = world
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}, "_meta": meta}}
+    base = {"Authorization": f"Bearer {KEYS['cursor']}", "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call"}
+    status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__get_current_time"})
+    assert status == 200 and "UTC" in text, (status, text)
+    status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__convert_time"})
+    assert status == 400 and "-32020" in text, (status, text)
+    status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Method": "tools/list",
+                                                     "Mcp-Name": "time__get_current_time"})
+    assert status == 400 and "-32020" in text, (status, text)
 
 
 def test_mcp_host_and_origin_are_checked(world):
