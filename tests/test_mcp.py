@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -131,7 +132,7 @@ def test_mcp_two_sdk_clients_see_and_call_exactly_their_tools(world):
 
 
 def test_mcp_rate_limit_and_slow_tool_timeout(world):
-    edge, _web, _repo = world
+    edge, web, _repo = world
 
     async def cursor():
         async with v2_client(edge.url, KEYS["cursor"]) as c:
@@ -158,6 +159,10 @@ def test_mcp_rate_limit_and_slow_tool_timeout(world):
     # n8n's slow call was rate limited too (the limit applies before the timeout).
     assert results[4]["error"]["code"] == RATE_LIMITED
     v2(slow_timeout_only(edge))
+    # The timed-out call was cancelled on the server, not left running.
+    web.wait_for_line(r"sleep 20(\.0)? started")
+    web.wait_for_line(r"sleep 20(\.0)? cancelled", timeout=10)
+    assert not re.search(r"sleep 20(\.0)? finished", web.output())
 
 
 def slow_timeout_only(edge: McpEdge):

@@ -28,7 +28,14 @@ def echo(text: str) -> str:
 @server.tool()
 async def sleep(seconds: float) -> str:
     """Sleep for the given number of seconds, then answer."""
-    await asyncio.sleep(seconds)
+    # Printed so tests can see that a timed-out call was cancelled here, not left running.
+    print(f"sleep {seconds} started", flush=True)
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        print(f"sleep {seconds} cancelled", flush=True)
+        raise
+    print(f"sleep {seconds} finished", flush=True)
     return f"slept {seconds}"
 
 
