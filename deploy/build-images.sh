@@ -27,7 +27,8 @@ for b in "${BINS[@]}"; do
 done
 command -v docker >/dev/null || die "docker is not installed"
 BUSYBOX=${AIBOX_BUSYBOX:-/bin/busybox}
-if [ ! -x "$BUSYBOX" ] || ! ldd "$BUSYBOX" 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then
+linkage=$(ldd "$BUSYBOX" 2>&1 || true)  # ldd exits 1 for a static binary
+if [ ! -x "$BUSYBOX" ] || ! grep -qE 'not a dynamic executable|statically linked' <<<"$linkage"; then
   die "$BUSYBOX is not a static busybox (Debian: apt-get install busybox-static)"
 fi
 
