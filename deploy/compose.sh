@@ -109,7 +109,7 @@ ensure_secrets() {
   local audit_dir=$AIBOX_DATA_DIR/ops-controller fresh_audit=0
   if [ ! -d "$audit_dir" ]; then
     fresh_audit=1
-  elif [ -r "$audit_dir" ] && [ -x "$audit_dir" ] && [ -z "$(ls -A "$audit_dir")" ]; then
+  elif [ -r "$audit_dir" ] && [ -x "$audit_dir" ] && [ -z "$(find "$audit_dir" -type f -size +0 -print -quit)" ]; then
     fresh_audit=1
   fi
   if [ -z "$(setting AUDIT_HMAC_KEY)" ] && [ "$fresh_audit" = 1 ]; then
@@ -135,9 +135,10 @@ build() {
   profile=$(setting AIBOX_PROFILE release)
   prefix=$(setting AIBOX_IMAGE_PREFIX aibox)
   export AIBOX_IMAGE_PREFIX=$prefix
-  local explicit_tag=${AIBOX_TAG:-}
-  export AIBOX_TAG
-  AIBOX_TAG=$(setting AIBOX_TAG "$(git_tag)")
+  # Chosen by the user (environment or env file)? Then only that tag; else the revision + :local.
+  local chosen_tag
+  chosen_tag=$(setting AIBOX_TAG)
+  export AIBOX_TAG=${chosen_tag:-$(git_tag)}
   if [ "$(setting AIBOX_CARGO_BUILD 1)" != 0 ]; then
     command -v cargo >/dev/null || die "cargo is not installed (or set AIBOX_CARGO_BUILD=0 with binaries in target/$profile)"
     local flags=()
@@ -147,8 +148,9 @@ build() {
   fi
   say "building the images ($prefix-{edge,controller,dashboard}:$AIBOX_TAG, from target/$profile)"
   AIBOX_PROFILE=$profile "$ROOT/deploy/build-images.sh"
-  if [ -z "$explicit_tag" ] && [ -z "$(setting AIBOX_TAG)" ]; then
+  if [ -z "$chosen_tag" ]; then
     for b in "${CORE[@]}"; do docker tag "$prefix-$b:$AIBOX_TAG" "$prefix-$b:local"; done
+    say "tagged $prefix-{edge,controller,dashboard}:$AIBOX_TAG also as :local (./aibox up --no-build runs :local)"
   fi
 }
 
