@@ -308,7 +308,10 @@ impl ProxyHttp for EdgeGateway {
         ctx: &mut EdgeCtx,
     ) -> pingora_core::Result<()> {
         upstream_request.insert_header("x-request-id", &ctx.request_id)?;
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         if let Some(ip) = peer {
             upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
         }

@@ -120,6 +120,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: 2,
+        // One runtime per thread: no cross-thread wake-ups on the request path.
+        work_stealing: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(2),
         ..ServerConf::default()

@@ -782,6 +782,10 @@ async fn main() -> anyhow::Result<()> {
         .with_state(fake);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     eprintln!("api listening on {}", listener.local_addr()?);
+    // Streams are written chunk by chunk; without TCP_NODELAY, Nagle holds each small chunk.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }
