@@ -28,6 +28,15 @@ pub struct ChatIds {
     pub model: String,
 }
 
+/// Sampling parameters both APIs name alike (Ollama keeps them under `options`).
+pub const SHARED_SAMPLING_OPTIONS: [&str; 5] = [
+    "temperature",
+    "top_p",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+];
+
 /// OpenAI `POST /v1/chat/completions` body to Ollama `POST /api/chat` body.
 pub fn chat_to_ollama(req: &Value, upstream_model: &str) -> Result<Value, TranslateError> {
     let obj = req
@@ -62,18 +71,12 @@ pub fn chat_to_ollama(req: &Value, upstream_model: &str) -> Result<Value, Transl
         Some(_) => return Err(bad("options", "'options' must be an object")),
         None => Map::new(),
     };
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("seed", "seed"),
-        ("frequency_penalty", "frequency_penalty"),
-        ("presence_penalty", "presence_penalty"),
-    ] {
-        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
+    for key in SHARED_SAMPLING_OPTIONS {
+        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
             if !v.is_number() {
-                return Err(bad(from, format!("'{from}' must be a number")));
+                return Err(bad(key, format!("'{key}' must be a number")));
             }
-            options.insert(to.into(), v.clone());
+            options.insert(key.into(), v.clone());
         }
     }
     if let Some(v) = obj

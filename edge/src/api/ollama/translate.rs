@@ -71,14 +71,8 @@ fn apply_options(req: &Value, out: &mut Map<String, Value>) -> Result<(), BadReq
     match req.get("options") {
         None | Some(Value::Null) => {}
         Some(Value::Object(o)) => {
-            for (from, to) in [
-                ("temperature", "temperature"),
-                ("top_p", "top_p"),
-                ("seed", "seed"),
-                ("frequency_penalty", "frequency_penalty"),
-                ("presence_penalty", "presence_penalty"),
-                ("num_predict", "max_tokens"),
-            ] {
+            let shared = crate::translate::SHARED_SAMPLING_OPTIONS.map(|k| (k, k));
+            for (from, to) in shared.into_iter().chain([("num_predict", "max_tokens")]) {
                 if let Some(v) = o.get(from).filter(|v| !v.is_null()) {
                     if !v.is_number() {
                         return Err(bad(format!("options.{from} must be a number")));
