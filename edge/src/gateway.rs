@@ -71,12 +71,20 @@ impl EdgeGateway {
     }
 
     async fn serve_local(&self, session: &mut Session, ctx: &EdgeCtx) -> pingora_core::Result<()> {
-        let req_header = session.req_header().clone();
-        let path = req_header.uri.path().to_owned();
-        let client = self.state.clients.identify(&req_header.headers);
+        // One copy of the request head, made before the body is read (which needs `&mut`).
+        let (mut parts, ()) = {
+            let head = session.req_header();
+            let mut request = http::Request::new(());
+            *request.method_mut() = head.method.clone();
+            *request.uri_mut() = head.uri.clone();
+            *request.headers_mut() = head.headers.clone();
+            request.into_parts()
+        };
+        let path = parts.uri.path().to_owned();
+        let client = self.state.clients.identify(&parts.headers);
         let limit = self.state.config.max_body_bytes;
 
-        let declared = req_header
+        let declared = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -84,7 +92,7 @@ impl EdgeGateway {
         let body = if declared.is_some_and(|n| n > limit) {
             None
         } else {
-            let mut buf = BytesMut::new();
+            let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
             let mut over = false;
             while let Some(chunk) = session.read_request_body().await? {
                 if buf.len() + chunk.len() > limit {
@@ -110,21 +118,13 @@ impl EdgeGateway {
                 api::too_large(&path, limit)
             }
             Some(body) => {
-                let mut builder = http::Request::builder()
-                    .method(req_header.method.clone())
-                    .uri(req_header.uri.clone());
-                for (k, v) in req_header.headers.iter() {
-                    builder = builder.header(k, v);
-                }
-                let mut request = builder
-                    .body(axum::body::Body::from(body))
-                    .expect("parts come from a parsed request");
-                request.extensions_mut().insert(rc.clone());
-                request.extensions_mut().insert(aibox_mcp::Caller {
+                parts.extensions.insert(rc.clone());
+                parts.extensions.insert(aibox_mcp::Caller {
                     client: client.name.clone(),
                     admin: client.admin,
                     request_id: ctx.request_id.clone(),
                 });
+                let request = http::Request::from_parts(parts, axum::body::Body::from(body));
                 match self.router.clone().oneshot(request).await {
                     Ok(r) => r,
                     Err(never) => match never {},

@@ -43,10 +43,24 @@ struct Cell {
     tokens_out: u64,
 }
 
-/// (client, model) -> minute (unix seconds / 60) -> counts; trimmed to the last hour.
+/// client -> model -> minute (unix seconds / 60) -> counts; trimmed to the last hour.
+/// Nested maps so a request for a known client and model allocates nothing.
 #[derive(Default)]
 struct MinuteTable {
-    cells: HashMap<(String, String), HashMap<i64, Cell>>,
+    cells: HashMap<String, HashMap<String, HashMap<i64, Cell>>>,
+}
+
+impl MinuteTable {
+    fn row(&mut self, client: &str, model: &str) -> &mut HashMap<i64, Cell> {
+        if !self.cells.contains_key(client) {
+            self.cells.insert(client.to_owned(), HashMap::new());
+        }
+        let models = self.cells.get_mut(client).expect("inserted above");
+        if !models.contains_key(model) {
+            models.insert(model.to_owned(), HashMap::new());
+        }
+        models.get_mut(model).expect("inserted above")
+    }
 }
 
 const WINDOW_MINUTES: i64 = 60;
@@ -177,16 +191,16 @@ impl Metrics {
         }
         let minute = now_minute();
         let mut table = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
-        let row = table
-            .cells
-            .entry((r.client.to_owned(), r.model.to_owned()))
-            .or_default();
+        let row = table.row(r.client, r.model);
+        if !row.contains_key(&minute) {
+            // A new minute begins: drop what fell out of the window.
+            row.retain(|m, _| minute - m < WINDOW_MINUTES);
+        }
         let cell = row.entry(minute).or_default();
         cell.requests += 1;
         cell.errors += u64::from(r.error.is_some() || r.status >= 400);
         cell.tokens_in += r.tokens_in;
         cell.tokens_out += r.tokens_out;
-        row.retain(|m, _| minute - m < WINDOW_MINUTES);
     }
 
     pub fn observe_failover(&self, provider: &str, endpoint: &str) {
@@ -211,14 +225,20 @@ impl Metrics {
     pub fn stats(&self) -> Value {
         let now = now_minute();
         let mut table = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
-        table.cells.retain(|_, row| {
-            row.retain(|m, _| now - m < WINDOW_MINUTES);
-            !row.is_empty()
-        });
+        for models in table.cells.values_mut() {
+            for row in models.values_mut() {
+                row.retain(|m, _| now - m < WINDOW_MINUTES);
+            }
+            models.retain(|_, row| !row.is_empty());
+        }
+        table.cells.retain(|_, models| !models.is_empty());
         let mut series: Vec<Value> = table
             .cells
             .iter()
-            .map(|((client, model), row)| {
+            .flat_map(|(client, models)| {
+                models.iter().map(move |(model, row)| (client, model, row))
+            })
+            .map(|(client, model, row)| {
                 let mut minutes: Vec<(&i64, &Cell)> = row.iter().collect();
                 minutes.sort_by_key(|(m, _)| **m);
                 let minutes: Vec<Value> = minutes
