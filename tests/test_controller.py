@@ -450,6 +450,76 @@ def test_pull_through_a_loopback_registry_shows_drift(procs, tmp_path, stack):
                 docker("rmi", "-f", image_id, check=False)
 
 
+def read_ndjson(api: Api, path: str, body: dict, headers: dict | None = None):
+    """POSTs and reads the NDJSON answer line by line as it arrives, with a plain HTTP client."""
+    conn = http.client.HTTPConnection(api.host, int(api.port), timeout=120)
+    try:
+        conn.request("POST", path, body=json.dumps(body).encode(),
+                     headers={**AUTH, "Content-Type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        assert resp.getheader("Content-Type") == "application/x-ndjson"
+        lines = []
+        while raw := resp.readline():
+            lines.append(json.loads(raw))
+        return lines
+    finally:
+        conn.close()
+
+
+def test_pull_streams_ndjson_progress_and_in_stream_errors(procs, tmp_path, stack):
+    registry = LocalRegistry(tmp_path)
+    app = ComposeProject(unique_name("aiboxpulls"))
+    repo = f"aibox-test/app-{uuid.uuid4().hex[:8]}:1"
+    try:
+        v1 = busybox_image(f"aibox-test/app-v1-{uuid.uuid4().hex[:6]}:1", marker="v1 " + uuid.uuid4().hex)
+        ref = registry.push(v1, repo)
+        app.run("app", WORKER_SCRIPT, image=ref)
+        v2_tag = f"aibox-test/app-v2-{uuid.uuid4().hex[:6]}:1"
+        v2 = busybox_image(v2_tag, marker="v2 " + uuid.uuid4().hex)
+        registry.push(v2_tag, repo)
+        docker("rmi", ref, v2_tag)
+        missing_ref = f"{registry.host}/aibox-test/missing-{uuid.uuid4().hex[:6]}:1"
+        docker("tag", v1, missing_ref)  # exists locally, never pushed
+        app.run("broken", WORKER_SCRIPT, image=missing_ref)
+
+        _, api = start_controller(procs, app.name, tmp_path / "audit")
+        # Refusals before anything runs stay plain JSON errors.
+        assert_error(api.post("/images/pull?stream=true", {"services": ["app"]}), 400, "confirmation_required")
+        assert_error(api.post("/images/pull?stream=maybe", {"services": ["app"], "confirm": True}),
+                     400, "invalid_query")
+
+        lines = read_ndjson(api, "/images/pull", {"services": ["app"], "confirm": True},
+                            headers={"Accept": "application/x-ndjson", "X-Actor": "dashboard"})
+        *events, last = lines
+        assert events and all(e["service"] == "app" and "status" in e for e in events), lines
+        assert any("Downloaded newer image" in e["status"] for e in events), events
+        assert not any("error" in e for e in events), events
+        assert last["done"] is True and last["ok"] is True, last
+        (res,) = last["results"]
+        assert res["ok"] is True and res["pulled_image_id"] == v2 and res["drift"] is True, res
+        assert "does not change running containers" in last["note"]
+
+        lines = read_ndjson(api, "/images/pull?stream=true", {"services": ["broken"], "confirm": True})
+        *events, last = lines
+        errors = [e for e in events if "error" in e]
+        assert len(errors) == 1 and errors[0]["service"] == "broken" and errors[0]["error"], lines
+        assert last["done"] is True and last["ok"] is False, last
+        assert last["error"]["code"] == "pull_failed", last
+        assert last["results"][0]["error"] == errors[0]["error"], last
+
+        events = api.get("/audit?action=pull")[2]["events"]
+        assert [(e["resource"], e["result"]) for e in events] == [("broken", "error"), ("app", "ok")]
+        assert events[1]["metadata"]["drift"] is True and events[1]["actor"] == "dashboard"
+    finally:
+        app.cleanup()
+        registry.stop()
+        for row in docker("image", "ls", "--format", "{{.ID}} {{.Repository}}").stdout.splitlines():
+            image_id, repo_name = row.split(" ", 1)
+            if repo_name.startswith((registry.host, "aibox-test/app-")):
+                docker("rmi", "-f", image_id, check=False)
+
+
 # ---------- audit log ----------
 
 def test_post_audit_records_events_for_other_components(procs, tmp_path, stack):

@@ -65,14 +65,21 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = self.extra.unwrap_or_default();
+impl ApiError {
+    /// The JSON body this error is answered with.
+    fn body(&self) -> Value {
+        let mut body = self.extra.clone().unwrap_or_default();
         body.insert(
             "error".into(),
             json!({"code": self.code, "message": self.message}),
         );
-        (self.status, Json(Value::Object(body))).into_response()
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
     }
 }
 
@@ -460,11 +467,41 @@ struct PullRequest {
 
 const PULL_NOTE: &str = "Pulling does not change running containers; services with \"drift\": true run an older image than the one now pulled and need a recreate (docker compose up -d <service>) to use it.";
 
+#[derive(Debug, Deserialize)]
+struct PullQuery {
+    stream: Option<String>,
+}
+
+/// Streamed when asked for by `Accept: application/x-ndjson` or `?stream=true`.
+fn wants_stream(
+    headers: &HeaderMap,
+    query: Result<Query<PullQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<bool, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let by_query = parse_bool("stream", q.stream.as_deref())?;
+    let by_accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/x-ndjson")
+        });
+    Ok(by_query || by_accept)
+}
+
 async fn pull_images(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    query: Result<Query<PullQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let stream = wants_stream(&headers, query)?;
     let req: PullRequest = parse_json(&body)?;
     if req.services.is_empty() {
         return Err(ApiError::bad_request(
@@ -491,9 +528,50 @@ async fn pull_images(
         return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
     }
     ready(&state).await?;
+    if !stream {
+        return run_pulls(&state, &caller, &services, None)
+            .await
+            .map(|v| Json(v).into_response());
+    }
+    // The pulls run in their own task, so that every started pull is audited even when the client
+    // goes away; the client going away closes the channel, which stops reading Docker's stream.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(64);
+    tokio::spawn(async move {
+        let outcome = run_pulls(&state, &caller, &services, Some(&tx)).await;
+        let mut last = match outcome {
+            Ok(v) => object(v),
+            Err(e) => object(e.body()),
+        };
+        last.insert("done".into(), json!(true));
+        let _ = tx.send(Value::Object(last)).await;
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).expect("JSON values serialize");
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// Pulls each service in turn, auditing each; the answer of the non-streamed request (and the
+/// final line of the streamed one).
+async fn run_pulls(
+    state: &Shared,
+    caller: &Caller,
+    services: &[String],
+    events: Option<&tokio::sync::mpsc::Sender<Value>>,
+) -> Result<Value, ApiError> {
     let mut results = Vec::new();
-    for service in &services {
-        let outcome = state.engine.pull(service).await;
+    for service in services {
+        if events.is_some_and(|tx| tx.is_closed()) {
+            break; // the client is gone: start nothing more
+        }
+        let outcome = state.engine.pull(service, events).await;
         let (result, metadata) = match &outcome {
             Ok(r) => (
                 if r.ok { "ok" } else { "error" },
@@ -509,7 +587,7 @@ async fn pull_images(
         }
         let mut metadata = object(metadata);
         metadata.retain(|_, v| !v.is_null());
-        append(&state, caller.event("pull", service, result, metadata))
+        append(state, caller.event("pull", service, result, metadata))
             .await
             .map_err(|e| audit_lost(e, &format!("pull {service}")))?;
         results.push(outcome?);
@@ -520,9 +598,7 @@ async fn pull_images(
         .map(|r| r.service.as_str())
         .collect();
     if failed.is_empty() {
-        return Ok(
-            Json(json!({"ok": true, "note": PULL_NOTE, "results": results})).into_response(),
-        );
+        return Ok(json!({"ok": true, "note": PULL_NOTE, "results": results}));
     }
     let message = results
         .iter()

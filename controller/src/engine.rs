@@ -193,6 +193,9 @@ fn container_name(c: &ContainerSummary) -> String {
         .unwrap_or_else(|| c.id.clone().unwrap_or_default())
 }
 
+/// The error of a streamed pull whose client went away before it finished.
+pub const CLIENT_GONE: &str = "the client disconnected; the pull was stopped";
+
 /// `repo` and `repo/x` mean `:latest`; pulling without a tag would fetch every tag.
 fn pull_reference(image: &str) -> String {
     let last = image.rsplit('/').next().unwrap_or(image);
@@ -474,7 +477,14 @@ impl Engine {
         Ok(out)
     }
 
-    pub async fn pull(&self, service: &str) -> Result<PullResult, DockerError> {
+    /// Pulls the service's image. With `events`, every progress event (byte ticks included) and
+    /// every error inside Docker's stream is also sent there as it arrives, as one JSON object; when
+    /// the receiver is gone (the client disconnected) reading stops and the pull is reported failed.
+    pub async fn pull(
+        &self,
+        service: &str,
+        events: Option<&tokio::sync::mpsc::Sender<serde_json::Value>>,
+    ) -> Result<PullResult, DockerError> {
         let group = self.resolve(service).await?;
         let inspect = self.inspect(&group[0]).await?;
         let image = inspect
@@ -512,6 +522,29 @@ impl Engine {
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
+                    if let Some(tx) = events {
+                        let mut event = serde_json::Map::new();
+                        event.insert("service".into(), service.into());
+                        event.insert(
+                            "status".into(),
+                            info.status.clone().unwrap_or_default().into(),
+                        );
+                        if let Some(id) = info.id.as_ref().filter(|id| !id.is_empty()) {
+                            event.insert("id".into(), id.clone().into());
+                        }
+                        if let Some(d) = &info.progress_detail {
+                            if let Some(current) = d.current {
+                                event.insert("current".into(), current.into());
+                            }
+                            if let Some(total) = d.total {
+                                event.insert("total".into(), total.into());
+                            }
+                        }
+                        if tx.send(event.into()).await.is_err() {
+                            result.error = Some(CLIENT_GONE.into());
+                            return Ok(result);
+                        }
+                    }
                     // Byte-level "Downloading"/"Extracting" ticks carry a progress bar; keep the milestones.
                     if info
                         .progress_detail
@@ -535,10 +568,16 @@ impl Engine {
                     if let DockerError::Unavailable(_) = e {
                         return Err(e);
                     }
-                    result.error = Some(match e {
+                    let message = match e {
                         DockerError::Api { message, .. } | DockerError::Gone(message) => message,
                         other => other.to_string(),
-                    });
+                    };
+                    if let Some(tx) = events {
+                        let _ = tx
+                            .send(serde_json::json!({"error": message, "service": service}))
+                            .await;
+                    }
+                    result.error = Some(message);
                     return Ok(result);
                 }
             }
