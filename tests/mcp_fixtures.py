@@ -1,7 +1,8 @@
 """MCP fixtures: real MCP servers, the edge configured with an MCP registry, and both SDK clients.
 
 - `mcp-server-time` / `mcp-server-git` (PyPI, in .venv) run as `command` servers of the edge.
-- `tests/mcp_servers/http_tools.py` (official SDK, MCPServer) is the `url` server.
+- `tests/mcp_servers/http_tools.py` (official SDK, MCPServer) is the `url` server (streamable
+  HTTP, or legacy HTTP+SSE with `--transport sse`).
 - The v2 SDK client runs in-process (`mcp.Client`, opens with `server/discover`); the v1 SDK
   client runs as a subprocess from `.venv-mcp-v1` (opens with `initialize`).
 """
@@ -38,10 +39,11 @@ def require(path: Path) -> Path:
     return path
 
 
-def start_http_tools(procs, port: int = 0, name: str = "http-tools"):
-    """The FastMCP streamable-HTTP server; `p.url() + "/mcp"` is its endpoint."""
+def start_http_tools(procs, port: int = 0, name: str = "http-tools", transport: str = "streamable-http"):
+    """The FastMCP server: `p.url() + "/mcp"` (streamable HTTP) or `p.url() + "/sse"`
+    (`transport="sse"`, the legacy HTTP+SSE transport) is its endpoint."""
     return procs.start(name, [str(require(VENV_BIN / "python")), str(SERVERS_DIR / "http_tools.py"),
-                              "--port", str(port)])
+                              "--port", str(port), "--transport", transport])
 
 
 def make_git_repo(path: Path) -> Path:

@@ -383,3 +383,66 @@ def test_mcp_modern_client_reaches_a_legacy_server(procs, tmp_path):
     time.sleep(1.5)
     h = edge.health()["old"]
     assert h["state"] == "healthy" and h["consecutive_failures"] == 0, h
+
+
+def test_mcp_legacy_sse_server_is_bridged(procs, tmp_path):
+    """Servers on the legacy HTTP+SSE transport (2024-11-05), registered as url servers: the v2
+    SDK's MCPServer by its `/sse` path and again by an explicit `"transport": "sse"`, and the v1
+    SDK's FastMCP (2025-11-25, probed with `ping`)."""
+    sse = start_http_tools(procs, name="sse-tools", transport="sse")
+    v1 = procs.start("v1-sse-tools", [str(require(V1_PYTHON)), str(SERVERS_DIR / "v1_http_tools.py"),
+                                      "--transport", "sse"])
+    edge = start_mcp_edge(procs, tmp_path, {"servers": {
+        "old": {"url": sse.url() + "/sse"},
+        "named": {"url": sse.url() + "/sse", "transport": "sse", "allow_clients": ["n8n"]},
+        "v1": {"url": v1.url() + "/sse"},
+    }})
+    wait_served(edge, ["old", "named", "v1"])
+    assert edge.health()["v1"]["protocol_version"] == "2025-11-25"
+
+    async def call():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            names = sorted(t.name for t in (await c.list_tools()).tools)
+            assert names == ["old__count", "old__echo", "old__fail", "old__sleep", "v1__shout"], names
+            r = await c.call_tool("old__echo", {"text": "over sse"})
+            assert tool_text(r) == "over sse"
+            r = await c.call_tool("old__sleep", {"seconds": 0.1})
+            assert tool_text(r) == "slept 0.1"
+            r = await c.call_tool("v1__shout", {"text": "legacy"})
+            assert tool_text(r) == "LEGACY"
+
+    v2(call)
+    # The SDK's SSE server negotiates 2026-07-28, so it is probed like any 2026-07-28 server
+    # (`tools/list`; `ping` is gone in that revision): still healthy a few probes later.
+    for name in ("old", "named"):
+        assert edge.health()[name]["protocol_version"] == "2026-07-28", edge.health()[name]
+    time.sleep(1.5)
+    for name in ("old", "named", "v1"):
+        h = edge.health()[name]
+        assert h["state"] == "healthy" and h["consecutive_failures"] == 0, h
+
+    # The event stream is the session: when the server goes, so does the connection; a server
+    # back on the same port is reached with a new session.
+    port = int(v1.addr().rsplit(":", 1)[1])
+    v1.stop()
+    edge.wait_health("v1", lambda h: h["state"] == "unhealthy", what="unhealthy")
+    procs.start("v1-sse-tools-again", [str(require(V1_PYTHON)), str(SERVERS_DIR / "v1_http_tools.py"),
+                                       "--port", str(port), "--transport", "sse"])
+    edge.wait_health("v1", lambda h: h["state"] == "healthy" and h["tools"], what="healthy again")
+
+    async def back():
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            r = await c.call_tool("v1__shout", {"text": "again"})
+            assert tool_text(r) == "AGAIN"
+
+    v2(back)
+
+
+def test_mcp_transport_field_is_validated(procs, tmp_path):
+    edge = start_mcp_edge(procs, tmp_path, {"servers": {}})
+    bad = {"servers": {"x": {"url": "http://127.0.0.1:1/mcp", "transport": "websocket"}}}
+    status, body = edge.admin("PUT", "/api/mcp/registry", json.dumps(bad).encode())
+    assert status == 400 and "servers.x.transport" in body["detail"], body
+    status, body = edge.admin("PUT", "/api/mcp/registry", json.dumps(
+        {"servers": {"y": {"command": "x", "transport": "sse"}}}).encode())
+    assert status == 400 and "servers.y.transport" in body["detail"], body

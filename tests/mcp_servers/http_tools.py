@@ -3,7 +3,8 @@
 Tools: `echo` (answers at once), `sleep` (sleeps, for timeouts and cancellation), `count`
 (reports progress), `fail`
 (raises, for tool errors); prompt `greet`; resource `note://readme`. Binds `--port` (0 = any), prints `api listening on HOST:PORT` once
-the socket is bound, then serves `/mcp`.
+the socket is bound, then serves `/mcp`; with `--transport sse` it speaks the legacy HTTP+SSE
+transport instead (GET `/sse`, POST `/messages/`).
 """
 from __future__ import annotations
 
@@ -69,12 +70,13 @@ def readme() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     args = ap.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     sock.listen(64)
-    app = server.streamable_http_app()
+    app = server.sse_app() if args.transport == "sse" else server.streamable_http_app()
     config = uvicorn.Config(app, log_level="warning")
     print(f"api listening on 127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])

@@ -29,6 +29,7 @@ mod hub;
 mod metrics;
 pub mod naming;
 pub mod registry;
+mod sse_client;
 mod upstream;
 
 pub use config::McpConfig;

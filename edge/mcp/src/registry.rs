@@ -68,9 +68,13 @@ impl Serialize for ServerMap {
 pub struct ServerEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Streamable HTTP endpoint of the server.
+    /// HTTP endpoint of the server (streamable HTTP, or the SSE URL of a legacy server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// `"streamable_http"` or `"sse"` (legacy HTTP+SSE, 2024-11-05) for `url` servers;
+    /// default `sse` when the URL path ends in `/sse`, else `streamable_http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     /// Extra HTTP headers for `url` servers; `${VAR}` is replaced from the environment/secrets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -128,6 +132,8 @@ pub enum Transport {
     Http {
         url: String,
         headers: BTreeMap<String, String>,
+        /// Legacy HTTP+SSE (2024-11-05) instead of streamable HTTP.
+        sse: bool,
     },
     Stdio {
         command: String,
@@ -358,6 +364,9 @@ fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<S
     if e.url.is_none() && !e.headers.is_empty() {
         return Err(err("headers", "\"headers\" need \"url\""));
     }
+    if e.url.is_none() && e.transport.is_some() {
+        return Err(err("transport", "\"transport\" needs \"url\""));
+    }
     if let Some(t) = e.timeout_sec {
         if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
             return Err(err("timeout_sec", "must be a number > 0 and <= 3600"));
@@ -397,9 +406,16 @@ fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<S
             .iter()
             .map(|(k, v)| (k.clone(), expand(v, src.env, &mut missing)))
             .collect();
+        let sse = match e.transport.as_deref() {
+            Some("sse") => true,
+            Some("streamable_http") => false,
+            Some(_) => return Err(err("transport", "must be \"streamable_http\" or \"sse\"")),
+            None => parsed.path().trim_end_matches('/').ends_with("/sse"),
+        };
         Transport::Http {
             url: url.clone(),
             headers,
+            sse,
         }
     } else if let Some(command) = &e.command {
         if command.trim().is_empty() {
@@ -568,6 +584,11 @@ mod tests {
         assert_eq!(s.servers["search"].status, SpecStatus::Enabled);
         assert_eq!(s.servers["github"].status, SpecStatus::Disabled);
         assert_eq!(s.servers["browser"].status, SpecStatus::Disabled);
+        assert_eq!(s.servers["wiki"].status, SpecStatus::Disabled);
+        assert!(matches!(
+            s.servers["wiki"].transport,
+            Transport::Http { sse: true, .. }
+        ));
         let s = load_str(Some(json), None, &[]).unwrap();
         assert_eq!(
             s.servers["github"].status,
@@ -666,6 +687,28 @@ mod tests {
     }
 
     #[test]
+    fn url_transport_defaults_by_path_and_can_be_set() {
+        let s = load_str(
+            Some(
+                r#"{"servers":{
+                "a":{"url":"http://127.0.0.1:1/mcp"},
+                "b":{"url":"http://127.0.0.1:1/sse"},
+                "c":{"url":"http://127.0.0.1:1/events","transport":"sse"},
+                "d":{"url":"http://127.0.0.1:1/sse","transport":"streamable_http"}}}"#,
+            ),
+            None,
+            &[],
+        )
+        .unwrap();
+        for (name, want) in [("a", false), ("b", true), ("c", true), ("d", false)] {
+            match &s.servers[name].transport {
+                Transport::Http { sse, .. } => assert_eq!(*sse, want, "{name}"),
+                t => panic!("{name}: {t:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn bad_names_and_values_are_refused() {
         for (json, needle) in [
             (r#"{"servers":{"a__b":{"command":"x"}}}"#, "server name"),
@@ -674,6 +717,14 @@ mod tests {
                 "exactly one of",
             ),
             (r#"{"servers":{"a":{"url":"ftp://h/"}}}"#, "servers.a.url"),
+            (
+                r#"{"servers":{"a":{"url":"http://h/","transport":"ws"}}}"#,
+                "servers.a.transport",
+            ),
+            (
+                r#"{"servers":{"a":{"command":"x","transport":"sse"}}}"#,
+                "servers.a.transport",
+            ),
             (
                 r#"{"servers":{"a":{"command":"x","timeout_sec":0}}}"#,
                 "servers.a.timeout_sec",

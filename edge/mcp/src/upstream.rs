@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{ServerSpec, SpecStatus, Transport};
+use crate::sse_client::SseClientTransport;
 
 /// Probe timings and thresholds shared by all supervisors.
 #[derive(Debug, Clone)]
@@ -514,7 +515,30 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, St
                 .await
                 .map_err(|e| format!("handshake failed: {e}"))?
         }
-        Transport::Http { url, headers } => {
+        Transport::Http {
+            url,
+            headers,
+            sse: true,
+        } => {
+            let mut map = http::HeaderMap::new();
+            for (k, v) in headers {
+                let name = http::HeaderName::try_from(k.as_str())
+                    .map_err(|e| format!("header {k:?}: {e}"))?;
+                let value = http::HeaderValue::try_from(v.as_str())
+                    .map_err(|_| format!("header {k:?}: invalid value"))?;
+                map.insert(name, value);
+            }
+            let client = reqwest::Client::builder()
+                .connect_timeout(up.settings.timeout)
+                .build()
+                .map_err(|e| format!("http client: {e}"))?;
+            let transport = SseClientTransport::connect(client, url, map).await?;
+            handler
+                .serve_with_lifecycle(transport, lifecycle)
+                .await
+                .map_err(|e| format!("connecting to {url} (sse) failed: {e}"))?
+        }
+        Transport::Http { url, headers, .. } => {
             let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
             for (k, v) in headers {
                 let name = http::HeaderName::try_from(k.as_str())
