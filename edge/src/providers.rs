@@ -34,7 +34,11 @@ struct EndpointState {
     ejected_until: Option<Instant>,
     last_error: Option<String>,
     latency_ewma_ms: Option<f64>,
+    /// When the estimate last learned from a request; it fades as it ages (see `cost`).
+    latency_sampled_at: Option<Instant>,
 }
+
+const LATENCY_HALF_LIFE: Duration = Duration::from_secs(30);
 
 pub struct Endpoint {
     pub provider: String,
@@ -79,8 +83,16 @@ impl Endpoint {
     }
 
     fn cost(&self) -> f64 {
-        let ewma = self.lock().latency_ewma_ms.unwrap_or(1.0).max(0.05);
-        ewma * (self.in_flight() as f64 + 1.0) / self.weight as f64
+        let s = self.lock();
+        let mut ewma = s.latency_ewma_ms.unwrap_or(1.0);
+        // An estimate only changes when the endpoint gets traffic, so one that was slow once
+        // would be starved for good; halving it every LATENCY_HALF_LIFE without samples lets it
+        // be tried again, and one real sample sets it right.
+        if let Some(at) = s.latency_sampled_at {
+            let halvings = at.elapsed().as_secs_f64() / LATENCY_HALF_LIFE.as_secs_f64();
+            ewma /= 2f64.powf(halvings.floor());
+        }
+        ewma.max(0.05) * (self.in_flight() as f64 + 1.0) / self.weight as f64
     }
 
     fn record_success(&self, latency: Duration) {
@@ -92,6 +104,7 @@ impl Endpoint {
             Some(prev) => prev * 0.8 + ms * 0.2,
             None => ms,
         });
+        s.latency_sampled_at = Some(Instant::now());
     }
 
     fn record_failure(&self, error: &str, health: &HealthConfig) {
