@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use super::stream::{ndjson, LineBuffer, Read, TimedBody};
+use super::stream::{self, ndjson, LineBuffer, Read, TimedBody};
 use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::providers::{
@@ -214,32 +214,17 @@ async fn send(
     Ok(super::openai::send(state, ctx, route, path, body).await?)
 }
 
-/// The whole upstream body, bounded by the idle and total timeouts.
+/// The whole upstream body; a break-off is a 502 in Ollama's shape.
 async fn read_all(state: &EdgeState, response: reqwest::Response) -> Result<Bytes> {
-    let mut timed = TimedBody::new(
-        response,
-        state.config.timeouts.idle(),
-        state.config.timeouts.total(),
-        Instant::now(),
-    );
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        match timed.next().await {
-            Read::Chunk(c) => buf.extend_from_slice(&c),
-            Read::End => return Ok(buf.freeze()),
-            Read::Failed(msg) => return Err(OllamaError::new(StatusCode::BAD_GATEWAY, msg)),
-        }
-    }
-}
-
-fn status_of(response: &reqwest::Response) -> StatusCode {
-    StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY)
+    stream::read_to_end(response, &state.config.timeouts)
+        .await
+        .map_err(|msg| OllamaError::new(StatusCode::BAD_GATEWAY, msg))
 }
 
 /// An upstream error status in Ollama's shape, status kept: Ollama's own `{"error": "..."}`
 /// or an OpenAI-compatible `{"error": {"message": ...}}`.
 async fn upstream_status_error(state: &EdgeState, response: reqwest::Response) -> OllamaError {
-    let status = status_of(&response);
+    let status = stream::upstream_status(&response);
     let bytes = read_all(state, response).await.unwrap_or_default();
     let parsed = serde_json::from_slice::<Value>(&bytes).ok();
     let message = parsed
@@ -557,7 +542,7 @@ async fn relay(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
     if !is_ndjson {
-        let status = status_of(&up.response);
+        let status = stream::upstream_status(&up.response);
         let bytes = read_all(state, up.response).await?;
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
             record_ollama_tokens(ctx, &v);
@@ -591,7 +576,7 @@ async fn relay_json(state: &EdgeState, up: UpstreamResponse) -> Result<Response>
     if !up.response.status().is_success() {
         return Err(upstream_status_error(state, up.response).await);
     }
-    let status = status_of(&up.response);
+    let status = stream::upstream_status(&up.response);
     let bytes = read_all(state, up.response).await?;
     Ok(json_bytes_response(status, bytes))
 }
@@ -882,7 +867,7 @@ async fn embed_any(
             if !up.response.status().is_success() {
                 return Err(upstream_status_error(state, up.response).await);
             }
-            let status = status_of(&up.response);
+            let status = stream::upstream_status(&up.response);
             let bytes = read_all(state, up.response).await?;
             if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
                 record_ollama_tokens(ctx, &v);
@@ -1206,7 +1191,7 @@ async fn admin(
         return Ok(Json(v).into_response());
     }
     // Delete and copy: one endpoint after another; the first failure is the answer.
-    let mut status = status_of(&response);
+    let mut status = stream::upstream_status(&response);
     let mut bytes = read_all(&state, response).await?;
     for e in targets {
         let response = call.send(&e).await?;
@@ -1214,7 +1199,7 @@ async fn admin(
             state.providers.refresh(true).await;
             return Err(upstream_status_error(&state, response).await);
         }
-        status = status_of(&response);
+        status = stream::upstream_status(&response);
         bytes = read_all(&state, response).await?;
     }
     // The next `/api/tags` shows the change.

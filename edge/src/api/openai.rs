@@ -4,7 +4,7 @@
 //! OpenAI-compatible server (passed through, only `model` rewritten) → stream back.
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use super::stream::{sse, LineBuffer, Read, TimedBody};
+use super::stream::{self, sse, LineBuffer, Read, TimedBody};
 use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::providers::{InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse};
@@ -443,7 +443,7 @@ pub async fn send(
 
 /// The whole upstream body as JSON, bounded by the idle and total timeouts.
 pub async fn read_json(state: &EdgeState, up: UpstreamResponse) -> Result<Value> {
-    let bytes = read_all(state, up.response, up.upstream_time).await?;
+    let bytes = read_all(state, up.response).await?;
     serde_json::from_slice(&bytes).map_err(|_| {
         OpenAiError::new(
             StatusCode::BAD_GATEWAY,
@@ -453,31 +453,17 @@ pub async fn read_json(state: &EdgeState, up: UpstreamResponse) -> Result<Value>
     })
 }
 
-async fn read_all(state: &EdgeState, response: reqwest::Response, _t: Duration) -> Result<Bytes> {
-    let mut timed = TimedBody::new(
-        response,
-        state.config.timeouts.idle(),
-        state.config.timeouts.total(),
-        Instant::now(),
-    );
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        match timed.next().await {
-            Read::Chunk(c) => buf.extend_from_slice(&c),
-            Read::End => return Ok(buf.freeze()),
-            Read::Failed(msg) => {
-                return Err(
-                    OpenAiError::new(StatusCode::BAD_GATEWAY, msg).code("upstream_stream_failed")
-                )
-            }
-        }
-    }
+async fn read_all(state: &EdgeState, response: reqwest::Response) -> Result<Bytes> {
+    stream::read_to_end(response, &state.config.timeouts)
+        .await
+        .map_err(|msg| {
+            OpenAiError::new(StatusCode::BAD_GATEWAY, msg).code("upstream_stream_failed")
+        })
 }
 
 /// An Ollama error status (`{"error": "..."}`) in OpenAI's shape, status kept.
 async fn ollama_status_error(response: reqwest::Response) -> OpenAiError {
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = stream::upstream_status(&response);
     let text = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<Value>(&text)
         .ok()
@@ -502,15 +488,14 @@ async fn passthrough(
 ) -> Result<Response> {
     body["model"] = json!(route.model);
     let up = send(state, ctx, route, path, &body).await?;
-    let status =
-        StatusCode::from_u16(up.response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = stream::upstream_status(&up.response);
     let content_type = up.response.headers().get(header::CONTENT_TYPE).cloned();
     let is_stream = content_type
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !status.is_success() {
-        let bytes = read_all(state, up.response, up.upstream_time).await?;
+        let bytes = read_all(state, up.response).await?;
         ctx.update(|m| m.error = Some("upstream_status"));
         let shaped = serde_json::from_slice::<Value>(&bytes)
             .ok()
@@ -532,7 +517,7 @@ async fn passthrough(
         });
     }
     if !is_stream {
-        let bytes = read_all(state, up.response, up.upstream_time).await?;
+        let bytes = read_all(state, up.response).await?;
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
             record_openai_usage(ctx, &v);
         }

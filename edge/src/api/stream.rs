@@ -53,6 +53,27 @@ impl TimedBody {
     }
 }
 
+/// The whole upstream body, bounded by the idle and total timeouts; `Err` says why it broke off.
+pub async fn read_to_end(
+    response: reqwest::Response,
+    timeouts: &crate::config::TimeoutConfig,
+) -> Result<Bytes, String> {
+    let mut timed = TimedBody::new(response, timeouts.idle(), timeouts.total(), Instant::now());
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match timed.next().await {
+            Read::Chunk(c) => buf.extend_from_slice(&c),
+            Read::End => return Ok(buf.freeze()),
+            Read::Failed(msg) => return Err(msg),
+        }
+    }
+}
+
+/// The upstream's status as the `http` crate's type (reqwest carries its own copy).
+pub fn upstream_status(response: &reqwest::Response) -> http::StatusCode {
+    http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::BAD_GATEWAY)
+}
+
 /// Accumulates bytes and yields complete `\n`-terminated lines.
 #[derive(Default)]
 pub struct LineBuffer {
