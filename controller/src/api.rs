@@ -363,6 +363,25 @@ fn ndjson(lines: &[LogLine]) -> Bytes {
     Bytes::from(out)
 }
 
+/// A query parameter that must be a whole number from 1 to `max`; `default` when absent.
+fn bounded_param<N>(name: &str, value: Option<&str>, default: N, max: N) -> Result<N, ApiError>
+where
+    N: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display + Copy,
+{
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    v.parse::<N>()
+        .ok()
+        .filter(|n| *n >= N::from(1) && *n <= max)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{name} must be a number from 1 to {max}"),
+            )
+        })
+}
+
 async fn service_logs(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
@@ -370,19 +389,7 @@ async fn service_logs(
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let tail = match q.tail.as_deref() {
-        None => 100,
-        Some(t) => t
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_TAIL).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("tail must be a number from 1 to {MAX_TAIL}"),
-                )
-            })?,
-    };
+    let tail = bounded_param("tail", q.tail.as_deref(), 100, MAX_TAIL)?;
     let follow = parse_bool("follow", q.follow.as_deref())?;
     let timestamps = parse_bool("timestamps", q.timestamps.as_deref())?;
     state.engine.describe(&name).await?;
@@ -634,19 +641,7 @@ async fn audit_query(
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = match q.limit.as_deref() {
-        None => 50,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_AUDIT_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("limit must be a number from 1 to {MAX_AUDIT_LIMIT}"),
-                )
-            })?,
-    };
+    let limit = bounded_param("limit", q.limit.as_deref(), 50, MAX_AUDIT_LIMIT)?;
     let since = q
         .since
         .as_deref()
