@@ -17,6 +17,7 @@
 #   AIBOX_DATA_DIR            runtime state (default ./data)
 #   AIBOX_COMPOSE_OVERRIDES   extra compose files, ':'-separated (e.g. the UI ports file)
 #   AIBOX_UP_TIMEOUT          seconds to wait for the core to be healthy (default 120)
+#   AIBOX_GPU                 auto (default): deploy/gpu-detect.sh guesses; nvidia | amd | none
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -80,6 +81,39 @@ setup() {
   fi
   ENV_ARGS=()
   if [ -f "$ENV_FILE" ]; then ENV_ARGS=(--env-file "$ENV_FILE"); fi
+  gpu_setup
+}
+
+# ---- GPU: which one Ollama gets (deploy/gpu-detect.sh), and the matching compose override ----
+GPU_MODE=none
+GPU_REASON=
+gpu_setup() {
+  local out line
+  out=$(AIBOX_GPU=$(setting AIBOX_GPU auto) "$ROOT/deploy/gpu-detect.sh") \
+    || die "AIBOX_GPU must be auto, nvidia, amd or none (got '$(setting AIBOX_GPU)')"
+  while IFS= read -r line; do
+    case $line in
+      AIBOX_GPU=*) GPU_MODE=${line#*=} ;;
+      AIBOX_GPU_REASON=*) GPU_REASON=${line#*=} ;;
+      # The device nodes' groups, unless the user set them (env or .env).
+      AIBOX_GPU_VIDEO_GID=*) export AIBOX_GPU_VIDEO_GID; AIBOX_GPU_VIDEO_GID=$(setting AIBOX_GPU_VIDEO_GID "${line#*=}") ;;
+      AIBOX_GPU_RENDER_GID=*) export AIBOX_GPU_RENDER_GID; AIBOX_GPU_RENDER_GID=$(setting AIBOX_GPU_RENDER_GID "${line#*=}") ;;
+    esac
+  done <<<"$out"
+  if [ "$GPU_MODE" != none ]; then FILES+=(-f "$ROOT/deploy/compose.gpu-$GPU_MODE.yml"); fi
+}
+
+# What the running Ollama container was given (the mode of the last `up`, not today's guess).
+gpu_in_use() {
+  local id devices
+  id=$(dc ps -q ollama 2>/dev/null | head -n 1)
+  if [ -z "$id" ]; then echo "ollama is not running"; return; fi
+  devices=$(docker inspect -f '{{json .HostConfig.DeviceRequests}} {{range .HostConfig.Devices}}{{.PathOnHost}} {{end}}' "$id" 2>/dev/null)
+  case $devices in
+    *'"nvidia"'*|*'"gpu"'*) echo "ollama has the NVIDIA GPUs (device reservation)" ;;
+    *kfd*) echo "ollama has the AMD GPUs (/dev/kfd, /dev/dri)" ;;
+    *) echo "ollama runs on the CPU" ;;
+  esac
 }
 
 dc() { "${COMPOSE[@]}" "${ENV_ARGS[@]}" -p "$COMPOSE_PROJECT_NAME" "${FILES[@]}" "$@"; }
@@ -232,6 +266,7 @@ cmd_up() {
     AIBOX_IMAGE_PREFIX=$(setting AIBOX_IMAGE_PREFIX aibox)
   fi
   prepare_data
+  say "GPU: $GPU_MODE ($GPU_REASON)"
   local t0
   t0=$(date +%s)
   dc up -d --remove-orphans
@@ -251,8 +286,11 @@ cmd_down() {
 cmd_status() {
   setup
   export COMPOSE_PROFILES=full
-  OPS_CONTROLLER_TOKEN=${OPS_CONTROLLER_TOKEN:-unset} AIBOX_ADMIN_TOKEN=${AIBOX_ADMIN_TOKEN:-unset} \
-    DASHBOARD_PASSWORD=${DASHBOARD_PASSWORD:-unset} dc ps
+  # ps needs no secrets, but compose refuses to read the file without them.
+  export OPS_CONTROLLER_TOKEN=${OPS_CONTROLLER_TOKEN:-unset} AIBOX_ADMIN_TOKEN=${AIBOX_ADMIN_TOKEN:-unset} \
+    DASHBOARD_PASSWORD=${DASHBOARD_PASSWORD:-unset}
+  dc ps
+  echo "GPU: $GPU_MODE ($GPU_REASON); $(gpu_in_use)"
 }
 
 case "${1:-}" in

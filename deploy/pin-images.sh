@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 refs=("$@")
 if [ ${#refs[@]} -eq 0 ]; then
   # shellcheck disable=SC2207
-  refs=($(grep -oE '_IMAGE:-[^}@]+' docker-compose.yml | sed 's/^_IMAGE:-//'))
+  refs=($(grep -ohE '_IMAGE:-[^}@]+' docker-compose.yml deploy/compose.gpu-amd.yml | sed 's/^_IMAGE:-//'))
 fi
 for ref in "${refs[@]}"; do
   if docker buildx version >/dev/null 2>&1; then

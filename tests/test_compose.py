@@ -192,7 +192,7 @@ def test_compose_refuses_to_render_without_secrets(tmp_path):
 def test_env_example_documents_every_variable():
     documented = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
     used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
-    for extra in (UI_PORTS_FILE, OLLAMA_DIRECT_FILE):
+    for extra in (UI_PORTS_FILE, OLLAMA_DIRECT_FILE, *sorted((ROOT / "deploy").glob("compose.gpu-*.yml"))):
         used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", extra.read_text()))
     used |= set(re.findall(r"setting ([A-Z][A-Z0-9_]*)", (ROOT / "deploy" / "compose.sh").read_text()))
     assert used - documented == set(), f"not in .env.example: {sorted(used - documented)}"
