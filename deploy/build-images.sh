@@ -68,6 +68,7 @@ printf 'root:x:0:0:root:/:/sbin/nologin\naibox:x:%s:%s:aibox:/tmp:/sbin/nologin\
 printf 'root:x:0:\naibox:x:%s:\n' $UID_GID >"$CTX/rootfs/etc/group"
 printf 'hosts: files dns\n' >"$CTX/rootfs/etc/nsswitch.conf"
 
+echo "build-images: context ready (binaries from $TARGET_DIR/$PROFILE, $(du -sh "$CTX" | cut -f1))" >&2
 REV=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 # BuildKit (when the buildx plugin is there) sends each target only the files it uses; the
 # classic builder (Debian's docker.io without buildx) builds the stages before the target too,
@@ -75,8 +76,11 @@ REV=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 if [ -z "${DOCKER_BUILDKIT:-}" ]; then
   if docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=1; else export DOCKER_BUILDKIT=0; fi
 fi
+n=0
 for b in "${BINS[@]}"; do
   image="$PREFIX-$b:$TAG"
+  n=$((n + 1))
+  echo "build-images: [$n/${#BINS[@]}] $image ..." >&2
   if ! docker build -q --target "$b" -t "$image" \
     --label "org.opencontainers.image.revision=$REV" \
     --label "org.opencontainers.image.source=aibox" \

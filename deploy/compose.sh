@@ -4,7 +4,10 @@
 #   up [--no-build]   build the binaries and images (offline), write missing secrets into .env,
 #                     prepare data/, start the core (plus AIBOX_PROFILES), wait until healthy
 #   down              stop and remove the project's containers and networks (data/ stays)
-#   status            the project's services, state and health
+#   status            the project's services, state and health, and the GPU Ollama has
+#   logs [svc] [-f]   the last lines of every (or one) service's log; -f follows
+#   doctor            checks Docker, compose, .env, ports, disk, GPU, images, health; says what to do
+#   audit verify      checks the audit log's hash chain (controller audit verify)
 #
 # Settings (environment first, then the env file; every one is described in .env.example):
 #   AIBOX_ENV_FILE            env file to read and to write secrets into (default ./.env)
@@ -218,13 +221,16 @@ health_of() {
 }
 
 wait_healthy() {
-  local timeout start now s state all
+  local timeout start now s state all line last="" last_at=0
   timeout=$(setting AIBOX_UP_TIMEOUT 120)
   start=$(date +%s)
+  say "waiting for ${CORE[*]} to be healthy (up to $timeout s)"
   while :; do
     all=1
+    line=""
     for s in "${CORE[@]}"; do
       state=$(health_of "$s")
+      line="$line $s ${state#*/},"
       case $state in
         running/healthy) ;;
         exited/*|dead/*|*/unhealthy)
@@ -235,6 +241,11 @@ wait_healthy() {
       esac
     done
     now=$(date +%s)
+    # Progress: when a state changes, else every 10 s.
+    if [ "$all" != 1 ] && { [ "$line" != "$last" ] || [ $((now - last_at)) -ge 10 ]; }; then
+      say "  $((now - start)) s:${line%,}"
+      last=$line last_at=$now
+    fi
     if [ "$all" = 1 ]; then
       say "core healthy in $((now - start)) s"
       return 0
@@ -265,10 +276,12 @@ cmd_up() {
     export AIBOX_IMAGE_PREFIX
     AIBOX_IMAGE_PREFIX=$(setting AIBOX_IMAGE_PREFIX aibox)
   fi
+  say "preparing $AIBOX_DATA_DIR"
   prepare_data
   say "GPU: $GPU_MODE ($GPU_REASON)"
   local t0
   t0=$(date +%s)
+  say "starting the containers (project $COMPOSE_PROJECT_NAME)"
   dc up -d --remove-orphans
   wait_healthy
   say "up in $(( $(date +%s) - t0 )) s: http://127.0.0.1:$AIBOX_PORT/ (models at /v1 and /api, tools at /mcp, dashboard at /)"
@@ -286,16 +299,85 @@ cmd_down() {
 cmd_status() {
   setup
   export COMPOSE_PROFILES=full
-  # ps needs no secrets, but compose refuses to read the file without them.
-  export OPS_CONTROLLER_TOKEN=${OPS_CONTROLLER_TOKEN:-unset} AIBOX_ADMIN_TOKEN=${AIBOX_ADMIN_TOKEN:-unset} \
-    DASHBOARD_PASSWORD=${DASHBOARD_PASSWORD:-unset}
+  placeholder_secrets
   dc ps
   echo "GPU: $GPU_MODE ($GPU_REASON); $(gpu_in_use)"
+}
+
+# ---- everyday commands: logs, audit verify (doctor is deploy/doctor.sh) ----
+
+# Commands that only read (ps, logs) need no secrets, but compose refuses the file without them.
+placeholder_secrets() {
+  export OPS_CONTROLLER_TOKEN=${OPS_CONTROLLER_TOKEN:-unset} AIBOX_ADMIN_TOKEN=${AIBOX_ADMIN_TOKEN:-unset} \
+    DASHBOARD_PASSWORD=${DASHBOARD_PASSWORD:-unset}
+}
+
+cmd_logs() {
+  local follow=() tail=200 svcs=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -f|--follow) follow=(-f) ;;
+      --tail) [ $# -ge 2 ] || die "logs: --tail needs a number"; tail=$2; shift ;;
+      -*) die "logs: unknown option $1 (usage: ./aibox logs [service...] [-f] [--tail N])" ;;
+      *) svcs+=("$1") ;;
+    esac
+    shift
+  done
+  setup
+  export COMPOSE_PROFILES=full
+  placeholder_secrets
+  dc logs --tail "$tail" "${follow[@]}" "${svcs[@]}"
+}
+
+# `controller audit verify` on the audit log: in the running controller, else in a throwaway
+# container of its image (read-only, no network), else a controller binary on this host. The key
+# comes from AUDIT_HMAC_KEY or OPS_CONTROLLER_TOKEN (env or .env), through the environment only.
+cmd_audit() {
+  [ "${1:-}" = verify ] || die "usage: ./aibox audit verify"
+  shift
+  [ $# -eq 0 ] || die "audit verify: no arguments expected"
+  local dir id image bin
+  dir=$(setting AIBOX_DATA_DIR "$ROOT/data")
+  case "$dir" in /*) ;; *) dir="$ROOT/${dir#./}" ;; esac
+  dir=$dir/ops-controller
+  export AUDIT_HMAC_KEY OPS_CONTROLLER_TOKEN
+  AUDIT_HMAC_KEY=$(setting AUDIT_HMAC_KEY)
+  OPS_CONTROLLER_TOKEN=$(setting OPS_CONTROLLER_TOKEN)
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    setup
+    # In a subshell: the placeholders must not reach the verifier's environment.
+    id=$(placeholder_secrets; dc ps -q controller 2>/dev/null | head -n 1)
+    if [ -n "$id" ] && [ "$(docker inspect -f '{{.State.Running}}' "$id" 2>/dev/null)" = true ]; then
+      say "verifying in the running controller ($dir)"
+      exec docker exec "$id" /usr/local/bin/controller audit verify
+    fi
+    image="$(setting AIBOX_IMAGE_PREFIX aibox)-controller:$(setting AIBOX_TAG local)"
+    if docker image inspect "$image" >/dev/null 2>&1; then
+      [ -d "$dir" ] || die "no audit log at $dir"
+      say "verifying $dir with $image"
+      exec docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true \
+        -e AUDIT_HMAC_KEY -e OPS_CONTROLLER_TOKEN -v "$dir:/data/ops-controller:ro" \
+        --entrypoint /usr/local/bin/controller "$image" audit verify --dir /data/ops-controller
+    fi
+  fi
+  for bin in "$ROOT/target/release/controller" "$ROOT/target/debug/controller" "$(command -v controller || true)"; do
+    if [ -n "$bin" ] && [ -x "$bin" ]; then
+      [ -d "$dir" ] || die "no audit log at $dir"
+      [ -r "$dir" ] && [ -x "$dir" ] || die "$dir is not readable (owned by uid $APP_UID): run as root, or start the controller and run this again"
+      say "verifying $dir with $bin"
+      exec "$bin" audit verify --dir "$dir"
+    fi
+  done
+  die "no controller to verify with: start the box (./aibox up), or build it (cargo build -p controller)"
 }
 
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
-  *) echo "usage: deploy/compose.sh up [--no-build] | down | status" >&2; exit 2 ;;
+  logs) shift; cmd_logs "$@" ;;
+  audit) shift; cmd_audit "$@" ;;
+  # shellcheck source=deploy/doctor.sh
+  doctor) shift; . "$ROOT/deploy/doctor.sh"; cmd_doctor "$@" ;;
+  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | doctor | audit verify" >&2; exit 2 ;;
 esac

@@ -314,6 +314,32 @@ def test_restart_through_dashboard_and_controller(stack):
         assert mine and mine[0]["actor"] == "dashboard" and mine[0]["result"] == "ok", events
 
 
+def test_everyday_cli_on_the_running_stack(stack):
+    from compose_fixtures import run
+    # `up` said what it was doing while it waited.
+    assert "waiting for edge controller dashboard to be healthy" in stack.up_output
+    assert "GPU: " in stack.up_output
+    # doctor: a clean report on the box `up` just brought up.
+    p = run(["./aibox", "doctor"], env=stack.env, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "FAIL" not in p.stdout and p.stdout.rstrip().splitlines()[-1].startswith("no problems"), p.stdout
+    for expected in (f"{stack.env_file} exists, mode 0600", f"port 127.0.0.1:{stack.port} (AIBOX_PORT) is ours",
+                     f"image {stack.image('edge')} present", "controller is running and healthy",
+                     f"edge ready at http://127.0.0.1:{stack.port}/"):
+        assert expected in p.stdout, expected
+    # status names the GPU mode; logs shows a service's lines.
+    p = run(["./aibox", "status"], env=stack.env)
+    assert "GPU: " in p.stdout
+    p = run(["./aibox", "logs", "edge", "--tail", "20"], env=stack.env)
+    assert "edge" in p.stdout and p.stdout.count("\n") >= 1
+    # audit verify runs in the running controller; the restart above is in the chain.
+    p = run(["./aibox", "audit", "verify"], env=stack.env)
+    assert re.search(r"^ok: [1-9]\d* events", p.stdout, re.M), p.stdout + p.stderr
+    assert "running controller" in p.stderr
+    for key in ("OPS_CONTROLLER_TOKEN", "AUDIT_HMAC_KEY"):
+        assert stack.secret(key) not in p.stdout + p.stderr
+
+
 def test_tear_down_leaves_nothing_behind(stack):
     stack.down()
     left = stack.leftovers()
