@@ -6,9 +6,11 @@
 #
 # Env: AIBOX_PROFILE (release|debug, default release), AIBOX_TAG (default: the git revision),
 #      AIBOX_IMAGE_PREFIX (default aibox -> aibox-edge:TAG, aibox-controller:TAG, aibox-dashboard:TAG).
-# No base image is pulled: the context holds the binaries (stripped), the shared libraries they
-# link against (found with ldd, at the paths the loader expects), CA certificates, a passwd file
-# and a static busybox for the HEALTHCHECK. Prints one line per image: `image NAME SIZE_BYTES`.
+# No base image is pulled: deploy/image-context.sh assembles a context of the binaries (stripped),
+# the shared libraries they link against (found with ldd), CA certificates, a passwd file and a
+# static busybox for the HEALTHCHECK, and the Dockerfile's `<name>-host` targets (the same final
+# stages as the from-source build, fed from this context) pack it. Prints one line per image:
+# `image NAME SIZE_BYTES`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -18,7 +20,6 @@ PREFIX=${AIBOX_IMAGE_PREFIX:-aibox}
 TAG=${AIBOX_TAG:-$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo local)}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BINS=(edge controller dashboard)
-UID_GID=65532
 
 die() { echo "build-images: $*" >&2; exit 1; }
 
@@ -26,53 +27,16 @@ for b in "${BINS[@]}"; do
   [ -x "$TARGET_DIR/$PROFILE/$b" ] || die "missing $TARGET_DIR/$PROFILE/$b (run: cargo build $( [ "$PROFILE" = release ] && echo --release ) -p edge -p controller -p dashboard)"
 done
 command -v docker >/dev/null || die "docker is not installed"
-BUSYBOX=${AIBOX_BUSYBOX:-/bin/busybox}
-linkage=$(ldd "$BUSYBOX" 2>&1 || true)  # ldd exits 1 for a static binary
-if [ ! -x "$BUSYBOX" ] || ! grep -qE 'not a dynamic executable|statically linked' <<<"$linkage"; then
-  die "$BUSYBOX is not a static busybox (Debian: apt-get install busybox-static)"
-fi
 
 CTX=$(mktemp -d "${TMPDIR:-/tmp}/aibox-image.XXXXXX")
 trap 'rm -rf "$CTX"' EXIT
-mkdir -p "$CTX/bin" "$CTX/rootfs/etc/ssl/certs" "$CTX/rootfs/bin" "$CTX/rootfs/tmp" \
-         "$CTX/data/mcp" "$CTX/data/ops-controller" "$CTX/data/edge"
-chmod 1777 "$CTX/rootfs/tmp"
-
-for b in "${BINS[@]}"; do
-  # Strip into the context (the debug binaries are mostly symbols); never touch target/.
-  if command -v objcopy >/dev/null; then
-    objcopy --strip-all "$TARGET_DIR/$PROFILE/$b" "$CTX/bin/$b"
-  else
-    cp "$TARGET_DIR/$PROFILE/$b" "$CTX/bin/$b"
-  fi
-done
-
-# The shared libraries, copied as real files to the path the binaries ask for.
-copy_lib() {
-  local want=$1 real
-  real=$(readlink -f "$want")
-  mkdir -p "$CTX/rootfs$(dirname "$want")"
-  cp "$real" "$CTX/rootfs$want"
-}
-for b in "${BINS[@]}"; do
-  ldd "$TARGET_DIR/$PROFILE/$b" 2>/dev/null | awk '
-    $2 == "=>" && $3 ~ /^\// { print $3 }
-    $1 ~ /^\// { print $1 }' 
-done | sort -u | while read -r lib; do copy_lib "$lib"; done
-
-cp "$BUSYBOX" "$CTX/rootfs/bin/busybox"
-if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
-  cp /etc/ssl/certs/ca-certificates.crt "$CTX/rootfs/etc/ssl/certs/ca-certificates.crt"
-fi
-printf 'root:x:0:0:root:/:/sbin/nologin\naibox:x:%s:%s:aibox:/tmp:/sbin/nologin\n' $UID_GID $UID_GID >"$CTX/rootfs/etc/passwd"
-printf 'root:x:0:\naibox:x:%s:\n' $UID_GID >"$CTX/rootfs/etc/group"
-printf 'hosts: files dns\n' >"$CTX/rootfs/etc/nsswitch.conf"
-
+"$ROOT/deploy/image-context.sh" "$CTX" "$TARGET_DIR/$PROFILE" || die "could not assemble the image context"
 echo "build-images: context ready (binaries from $TARGET_DIR/$PROFILE, $(du -sh "$CTX" | cut -f1))" >&2
+
 REV=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
-# BuildKit (when the buildx plugin is there) sends each target only the files it uses; the
-# classic builder (Debian's docker.io without buildx) builds the stages before the target too,
-# which costs only a cached COPY each.
+# BuildKit (when the buildx plugin is there) builds only the stages a target needs; the classic
+# builder (Debian's docker.io without buildx) builds the stages before the target too, which is
+# why the Dockerfile puts the `-host` targets before its build stage.
 if [ -z "${DOCKER_BUILDKIT:-}" ]; then
   if docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=1; else export DOCKER_BUILDKIT=0; fi
 fi
@@ -81,11 +45,11 @@ for b in "${BINS[@]}"; do
   image="$PREFIX-$b:$TAG"
   n=$((n + 1))
   echo "build-images: [$n/${#BINS[@]}] $image ..." >&2
-  if ! docker build -q --target "$b" -t "$image" \
+  if ! docker build -q --target "$b-host" -t "$image" \
     --label "org.opencontainers.image.revision=$REV" \
     --label "org.opencontainers.image.source=aibox" \
     --label "io.aibox.profile=$PROFILE" \
-    -f "$ROOT/deploy/Dockerfile" "$CTX" >"$CTX/build.log" 2>&1; then
+    -f "$ROOT/Dockerfile" "$CTX" >"$CTX/build.log" 2>&1; then
     cat "$CTX/build.log" >&2
     die "docker build of $image failed"
   fi

