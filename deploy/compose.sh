@@ -261,7 +261,7 @@ wait_healthy() {
     line=""
     for s in "${CORE[@]}"; do
       state=$(health_of "$s")
-      line="$line $s ${state#*/},"
+      line="$line $s $state,"
       case $state in
         running/healthy) ;;
         exited/*|dead/*|*/unhealthy)

@@ -94,7 +94,7 @@ case $want in
       emit_amd "$DEV/kfd and $(render_node) present (AMD ROCm)"
       exit 0
     fi
-    emit none "no usable GPU found (Ollama runs on the CPU; AIBOX_GPU=nvidia|amd forces one)"
+    emit none "no usable GPU found, so Ollama runs on the CPU; AIBOX_GPU=nvidia|amd forces one"
     ;;
   *)
     warn "AIBOX_GPU must be auto, nvidia, amd or none (got '$want')"
