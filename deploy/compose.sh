@@ -205,8 +205,19 @@ build_way() {
 build_in_docker() {
   docker buildx version >/dev/null 2>&1 \
     || die "no Rust toolchain here, and building in Docker needs BuildKit (the buildx plugin): install docker-buildx-plugin, or install Rust (https://rustup.rs), cmake and busybox-static"
-  say "building the images from source in Docker (Dockerfile, target edge/controller/dashboard; pulls $(grep -m1 -oE 'RUST_IMAGE=[^ ]+' "$ROOT/Dockerfile" | cut -d= -f2); the first build takes a while)"
-  DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 dc build "${CORE[@]}"
+  say "building the images from source in Docker (Dockerfile; pulls $(grep -m1 -oE 'RUST_IMAGE=[^ ]+' "$ROOT/Dockerfile" | cut -d= -f2); the first build takes a while)"
+  local b rev n=0
+  rev=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+  # docker build rather than compose build: the same labels as deploy/build-images.sh (doctor's
+  # drift check reads the revision), and the build stage is shared by the three targets.
+  for b in "${CORE[@]}"; do
+    n=$((n + 1))
+    say "[$n/${#CORE[@]}] $AIBOX_IMAGE_PREFIX-$b:$AIBOX_TAG (target $b)"
+    DOCKER_BUILDKIT=1 docker build --target "$b" -t "$AIBOX_IMAGE_PREFIX-$b:$AIBOX_TAG" \
+      --label "org.opencontainers.image.revision=$rev" --label "org.opencontainers.image.source=aibox" \
+      --label "io.aibox.profile=release" -f "$ROOT/Dockerfile" "$ROOT" \
+      || die "docker build of $AIBOX_IMAGE_PREFIX-$b:$AIBOX_TAG failed (the from-source build needs a registry)"
+  done
 }
 
 build_on_host() {

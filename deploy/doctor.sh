@@ -187,7 +187,11 @@ doc_images() {
       continue
     fi
     rev=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$ref" 2>/dev/null)
-    if [ -n "$chosen" ] || [ -z "$head" ] || [ "$rev" = "$head" ]; then
+    [ "$rev" = "<no value>" ] && rev=""
+    if [ -z "$rev" ]; then
+      doc_line warn "image $ref has no revision label; whether it matches this checkout is unknown" \
+        "run ./aibox up to rebuild it with one"
+    elif [ -n "$chosen" ] || [ -z "$head" ] || [ "$rev" = "$head" ]; then
       doc_line ok "image $ref present${rev:+ (revision ${rev:0:12})}"
     else
       doc_line warn "image $ref was built from ${rev:0:12}, this checkout is at ${head:0:12} (drift)" \

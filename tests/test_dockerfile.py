@@ -119,3 +119,34 @@ def test_the_healthcheck_passes_in_a_host_target(host_images):
         assert p.returncode == 0, run(["docker", "logs", name], check=False).stderr
     finally:
         run(["docker", "rm", "-f", name], check=False)
+
+
+def test_doctor_reports_images_built_from_another_revision(host_images, tmp_path):
+    """Drift: `:local` images whose revision label is not this checkout's HEAD."""
+    prefix = f"aiboxdrift{uuid.uuid4().hex[:8]}"
+    stale = "0123456789ab" + "0" * 28
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    tagged = []
+    try:
+        for b, ref in host_images.items():
+            # A label on top of the built image: the same files, another revision.
+            (ctx / "Dockerfile").write_text(f"FROM {ref}\n")
+            tagged.append(f"{prefix}-{b}:local")
+            run(["docker", "build", "-q", "-t", tagged[-1], "--label", f"org.opencontainers.image.revision={stale}",
+                 str(ctx)], env={"DOCKER_BUILDKIT": "0"}, timeout=120)
+        env_file = tmp_path / "aibox.env"
+        env_file.write_text("OPS_CONTROLLER_TOKEN=" + "c" * 64 + "\nAIBOX_ADMIN_TOKEN=" + "d" * 64
+                            + "\nDASHBOARD_PASSWORD=" + "e" * 24 + "\n")
+        env_file.chmod(0o600)
+        env = {"AIBOX_ENV_FILE": str(env_file), "AIBOX_DATA_DIR": str(tmp_path / "data"),
+               "COMPOSE_PROJECT_NAME": prefix, "AIBOX_IMAGE_PREFIX": prefix, "AIBOX_TAG": "", "AIBOX_GPU": "none"}
+        p = run(["./aibox", "doctor"], env=env, check=False)
+        head = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        for b in CORE:
+            assert (f"warn  image {prefix}-{b}:local was built from 0123456789ab, this checkout is at {head[:12]} "
+                    "(drift)") in p.stdout, p.stdout
+        assert "run ./aibox up to rebuild from this checkout" in p.stdout
+    finally:
+        for ref in tagged:
+            run(["docker", "rmi", ref], check=False)
