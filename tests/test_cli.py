@@ -148,3 +148,61 @@ def test_audit_verify_runs_the_host_binary_without_docker(tmp_path):
     p = aibox(["audit", "verify"], tmp_path, env_file, {"DOCKER_HOST": f"unix://{tmp_path}/dead.sock"}, timeout=60)
     assert p.returncode != 0, p.stdout + p.stderr
     assert_no_secret(p.stdout + p.stderr)
+
+
+# ---------- `./aibox up` without a Rust toolchain: the from-source Dockerfile build ----------
+
+STUB_DOCKER = """#!/bin/sh
+# A stub engine that records every call; `inspect` says every container is healthy.
+echo "docker $*" >> "{log}"
+case "$1" in
+  buildx) [ "{buildx}" = yes ] ;;
+  inspect) echo running/healthy ;;
+  *) exit 0 ;;
+esac
+"""
+STUB_COMPOSE = """#!/bin/sh
+echo "compose $*" >> "{log}"
+case " $* " in *" ps -q "*) echo 0123456789ab ;; esac
+"""
+
+
+def up_without_cargo(tmp_path: Path, buildx: bool) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`./aibox up` with PATH holding no cargo, a stub docker and a recording compose."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    for name, script in (("docker", STUB_DOCKER.format(log=log, buildx="yes" if buildx else "no")),
+                         ("compose", STUB_COMPOSE.format(log=log))):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "AIBOX_ENV_FILE": str(tmp_path / "aibox.env"),
+           "AIBOX_DATA_DIR": str(tmp_path / "data"), "COMPOSE_PROJECT_NAME": "aiboxclistub",
+           "AIBOX_IMAGE_PREFIX": "aiboxclistub", "AIBOX_COMPOSE": str(bin_dir / "compose"), "AIBOX_GPU": "none",
+           "DOCKER_SOCKET": str(tmp_path / "no.sock"), "AIBOX_UP_TIMEOUT": "5"}
+    p = subprocess.run([str(ROOT / "aibox"), "up"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return p, log.read_text().splitlines() if log.exists() else []
+
+
+def test_up_without_a_rust_toolchain_builds_from_the_dockerfile(tmp_path):
+    p, calls = up_without_cargo(tmp_path, buildx=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "building the images from source in Docker" in p.stderr
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    builds = [c for c in calls if c.startswith("docker build ")]
+    assert len(builds) == 3, calls
+    for b, call in zip(("edge", "controller", "dashboard"), builds):
+        assert f"--target {b} -t aiboxclistub-{b}:" in call
+        assert f"org.opencontainers.image.revision={head}" in call
+        assert call.endswith(f"-f {ROOT}/Dockerfile {ROOT}")
+    # No host build ran, and compose starts what was built without building again.
+    assert not any("build-images" in c for c in calls)
+    ups = [c for c in calls if c.startswith("compose ") and " up " in c]
+    assert ups and "--no-build" in ups[0]
+
+
+def test_up_without_a_rust_toolchain_or_buildkit_says_what_to_install(tmp_path):
+    p, calls = up_without_cargo(tmp_path, buildx=False)
+    assert p.returncode != 0
+    assert "building in Docker needs BuildKit" in p.stderr and "docker-buildx-plugin" in p.stderr
+    assert not any(c.startswith("docker build ") for c in calls)
