@@ -113,7 +113,7 @@ gpu_in_use() {
   local id devices
   id=$(dc ps -q ollama 2>/dev/null | head -n 1)
   if [ -z "$id" ]; then echo "ollama is not running"; return; fi
-  devices=$(docker inspect -f '{{json .HostConfig.DeviceRequests}} {{range .HostConfig.Devices}}{{.PathOnHost}} {{end}}' "$id" 2>/dev/null)
+  devices=$(docker inspect -f '{{json .HostConfig.DeviceRequests}} {{range .HostConfig.Devices}}{{.PathInContainer}} {{end}}' "$id" 2>/dev/null)
   case $devices in
     *'"nvidia"'*|*'"gpu"'*) echo "ollama has the NVIDIA GPUs (device reservation)" ;;
     *kfd*) echo "ollama has the AMD GPUs (/dev/kfd, /dev/dri)" ;;

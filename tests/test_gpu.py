@@ -302,3 +302,43 @@ def test_gpu_settings_are_documented():
                 "OLLAMA_KEEP_ALIVE=", "OLLAMA_NUM_PARALLEL=", "OLLAMA_MAX_LOADED_MODELS=",
                 "OLLAMA_CONTEXT_LENGTH=", "OLLAMA_FLASH_ATTENTION="):
         assert f"\n{key}" in example, key
+
+
+# ---------- ./aibox status: what the ollama container was given ----------
+
+@pytest.fixture(scope="module")
+def tiny_image(tmp_path_factory):
+    """A FROM scratch image built offline, only to create (never start) containers from."""
+    from compose_fixtures import require_docker, run
+    require_docker()
+    ctx = tmp_path_factory.mktemp("tiny")
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY Dockerfile /x\nENTRYPOINT ["/x"]\n')
+    ref = f"aiboxgputiny{os.getpid()}:ci"
+    run(["docker", "build", "-q", "-t", ref, str(ctx)], env={"DOCKER_BUILDKIT": "0"})
+    yield ref
+    run(["docker", "rmi", ref], check=False)
+
+
+@pytest.mark.parametrize("create_args, expected", [
+    (["--gpus", "all"], "ollama has the NVIDIA GPUs (device reservation)"),
+    (["--device", "/dev/null:/dev/kfd", "--device", "/dev/null:/dev/dri"], "ollama has the AMD GPUs"),
+    ([], "ollama runs on the CPU"),
+])
+def test_status_says_what_the_ollama_container_was_given(tmp_path, tiny_image, create_args, expected):
+    from compose_fixtures import run
+    # Created, not started: the engine records the request without needing the hardware.
+    cid = run(["docker", "create", "--network", "none", *create_args, tiny_image]).stdout.strip()
+    try:
+        log = tmp_path / "compose.log"
+        stub = tmp_path / "compose"
+        stub.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\ncase " $* " in *" ps -q ollama "*) echo {cid} ;; esac\n')
+        stub.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_HOST")}
+        env.update({"AIBOX_ENV_FILE": str(tmp_path / "none.env"), "AIBOX_COMPOSE": str(stub), "AIBOX_GPU": "none",
+                    "COMPOSE_PROJECT_NAME": "aiboxgpustatus"})
+        p = subprocess.run([str(ROOT / "aibox"), "status"], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert expected in p.stdout.splitlines()[-1], p.stdout
+    finally:
+        run(["docker", "rm", "-f", cid], check=False)
