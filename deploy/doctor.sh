@@ -253,6 +253,8 @@ doc_edge() {
 
 cmd_doctor() {
   [ $# -eq 0 ] || die "doctor: no arguments expected"
+  # A failing probe is a finding to report, never the end of the report.
+  set +e
   local docker_ok=0
   echo "aibox doctor ($ROOT)"
   doc_docker && docker_ok=1
