@@ -74,6 +74,7 @@ struct NewKey {
 pub async fn create(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
+    headers: http::HeaderMap,
     raw: Bytes,
 ) -> Response {
     if let Err(r) = require_admin(&ctx) {
@@ -117,7 +118,7 @@ pub async fn create(
     }
     let metadata = json!({"models": entry.models, "mcp_servers": entry.mcp_servers,
         "rpm": entry.rpm, "tpm": entry.tpm, "concurrency": entry.concurrency});
-    if let Err(r) = audit(&state, &ctx, "key_create", &new.name, metadata).await {
+    if let Err(r) = audit(&state, &ctx, &headers, "key_create", &new.name, metadata).await {
         return *r;
     }
     match keys::add(&path, entry, None) {
@@ -137,6 +138,7 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
+    headers: http::HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
     if let Err(r) = require_admin(&ctx) {
@@ -158,7 +160,7 @@ pub async fn revoke(
     if !known {
         return keys_problem(KeysError::Unknown(name));
     }
-    if let Err(r) = audit(&state, &ctx, "key_revoke", &name, json!({})).await {
+    if let Err(r) = audit(&state, &ctx, &headers, "key_revoke", &name, json!({})).await {
         return *r;
     }
     match keys::revoke(&path, &name) {
@@ -186,11 +188,20 @@ fn keys_problem(e: KeysError) -> Response {
 async fn audit(
     state: &EdgeState,
     ctx: &RequestContext,
+    headers: &http::HeaderMap,
     action: &str,
     name: &str,
     mut metadata: serde_json::Value,
 ) -> Result<(), Box<Response>> {
     metadata["client"] = json!(ctx.client.name);
+    // The signed-in dashboard user, as the dashboard names them to the controller too.
+    if let Some(user) = headers
+        .get("x-actor-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|u| !u.is_empty() && u.len() <= 128)
+    {
+        metadata["user"] = json!(user);
+    }
     match &state.audit {
         Some(audit) => audit
             .record(aibox_mcp::AuditRecord {
