@@ -53,7 +53,7 @@ fn table(keys: &Result<Value, BackendError>) -> Markup {
                     } @else {
                         p.notice.warn { "The edge has no keys file (EDGE_CLIENTS_FILE); keys can only be listed." }
                     }
-                    div.table-wrap { table #keys-table {
+                    div.table-wrap tabindex="0" role="region" aria-label="Clients and their keys" { table.responsive #keys-table {
                         thead { tr {
                             th scope="col" { "Client" } th scope="col" { "Models" } th scope="col" { "MCP servers" }
                             th scope="col" { "Req/min" } th scope="col" { "Tokens/min" } th scope="col" { "At once" }
@@ -64,15 +64,15 @@ fn table(keys: &Result<Value, BackendError>) -> Markup {
                                 @let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
                                 @let source = c.get("source").and_then(Value::as_str).unwrap_or_default();
                                 tr data-client=(name) {
-                                    th scope="row" { (name) @if source == "config" { span.muted { " (edge config)" } } }
-                                    td { (list(&c["models"])) }
-                                    td { (list(&c["mcp_servers"])) }
-                                    td { (limit(&c["rpm"])) }
-                                    td { (limit(&c["tpm"])) }
-                                    td { (limit(&c["concurrency"])) }
-                                    td.usage-hour { (c["requests_hour"].as_u64().unwrap_or(0)) " req, " (c["tokens_hour"].as_u64().unwrap_or(0)) " tok" }
-                                    td.usage-day { (c["requests_day"].as_u64().unwrap_or(0)) " req, " (c["tokens_day"].as_u64().unwrap_or(0)) " tok" }
-                                    td {
+                                    td data-label="Client" { strong { (name) } @if source == "config" { span.muted { " (edge config)" } } }
+                                    td data-label="Models" { (list(&c["models"])) }
+                                    td data-label="MCP" { (list(&c["mcp_servers"])) }
+                                    td data-label="Req/min" { (limit(&c["rpm"])) }
+                                    td data-label="Tokens/min" { (limit(&c["tpm"])) }
+                                    td data-label="At once" { (limit(&c["concurrency"])) }
+                                    td.usage-hour data-label="Last hour" { (c["requests_hour"].as_u64().unwrap_or(0)) " req, " (c["tokens_hour"].as_u64().unwrap_or(0)) " tok" }
+                                    td.usage-day data-label="Last day" { (c["requests_day"].as_u64().unwrap_or(0)) " req, " (c["tokens_day"].as_u64().unwrap_or(0)) " tok" }
+                                    td data-label="" {
                                         @if source == "file" {
                                             a.button.danger href={ "/keys/" (name) "/revoke" } { "Revoke" }
                                         }
@@ -91,7 +91,7 @@ fn create_form(csrf: &str) -> Markup {
     html! {
         section aria-labelledby="create-title" {
             h2 #create-title { "New key" }
-            form method="post" action="/keys" #create-key {
+            form.stack.panel method="post" action="/keys" #create-key {
                 input type="hidden" name="csrf" value=(csrf);
                 label { "Client name " input type="text" name="name" required pattern="[A-Za-z0-9._-]{1,64}"; }
                 label { "Models (globs over provider/model, comma-separated; empty: all) " input type="text" name="models" placeholder="ollama/*"; }
