@@ -262,3 +262,46 @@ def test_zero_config_stays_open_with_a_warning(procs, tmp_path):
     models = openai.OpenAI(base_url=f"{edge.url()}/v1", api_key="anything", max_retries=0).models.list()
     assert any(m.id == QWEN for m in models)
     edge.wait_for_line(r"no \[anonymous\] policy is set")
+
+
+# --------------------------------------------------------------- MCP servers ----
+
+def test_mcp_servers_follow_the_client_policy(procs, tmp_path):
+    from mcp.shared.exceptions import MCPError
+    from mcp_fixtures import KEYS, VENV_BIN, edge_config, make_git_repo, require, v2, v2_client, wait_served
+    from mcp_fixtures import McpEdge
+
+    repo = make_git_repo(tmp_path / "repo")
+    mcp_dir = tmp_path / "mcp"
+    mcp_dir.mkdir()
+    (mcp_dir / "registry.json").write_text(json.dumps({"servers": {
+        "time": {"command": str(require(VENV_BIN / "mcp-server-time")), "args": ["--local-timezone", "UTC"]},
+        "git": {"command": str(require(VENV_BIN / "mcp-server-git")), "args": ["--repository", str(repo)]},
+    }}))
+    keys_file = tmp_path / "clients.toml"
+    config = f'clients_file = "{keys_file}"\n' + edge_config(mcp_dir) + "\n[anonymous]\nmodels = []\nmcp_servers = []\n"
+    proc = start_edge(procs, tmp_path, config, env={
+        "AIBOX_ADMIN_TOKEN": "admin-token-for-mcp-tests", "N8N_KEY": KEYS["n8n"], "CURSOR_KEY": KEYS["cursor"]})
+    edge = McpEdge(proc=proc, dir=mcp_dir)
+    wait_served(edge, ["time", "git"])
+    stack = {"file": keys_file}
+    time_only = new_key(stack, "time-only", "--mcp-servers", "ti*")
+
+    async def run():
+        async with v2_client(edge.url, time_only) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names and all(n.startswith("time__") for n in names), names
+            r = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
+            assert not r.is_error
+            with pytest.raises(MCPError):
+                await c.call_tool("git__git_status", {"repo_path": str(repo)})
+        # A client of the edge config without `mcp_servers` keeps every server.
+        async with v2_client(edge.url, KEYS["cursor"]) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert any(n.startswith("git__") for n in names) and any(n.startswith("time__") for n in names)
+
+    v2(run)
+    # No key while anonymous may use nothing: 401 with a JSON-RPC error, before the hub.
+    r = httpx.post(edge.url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}},
+                   headers={"accept": "application/json, text/event-stream"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == -32001
