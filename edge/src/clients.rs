@@ -530,4 +530,53 @@ mod tests {
         );
         assert_eq!(unknown.label, "other");
     }
+
+    #[test]
+    fn the_keys_file_is_reread_and_policy_follows() {
+        let dir = std::env::temp_dir().join(format!("aibox-clients-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("clients.toml");
+        let mut file: FileConfig =
+            toml::from_str("[anonymous]\nmodels = []\nmcp_servers = []\n").unwrap();
+        file.clients_file = Some(path.display().to_string());
+        let d = ClientDirectory::new(&EdgeConfig::resolve(file, &E).unwrap()).unwrap();
+        let anon = d.identify(&headers(&[]));
+        assert!(matches!(
+            anon.admit(),
+            Err(Refusal::Unauthenticated {
+                key_presented: false
+            })
+        ));
+
+        let key = crate::keys::add(
+            &path,
+            crate::config::ClientConfig {
+                name: "fresh".into(),
+                models: Some(vec!["ollama/llama3*".into()]),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {key}").parse().unwrap());
+        // A key made a moment ago is found on its first request (the miss triggers a look).
+        std::thread::sleep(MISS_RECHECK);
+        let id = d.identify(&h);
+        assert_eq!(id.name, "fresh");
+        assert!(id.admit().is_ok());
+        assert!(id.allows_model("ollama", "llama3:8b") && !id.allows_model("ollama", "qwen2.5"));
+        assert_eq!(d.summaries()[0].name, "fresh");
+
+        crate::keys::revoke(&path, "fresh").unwrap();
+        d.reload_if_changed();
+        let gone = d.identify(&h);
+        assert_eq!(gone.name, ANONYMOUS);
+        assert!(matches!(
+            gone.admit(),
+            Err(Refusal::Unauthenticated {
+                key_presented: true
+            })
+        ));
+    }
 }
