@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from compose_fixtures import (COMPOSE_FILE, CORE, OLLAMA_DIRECT_FILE, ROOT, UI_PORTS_FILE, CoreStack,
-                              bind_sources, image_size, published_ports, render_config, require_docker)
+                              bind_sources, image_size, published_ports, render_config, require_docker, run)
 from conftest import free_port
 
 THIRD_PARTY = {"ollama", "open-webui", "n8n", "browser"}
@@ -298,6 +298,18 @@ def test_requests_need_a_key_and_each_service_is_known_by_name(stack):
         metrics = c.get("/metrics").text
         for service in ("open-webui", "n8n", "openclaw"):
             assert f'client="{service}"' in metrics, service
+    # `./aibox key` in the bundle: inside the edge container, audited through the controller; the
+    # key works at once, and fails at once when revoked.
+    made = run(["deploy/compose.sh", "key", "add", "from-cli", "--models", "ollama/*"], env=stack.env)
+    assert "audited: key_create key:from-cli" in made.stdout, made.stdout
+    key = next(w for w in made.stdout.split() if w.startswith("aibox-"))
+    with client(stack) as c:
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        run(["deploy/compose.sh", "key", "revoke", "from-cli"], env=stack.env)
+        deadline = time.monotonic() + 1.0
+        while c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code != 401:
+            assert time.monotonic() < deadline, "a revoked key must stop working within a second"
+            time.sleep(0.05)
     # Only hashes in the keys file; each service gets only its own key.
     keys_file = (stack.data_dir / "edge" / "clients.toml").read_text()
     assert stack.secret("N8N_EDGE_KEY") not in keys_file

@@ -168,9 +168,9 @@ def test_tokens_per_minute_count_after_each_response(stack):
     assert used > 40 and calls >= 2, (used, calls)
     assert "tokens-per-minute" in e.value.body["message"]
     assert int(e.value.response.headers["retry-after"]) >= 1
-    r = httpx.post(f"{stack['edge'].url()}/api/chat", headers={"Authorization": f"Bearer {key}"},
-                   json={"model": QWEN, "messages": [{"role": "user", "content": "hi"}], "stream": False})
-    assert r.status_code == 429 and "retry-after" in r.headers
+    with pytest.raises(ollama.ResponseError) as e:
+        ol(stack, key).chat(model=QWEN, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 429 and "tokens-per-minute" in e.value.error
 
 
 def test_concurrent_requests_over_the_limit_are_refused(stack):
