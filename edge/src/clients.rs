@@ -92,7 +92,9 @@ impl ClientIdentity {
     /// 401 when this caller is anonymous and anonymous may do nothing (keys are required).
     pub fn authenticate(&self) -> Result<(), Refusal> {
         match &self.state {
-            Some(state) if self.name == ANONYMOUS && state.policy.allows_nothing() => {
+            // By the policy's owner, not the name: a trusted `X-Client-ID` naming no configured
+            // client still has anonymous's policy, and so still needs a key.
+            Some(state) if state.name == ANONYMOUS && state.policy.allows_nothing() => {
                 Err(Refusal::Unauthenticated {
                     key_presented: self.key_presented,
                 })
@@ -517,6 +519,19 @@ mod tests {
         let h = headers(&[("x-client-id", "n8n")]);
         assert_eq!(dir(false).identify(&h).name, ANONYMOUS);
         assert_eq!(dir(true).identify(&h).name, "n8n");
+    }
+
+    #[test]
+    fn an_unknown_claimed_client_id_is_still_anonymous_for_policy() {
+        let mut file: FileConfig = toml::from_str(
+            "trust_client_id_header = true\n[anonymous]\nmodels = []\nmcp_servers = []\n",
+        )
+        .unwrap();
+        file.trust_client_id_header = true;
+        let d = ClientDirectory::new(&EdgeConfig::resolve(file, &E).unwrap()).unwrap();
+        let id = d.identify(&headers(&[("x-client-id", "made-up")]));
+        assert_eq!(id.name, "made-up");
+        assert!(id.authenticate().is_err());
     }
 
     #[test]
