@@ -2,12 +2,14 @@
 # deploy/compose.sh: what `./aibox up | down | status` runs.
 #
 #   up [--no-build]   build the binaries and images (offline), write missing secrets into .env,
-#                     prepare data/, start the core (plus AIBOX_PROFILES), wait until healthy
+#                     prepare data/, register the services' edge keys, start the core (plus
+#                     AIBOX_PROFILES), wait until healthy
 #   down              stop and remove the project's containers and networks (data/ stays)
 #   status            the project's services, state and health, and the GPU Ollama has
 #   logs [svc] [-f]   the last lines of every (or one) service's log; -f follows
 #   doctor            checks Docker, compose, .env, ports, disk, GPU, images, health; says what to do
 #   audit verify      checks the audit log's hash chain (controller audit verify)
+#   key ARGS          `edge key ARGS` inside the edge container (audited through the controller)
 #
 # Settings (environment first, then the env file; every one is described in .env.example):
 #   AIBOX_ENV_FILE            env file to read and to write secrets into (default ./.env)
@@ -28,6 +30,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 CORE=(edge controller dashboard)
 APP_UID=65532
+# The services the bundle wires to the edge, each with its own key (client name:.env variable).
+# The edge knows only the keys' hashes (data/edge/clients.toml); each service gets only its own.
+SERVICE_KEYS=(open-webui:OPEN_WEBUI_EDGE_KEY n8n:N8N_EDGE_KEY openclaw:OPENCLAW_EDGE_KEY)
 
 say() { echo "aibox: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -134,10 +139,12 @@ ensure_secrets() {
   fi
   chmod 600 "$ENV_FILE"
   local key value
-  for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD DASHBOARD_SESSION_KEY; do
+  for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD DASHBOARD_SESSION_KEY \
+             "${SERVICE_KEYS[@]#*:}"; do
     if [ -n "$(setting "$key")" ]; then continue; fi
     case $key in
       DASHBOARD_PASSWORD) value=$(random_hex 12) ;;
+      *_EDGE_KEY) value="aibox-$(random_hex 24)" ;;
       *) value=$(random_hex 32) ;;
     esac
     printf '%s=%s\n' "$key" "$value" >>"$ENV_FILE"
@@ -241,7 +248,7 @@ prepare_data() {
   # Committed examples (data/**/*.example*, README.md) stay the user's, so git keeps working.
   local keep=(! -name '*.example*' ! -name README.md)
   local wrong=""
-  for sub in mcp ops-controller ollama open-webui; do
+  for sub in mcp ops-controller edge ollama open-webui; do
     if [ -n "$(find "$d/$sub" "${keep[@]}" ! -user $APP_UID -print -quit 2>/dev/null)" ]; then wrong=1; fi
   done
   if [ -n "$(find "$d/n8n" ! -user 1000 -print -quit 2>/dev/null)" ]; then wrong=1; fi
@@ -249,10 +256,26 @@ prepare_data() {
   local image="${AIBOX_IMAGE_PREFIX:-aibox}-edge:${AIBOX_TAG:-local}"
   docker run --rm --network none --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add FOWNER \
     --security-opt no-new-privileges:true --entrypoint /bin/busybox -v "$d:/mnt" "$image" \
-    sh -c "find /mnt/mcp /mnt/ops-controller /mnt/ollama /mnt/open-webui ! -name '*.example*' ! -name README.md \
+    sh -c "find /mnt/mcp /mnt/ops-controller /mnt/edge /mnt/ollama /mnt/open-webui ! -name '*.example*' ! -name README.md \
              -exec chown $APP_UID:$APP_UID {} + \
            && chown -R 1000:1000 /mnt/n8n && chmod 700 /mnt/ops-controller" \
     || die "could not set the owner of $d (the containers run as uid $APP_UID)"
+}
+
+# The keys file: anonymous callers may use nothing (every request needs a key), and each wired
+# service's key from .env is registered by its hash. Existing entries are left alone, so keys
+# made with `./aibox key` and an operator's own [anonymous] stay. Runs as the edge's uid in a
+# container without network, from the edge image, so the file's owner is the edge's.
+register_keys() {
+  local image="${AIBOX_IMAGE_PREFIX:-aibox}-edge:${AIBOX_TAG:-local}" script pair
+  script="edge key anonymous --none --if-unset --file /data/edge/clients.toml"
+  for pair in "${SERVICE_KEYS[@]}"; do
+    script="$script && edge key add ${pair%%:*} --key-env ${pair#*:} --if-missing --file /data/edge/clients.toml"
+  done
+  docker run --rm --network none --user $APP_UID:$APP_UID --cap-drop ALL \
+    --security-opt no-new-privileges:true --env-file "$ENV_FILE" -e PATH=/usr/local/bin \
+    -v "$AIBOX_DATA_DIR/edge:/data/edge" --entrypoint /bin/busybox "$image" sh -c "$script" >&2 \
+    || die "could not register the services' keys in $AIBOX_DATA_DIR/edge/clients.toml"
 }
 
 health_of() {
@@ -321,6 +344,7 @@ cmd_up() {
   say "preparing $AIBOX_DATA_DIR"
   prepare_data
   say "GPU: $GPU_MODE ($GPU_REASON)"
+  register_keys
   local t0
   t0=$(date +%s)
   say "starting the containers (project $COMPOSE_PROJECT_NAME)"
@@ -414,13 +438,28 @@ cmd_audit() {
   die "no controller to verify with: start the box (./aibox up), or build it (cargo build -p controller)"
 }
 
+# `./aibox key …`: in the running edge container (its CONTROLLER_URL and token make the change
+# audited), else in a one-off edge container on the same networks.
+cmd_key() {
+  setup
+  AIBOX_TAG=$(setting AIBOX_TAG local)
+  AIBOX_IMAGE_PREFIX=$(setting AIBOX_IMAGE_PREFIX aibox)
+  export AIBOX_TAG AIBOX_IMAGE_PREFIX
+  if [ "$(health_of edge)" = running/healthy ]; then
+    dc exec -T edge /usr/local/bin/edge key "$@"
+  else
+    dc run --rm --no-deps -T edge key "$@"
+  fi
+}
+
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
+  key) shift; cmd_key "$@" ;;
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
   logs) shift; cmd_logs "$@" ;;
   audit) shift; cmd_audit "$@" ;;
   # shellcheck source=deploy/doctor.sh
   doctor) shift; . "$ROOT/deploy/doctor.sh"; cmd_doctor "$@" ;;
-  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | doctor | audit verify" >&2; exit 2 ;;
+  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | doctor | audit verify | key ARGS" >&2; exit 2 ;;
 esac

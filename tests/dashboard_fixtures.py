@@ -65,6 +65,7 @@ class DashboardStack:
 def edge_config(ollama_url: str, mcp_dir: Path) -> str:
     return f"""
 admin_token_env = "AIBOX_ADMIN_TOKEN"
+clients_file = "{mcp_dir.parent / 'clients.toml'}"
 
 [[providers]]
 name = "ollama"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from compose_fixtures import (COMPOSE_FILE, CORE, OLLAMA_DIRECT_FILE, ROOT, UI_PORTS_FILE, CoreStack,
-                              bind_sources, image_size, published_ports, render_config, require_docker)
+                              bind_sources, image_size, published_ports, render_config, require_docker, run)
 from conftest import free_port
 
 THIRD_PARTY = {"ollama", "open-webui", "n8n", "browser"}
@@ -265,19 +265,58 @@ def test_our_images_are_small(stack):
 
 
 def test_a_request_crosses_the_edge_to_the_model_container(stack):
+    key = {"Authorization": f"Bearer {stack.secret('OPEN_WEBUI_EDGE_KEY')}"}
     with client(stack) as c:
         deadline = time.monotonic() + 30
         while c.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, c.get("/ready").text
             time.sleep(0.5)
-        models = c.get("/v1/models")
+        models = c.get("/v1/models", headers=key)
         assert models.status_code == 200, models.text
         ids = [m["id"] for m in models.json()["data"] if m["id"].endswith("llama3:8b")]
         assert ids, models.text
-        r = c.post("/v1/chat/completions",
+        r = c.post("/v1/chat/completions", headers=key,
                    json={"model": ids[0], "messages": [{"role": "user", "content": "hello"}]})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"]
+
+
+def test_requests_need_a_key_and_each_service_is_known_by_name(stack):
+    with client(stack) as c:
+        # Anonymous may use nothing in the bundle: no key (or a wrong one) is 401 on both surfaces.
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/api/tags").status_code == 401
+        assert c.post("/api/chat", json={"model": "llama3:8b", "messages": []}).status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        # Each wired service's own key (from .env, as compose passes it) works and is named.
+        for service, var in (("open-webui", "OPEN_WEBUI_EDGE_KEY"), ("n8n", "N8N_EDGE_KEY"),
+                             ("openclaw", "OPENCLAW_EDGE_KEY")):
+            key = stack.secret(var)
+            assert key not in stack.up_output, f"{var} was printed"
+            r = c.post("/api/chat", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}],
+                             "stream": False})
+            assert r.status_code == 200, (service, r.text)
+        metrics = c.get("/metrics").text
+        for service in ("open-webui", "n8n", "openclaw"):
+            assert f'client="{service}"' in metrics, service
+    # `./aibox key` in the bundle: inside the edge container, audited through the controller; the
+    # key works at once, and fails at once when revoked.
+    made = run(["deploy/compose.sh", "key", "add", "from-cli", "--models", "ollama/*"], env=stack.env)
+    assert "audited: key_create key:from-cli" in made.stdout, made.stdout
+    key = next(w for w in made.stdout.split() if w.startswith("aibox-"))
+    with client(stack) as c:
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        run(["deploy/compose.sh", "key", "revoke", "from-cli"], env=stack.env)
+        deadline = time.monotonic() + 1.0
+        while c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code != 401:
+            assert time.monotonic() < deadline, "a revoked key must stop working within a second"
+            time.sleep(0.05)
+    # Only hashes in the keys file; each service gets only its own key.
+    keys_file = (stack.data_dir / "edge" / "clients.toml").read_text()
+    assert stack.secret("N8N_EDGE_KEY") not in keys_file
+    edge_env = stack.container("edge")["Config"]["Env"]
+    assert not any("EDGE_KEY" in e for e in edge_env), "the edge gets hashes, not keys"
 
 
 def csrf_of(page: str) -> str:

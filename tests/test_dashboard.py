@@ -25,6 +25,7 @@ PAGES = {
     "logs": "/services/web/logs?tail=100",
     "models": "/models",
     "tools": "/tools",
+    "keys": "/keys",
     "audit": "/audit",
 }
 
@@ -204,6 +205,45 @@ def test_dashboard_models_pull_and_traffic(stack):
         wait_until(lambda: "pulled" in d.find_element(By.ID, "pulls").text, timeout=30, what="pull finished")
         events = wait_until(lambda: [e for e in stack.audit_events() if e["action"] == "model_pull"
                                      and e["actor"] == "dashboard"], what="model_pull audit event")
+        assert events[0]["metadata"]["user"] == "admin"
+    finally:
+        d.quit()
+
+
+def test_dashboard_keys_create_use_and_revoke(stack):
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, PASSWORD)
+        d.get(stack.url + "/keys")
+        wait_until(lambda: d.find_element(By.ID, "keys-table"), what="keys table")
+        d.find_element(By.CSS_SELECTOR, "#create-key input[name=name]").send_keys("from-dashboard")
+        d.find_element(By.CSS_SELECTOR, "#create-key input[name=models]").send_keys("ollama/llama3*")
+        d.find_element(By.CSS_SELECTOR, "#create-key input[name=rpm]").send_keys("30")
+        d.find_element(By.CSS_SELECTOR, "#create-key button[type=submit]").click()
+        key = wait_until(lambda: d.find_element(By.ID, "new-key-value").text, what="the new key, shown once")
+        assert key.startswith("aibox-")
+        # The key works at once and sees only its models.
+        req = urllib.request.Request(stack.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            ids = [m["id"] for m in json.load(r)["data"]]
+        assert ids == ["ollama/llama3:8b"], ids
+        # Shown once: the listing never shows it again.
+        d.get(stack.url + "/keys")
+        row = wait_until(lambda: d.find_element(By.CSS_SELECTOR, "tr[data-client=from-dashboard]").text,
+                         what="the new client's row")
+        assert key not in d.page_source
+        assert "ollama/llama3*" in row and "30" in row
+        assert "1 req" in d.find_element(By.CSS_SELECTOR, "tr[data-client=from-dashboard] td.usage-hour").text
+        # Revoke asks first.
+        d.find_element(By.CSS_SELECTOR, "a[href='/keys/from-dashboard/revoke']").click()
+        wait_until(lambda: "Revoke the key" in d.find_element(By.TAG_NAME, "h1").text, what="confirmation")
+        d.find_element(By.CSS_SELECTOR, "form[action='/keys/from-dashboard/revoke'] button[type=submit]").click()
+        assert "Revoked the key of from-dashboard" in wait_until(lambda: flash_text(d), what="revoke flash")
+        assert not d.find_elements(By.CSS_SELECTOR, "tr[data-client=from-dashboard]")
+        events = wait_until(lambda: [e for e in stack.audit_events() if e["resource"] == "key:from-dashboard"],
+                            what="key audit events")
+        assert {e["action"] for e in events} >= {"key_create"}
+        wait_until(lambda: any(e["action"] == "key_revoke" for e in stack.audit_events()), what="key_revoke event")
         assert events[0]["metadata"]["user"] == "admin"
     finally:
         d.quit()

@@ -749,6 +749,30 @@ impl EdgeClient {
         json_or_error(rb.send().await.map_err(transport_error)?).await
     }
 
+    /// Every client with its policy and use (the edge's `GET /api/edge/keys`).
+    pub async fn keys(&self, actor: &Actor) -> Result<Value, BackendError> {
+        self.get("/api/edge/keys", actor).await
+    }
+
+    /// A new key (`201 {"name", "key"}`): the edge writes the keys file and audits the change.
+    pub async fn create_key(&self, actor: &Actor, new: &Value) -> Result<Value, BackendError> {
+        let rb = self
+            .request(reqwest::Method::POST, "/api/edge/keys", actor)?
+            .header("X-Actor-User", &actor.user)
+            .timeout(CALL_TIMEOUT)
+            .json(new);
+        json_or_error(rb.send().await.map_err(transport_error)?).await
+    }
+
+    pub async fn revoke_key(&self, actor: &Actor, name: &str) -> Result<Value, BackendError> {
+        let path = format!("/api/edge/keys/{}", path_segment(name));
+        let rb = self
+            .request(reqwest::Method::DELETE, &path, actor)?
+            .header("X-Actor-User", &actor.user)
+            .timeout(CALL_TIMEOUT);
+        json_or_error(rb.send().await.map_err(transport_error)?).await
+    }
+
     /// Ollama's pull progress stream (NDJSON).
     pub async fn pull_model(&self, actor: &Actor, model: &str) -> Result<LineStream, BackendError> {
         let rb = self

@@ -58,7 +58,7 @@ impl AppState {
 }
 
 pub fn router(state: SharedState) -> Router {
-    use pages::{audit, login, models, services, tools};
+    use pages::{audit, keys, login, models, services, tools};
     Router::new()
         .route("/healthz", get(pages::healthz))
         .route("/static/app.css", get(pages::assets::css))
@@ -83,6 +83,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/tools/add", post(tools::add))
         .route("/tools/{name}/enabled", post(tools::set_enabled))
         .route("/tools/{name}/policy", post(tools::set_policy))
+        .route("/keys", get(keys::page).post(keys::create))
+        .route(
+            "/keys/{name}/revoke",
+            get(keys::confirm_revoke).post(keys::revoke),
+        )
         .route("/audit", get(audit::page))
         .route("/audit/export", get(audit::export))
         .fallback(pages::not_found)

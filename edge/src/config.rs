@@ -1,9 +1,12 @@
 //! The edge's configuration: one typed struct, read from the environment and an optional TOML
 //! file (`EDGE_CONFIG`), validated once at start-up with errors that name the key.
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::policy::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,14 +75,105 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One client: its key (by environment variable or by hash) and its policy. The same shape in
+/// the edge's TOML (`[[clients]]`) and in the keys file (`data/edge/clients.toml`).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub name: String,
     /// Environment variable holding the client's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_env: Option<String>,
     /// Hex SHA-256 of the client's key, for configs that must not hold the key itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_sha256: Option<String>,
+    /// Globs over `provider/model` this client may use (absent: every model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Globs over MCP server names this client may use (absent: every server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<Vec<String>>,
+    /// Requests per minute (absent: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Prompt + completion tokens per minute (absent: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    /// Requests at once (absent: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// When the key was made (RFC 3339), written by `edge key add`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// The policy of callers without a valid key (`[anonymous]`), same fields as a client's.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+impl PolicyConfig {
+    /// The checked policy; `key` prefixes the name of a bad field in the error.
+    pub fn resolve(&self, key: &str) -> Result<Policy, ConfigError> {
+        let limit = |field: &str, v: Option<u32>| match v {
+            None => Ok(None),
+            Some(n) => NonZeroU32::new(n).map(Some).ok_or_else(|| {
+                invalid(
+                    format!("{key}.{field}"),
+                    "must be at least 1 (leave it out for no limit)",
+                )
+            }),
+        };
+        for (field, list) in [("models", &self.models), ("mcp_servers", &self.mcp_servers)] {
+            if let Some(g) = list.iter().flatten().find(|g| g.trim().is_empty()) {
+                return Err(invalid(
+                    format!("{key}.{field}"),
+                    format!("{g:?} is not a pattern"),
+                ));
+            }
+        }
+        Ok(Policy {
+            models: self.models.clone(),
+            mcp_servers: self.mcp_servers.clone(),
+            rpm: limit("rpm", self.rpm)?,
+            tpm: limit("tpm", self.tpm)?,
+            concurrency: limit("concurrency", self.concurrency)?,
+        })
+    }
+}
+
+impl ClientConfig {
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            models: self.models.clone(),
+            mcp_servers: self.mcp_servers.clone(),
+            rpm: self.rpm,
+            tpm: self.tpm,
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+/// The keys file (`data/edge/clients.toml`): written by `edge key` and the edge's admin API,
+/// read at start-up and again whenever it changes.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<PolicyConfig>,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +268,11 @@ pub struct FileConfig {
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Policy for callers without a valid key; absent means every model and tool, no limits.
+    pub anonymous: Option<PolicyConfig>,
+    /// The keys file (`EDGE_CLIENTS_FILE` overrides); its clients add to `[[clients]]` and its
+    /// `[anonymous]` replaces this file's.
+    pub clients_file: Option<String>,
     #[serde(default)]
     pub mcp: aibox_mcp::McpConfig,
     #[serde(default)]
@@ -198,6 +297,7 @@ pub struct ResolvedProvider {
 pub struct ResolvedClient {
     pub name: String,
     pub key_sha256: [u8; 32],
+    pub policy: Policy,
 }
 
 /// Everything the edge runs with, after environment and file are merged and checked.
@@ -216,7 +316,11 @@ pub struct EdgeConfig {
     pub timeouts: TimeoutConfig,
     pub health: HealthConfig,
     pub providers: Vec<ResolvedProvider>,
+    /// Clients from the TOML (`[[clients]]`); the keys file's are added by `ClientDirectory`.
     pub clients: Vec<ResolvedClient>,
+    /// `[anonymous]` of the TOML, if set.
+    pub anonymous: Option<Policy>,
+    pub clients_file: Option<std::path::PathBuf>,
     pub mcp: aibox_mcp::McpConfig,
     pub egress: egress::EgressConfig,
 }
@@ -420,53 +524,16 @@ impl EdgeConfig {
             None => None,
         };
 
-        let mut clients = Vec::new();
-        let mut client_names = HashSet::new();
-        for (i, c) in file.clients.iter().enumerate() {
-            let key = format!("clients[{i}]");
-            if c.name.is_empty() || c.name == "anonymous" || c.name == "other" {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    format!("{:?} is reserved or empty", c.name),
-                ));
-            }
-            if !client_names.insert(c.name.clone()) {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    format!("client {:?} is defined twice", c.name),
-                ));
-            }
-            let key_sha256 = match (&c.key_env, &c.key_sha256) {
-                (Some(var), None) => {
-                    let k = env.var(var).ok_or_else(|| {
-                        invalid(
-                            format!("{key}.key_env"),
-                            format!("environment variable {var} is not set"),
-                        )
-                    })?;
-                    sha256(k.as_bytes())
-                }
-                (None, Some(hexed)) => {
-                    let bytes = hex::decode(hexed)
-                        .ok()
-                        .filter(|b| b.len() == 32)
-                        .ok_or_else(|| {
-                            invalid(format!("{key}.key_sha256"), "must be 64 hex digits")
-                        })?;
-                    bytes.try_into().expect("length checked")
-                }
-                _ => {
-                    return Err(invalid(
-                        key.clone(),
-                        "set exactly one of key_env and key_sha256",
-                    ))
-                }
-            };
-            clients.push(ResolvedClient {
-                name: c.name.clone(),
-                key_sha256,
-            });
-        }
+        let clients = resolve_clients(&file.clients, env, "clients")?;
+        let anonymous = file
+            .anonymous
+            .as_ref()
+            .map(|p| p.resolve("anonymous"))
+            .transpose()?;
+        let clients_file = env
+            .var("EDGE_CLIENTS_FILE")
+            .or(file.clients_file.clone())
+            .map(std::path::PathBuf::from);
 
         let controller = match &file.controller {
             Some(link) => {
@@ -485,7 +552,7 @@ impl EdgeConfig {
         };
 
         let mut service_names: HashSet<String> = file.service_names.iter().cloned().collect();
-        service_names.extend(client_names);
+        service_names.extend(clients.iter().map(|c| c.name.clone()));
 
         Ok(Self {
             listen,
@@ -505,10 +572,80 @@ impl EdgeConfig {
             health: file.health.clone(),
             providers,
             clients,
+            anonymous,
+            clients_file,
             mcp: file.mcp.clone(),
             egress: file.egress.clone(),
         })
     }
+}
+
+/// Checks every client (names, keys, policies); `list` names the table in errors.
+pub fn resolve_clients(
+    entries: &[ClientConfig],
+    env: &dyn Env,
+    list: &str,
+) -> Result<Vec<ResolvedClient>, ConfigError> {
+    let mut clients = Vec::new();
+    let mut client_names = HashSet::new();
+    for (i, c) in entries.iter().enumerate() {
+        let key = format!("{list}[{i}]");
+        check_client_name(&c.name).map_err(|m| invalid(format!("{key}.name"), m))?;
+        if !client_names.insert(c.name.clone()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("client {:?} is defined twice", c.name),
+            ));
+        }
+        let key_sha256 = match (&c.key_env, &c.key_sha256) {
+            (Some(var), None) => {
+                let k = env.var(var).ok_or_else(|| {
+                    invalid(
+                        format!("{key}.key_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?;
+                sha256(k.as_bytes())
+            }
+            (None, Some(hexed)) => {
+                let bytes = hex::decode(hexed)
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| invalid(format!("{key}.key_sha256"), "must be 64 hex digits"))?;
+                bytes.try_into().expect("length checked")
+            }
+            _ => {
+                return Err(invalid(
+                    key.clone(),
+                    "set exactly one of key_env and key_sha256",
+                ))
+            }
+        };
+        clients.push(ResolvedClient {
+            name: c.name.clone(),
+            key_sha256,
+            policy: c.policy().resolve(&key)?,
+        });
+    }
+    Ok(clients)
+}
+
+/// Client names label metrics and appear in audit events: short, plain, not reserved.
+pub fn check_client_name(name: &str) -> Result<(), String> {
+    if matches!(name, "anonymous" | "other" | "admin") {
+        return Err(format!("{name:?} is reserved"));
+    }
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "{name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
 }
 
 fn check_socket_addr(key: &str, value: &str) -> Result<(), ConfigError> {

@@ -105,24 +105,50 @@ impl EdgeGateway {
         };
 
         let meta = Arc::new(Mutex::new(RequestMeta::default()));
+        let mut _admission = None;
         let rc = RequestContext {
             id: ctx.request_id.clone(),
             client: client.clone(),
             started: ctx.started,
             meta: meta.clone(),
         };
-        let response = match body {
-            None => {
+        // The caller's policy: 401 when keys are required, then its limits. The admission (a
+        // concurrency slot) is held until the response is written.
+        let governed = api::governed(&path);
+        let mcp_stream = path.starts_with("/mcp") && parts.method != http::Method::POST;
+        let mut admitted = false;
+        let admission = if !governed {
+            Ok(None)
+        } else if mcp_stream {
+            // MCP's GET streams live as long as the session: they need a key, not a slot.
+            client.authenticate().map(|()| None)
+        } else {
+            client.admit()
+        };
+        let response = match (body, admission) {
+            (None, _) => {
                 // The rest of the body is not read, so the connection cannot be reused.
                 session.set_keepalive(None);
                 api::too_large(&path, limit)
             }
-            Some(body) => {
+            (Some(body), Err(refusal)) => {
+                let kind = refusal.kind();
+                rc.update(|m| {
+                    m.surface = surface_of(&path);
+                    m.error = Some(kind);
+                });
+                tracing::warn!(request_id = %ctx.request_id, client = %client.name, path, refusal = kind, "request refused by policy");
+                api::refused(&path, &client.name, &refusal, &body)
+            }
+            (Some(body), Ok(slot)) => {
+                admitted = governed && !mcp_stream;
+                _admission = slot;
                 parts.extensions.insert(rc.clone());
                 parts.extensions.insert(aibox_mcp::Caller {
                     client: client.name.clone(),
                     admin: client.admin,
                     request_id: ctx.request_id.clone(),
+                    servers: client.server_grant(),
                 });
                 let request = http::Request::from_parts(parts, axum::body::Body::from(body));
                 match self.router.clone().oneshot(request).await {
@@ -173,6 +199,9 @@ impl EdgeGateway {
             session.write_response_body(None, true).await?;
         }
         let meta = meta.lock().map(|m| m.clone()).unwrap_or_default();
+        if admitted {
+            rc.client.finished(meta.tokens_in + meta.tokens_out);
+        }
         self.finish(&rc, &path, status, &meta, client_gone);
         Ok(())
     }
@@ -217,6 +246,17 @@ impl EdgeGateway {
                 tokens_out: meta.tokens_out,
             });
         }
+    }
+}
+
+/// The surface a refused request is counted under in the metrics (MCP counts its own).
+fn surface_of(path: &str) -> &'static str {
+    if path.starts_with("/v1") {
+        "openai"
+    } else if path.starts_with("/mcp") {
+        ""
+    } else {
+        "ollama"
     }
 }
 

@@ -14,7 +14,10 @@ mod audit;
 mod clients;
 mod config;
 mod gateway;
+mod key_cli;
+mod keys;
 mod metrics;
+mod policy;
 mod providers;
 mod translate;
 
@@ -35,10 +38,26 @@ struct Args {
     config: Option<String>,
     #[arg(long, value_enum, default_value = "json", env = "LOG_FORMAT")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Client keys in the keys file (data/edge/clients.toml): add, list, revoke.
+    #[command(subcommand)]
+    Key(key_cli::KeyCommand),
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Key(key)) = args.command.take() {
+        if let Err(e) = key_cli::run(key) {
+            eprintln!("edge key: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     init_tracing(args.log_format);
     if let Err(e) = run(args) {
         eprintln!("edge: {e:#}");
@@ -108,7 +127,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     background.spawn(providers.clone().run_probes());
 
     let listen = concrete_addr(&config.listen)?;
-    let clients = clients::ClientDirectory::new(&config);
+    let clients = Arc::new(clients::ClientDirectory::new(&config)?);
+    if !clients.anonymous_configured() {
+        tracing::warn!(
+            "no [anonymous] policy is set: callers without a key may use every model and MCP \
+             server without limit (set [anonymous] in the edge config or the keys file; see docs/keys.md)"
+        );
+    }
+    background.spawn(clients.clone().run_file_watch());
     let state = Arc::new(api::EdgeState {
         config,
         providers,

@@ -1,6 +1,7 @@
 //! Page layout and the pieces every page shares.
 pub mod assets;
 pub mod audit;
+pub mod keys;
 pub mod login;
 pub mod models;
 pub mod services;
@@ -21,6 +22,7 @@ pub enum Nav {
     Services,
     Models,
     Tools,
+    Keys,
     Audit,
     None,
 }
@@ -129,6 +131,7 @@ pub fn layout(ctx: PageContext<'_>, body: Markup) -> Markup {
                                 (nav_item(Nav::Services, "/", "Services"))
                                 (nav_item(Nav::Models, "/models", "Models"))
                                 (nav_item(Nav::Tools, "/tools", "Tools"))
+                                (nav_item(Nav::Keys, "/keys", "Keys"))
                                 (nav_item(Nav::Audit, "/audit", "Audit"))
                             }
                         }

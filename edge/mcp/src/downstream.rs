@@ -177,7 +177,7 @@ impl ServerHandler for HubService {
                 None,
             ));
         };
-        if !up.spec().policy.allows(&caller.client) {
+        if !caller.may_use(&up.name, &up.spec().policy) {
             return Err(forbidden_error(&caller.client, &exposed));
         }
         let Some(peer) = up.peer() else {
@@ -304,7 +304,7 @@ impl ServerHandler for HubService {
         let caller = caller_of(&context.extensions);
         let tools = self
             .core
-            .visible_tools(&caller.client)
+            .visible_tools(&caller)
             .into_iter()
             .map(|t| {
                 let mut tool = t.tool;
@@ -331,7 +331,7 @@ impl ServerHandler for HubService {
         let m = &self.core.metrics;
         let Some((upstream, original)) = self.core.route(&exposed) else {
             if let Some(up) = self.core.server_of(&exposed) {
-                if !up.spec().policy.allows(client) {
+                if !caller.may_use(&up.name, &up.spec().policy) {
                     // Not a listed tool: keep the caller's string out of the labels.
                     m.denials
                         .with_label_values(&[&up.name, "(unlisted)", client])
@@ -360,7 +360,7 @@ impl ServerHandler for HubService {
         };
         let server = upstream.name.clone();
         let spec = upstream.spec();
-        if !spec.policy.allows(client) {
+        if !caller.may_use(&server, &spec.policy) {
             m.denials
                 .with_label_values(&[&server, &exposed, client])
                 .inc();
@@ -412,7 +412,7 @@ impl HubService {
             .upstreams()
             .into_iter()
             .filter(|u| u.health().state.serves_tools() && offers(u))
-            .filter(|u| u.spec().policy.allows(&caller.client))
+            .filter(|u| caller.may_use(&u.name, &u.spec().policy))
             .collect()
     }
 

@@ -105,11 +105,11 @@ impl HubCore {
         self.registry_error.read().expect("error lock").clone()
     }
 
-    /// Every tool `client` may call, in a stable order (server name, then tool name).
-    pub fn visible_tools(&self, client: &str) -> Vec<RoutedTool> {
+    /// Every tool `caller` may call, in a stable order (server name, then tool name).
+    pub fn visible_tools(&self, caller: &crate::Caller) -> Vec<RoutedTool> {
         let mut out = Vec::new();
         for up in self.upstreams() {
-            if !up.spec().policy.allows(client) {
+            if !caller.may_use(&up.name, &up.spec().policy) {
                 continue;
             }
             let mut tools: Vec<Tool> = up.tools().as_ref().clone();

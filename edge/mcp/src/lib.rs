@@ -41,12 +41,30 @@ use hub::HubCore;
 /// Largest JSON-RPC body accepted on `/mcp`.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// The MCP servers a client may use under its own policy (the edge's per-client
+/// `mcp_servers`); each server's `allow_clients` / `deny_clients` apply as well.
+pub trait ServerGrant: Send + Sync {
+    fn allows_server(&self, server: &str) -> bool;
+}
+
 /// Who is calling, as resolved by the edge. `client` is `anonymous` when no key matched.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Caller {
     pub client: String,
     pub admin: bool,
     pub request_id: String,
+    /// `None`: the client's policy does not restrict servers.
+    pub servers: Option<Arc<dyn ServerGrant>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("client", &self.client)
+            .field("admin", &self.admin)
+            .field("request_id", &self.request_id)
+            .finish()
+    }
 }
 
 impl Caller {
@@ -55,7 +73,16 @@ impl Caller {
             client: "anonymous".into(),
             admin: false,
             request_id: String::new(),
+            servers: None,
         }
+    }
+
+    /// The client's policy and the server's own lists both allow `server`.
+    pub fn may_use(&self, server: &str, policy: &registry::ServerPolicy) -> bool {
+        self.servers
+            .as_ref()
+            .is_none_or(|g| g.allows_server(server))
+            && policy.allows(&self.client)
     }
 }
 
@@ -216,7 +243,7 @@ async fn rate_precheck(State(core): State<Arc<HubCore>>, req: Request, next: Nex
                 .unwrap_or_else(Caller::anonymous);
             if let Some((up, _)) = core.route(name) {
                 let spec = up.spec();
-                if spec.policy.allows(&caller.client) {
+                if caller.may_use(&up.name, &spec.policy) {
                     match core.check_rate(&up.name, spec.policy.rate_limit_rpm, &caller.client) {
                         Ok(()) => {
                             parts.extensions.insert(RateAdmitted);

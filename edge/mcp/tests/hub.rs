@@ -60,6 +60,7 @@ async fn serve_with_audit(
                     admin: client == "admin",
                     client,
                     request_id: "test".into(),
+                    servers: None,
                 });
             }
             next.run(req).await

@@ -12,8 +12,10 @@ use http::StatusCode;
 use crate::clients::{ClientDirectory, ClientIdentity};
 use crate::config::EdgeConfig;
 use crate::metrics::Metrics;
+use crate::policy::Refusal;
 use crate::providers::ProviderSet;
 
+pub mod keys;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
@@ -24,7 +26,7 @@ pub struct EdgeState {
     pub config: EdgeConfig,
     pub providers: Arc<ProviderSet>,
     pub metrics: Arc<Metrics>,
-    pub clients: ClientDirectory,
+    pub clients: Arc<ClientDirectory>,
     pub audit: Option<Arc<dyn aibox_mcp::AuditSink>>,
 }
 
@@ -62,6 +64,8 @@ pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/api/edge/stats", get(ops::stats))
+        .route("/api/edge/keys", get(keys::list).post(keys::create))
+        .route("/api/edge/keys/{name}", axum::routing::delete(keys::revoke))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{*id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -103,4 +107,50 @@ pub fn too_large(path: &str, limit: usize) -> Response {
     } else {
         ollama::OllamaError::new(StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
     }
+}
+
+/// Paths held to the caller's policy: the model surfaces and MCP. The edge's admin routes
+/// (`/api/edge/*`, `/api/mcp/*`) check the admin key themselves; `/api/version` stays open
+/// because Ollama clients probe it before they send a key.
+pub fn governed(path: &str) -> bool {
+    (path.starts_with("/v1/") || path == "/v1")
+        || (path.starts_with("/api/")
+            && path != "/api/version"
+            && !path.starts_with("/api/edge/")
+            && !path.starts_with("/api/mcp/"))
+        || path == "/mcp"
+        || path.starts_with("/mcp/")
+}
+
+/// A refusal (401, 403, 429) in the shape of the surface the path belongs to. On `/mcp` it is
+/// a JSON-RPC error answering the request's own `id` when the body has one.
+pub fn refused(path: &str, client: &str, refusal: &Refusal, body: &[u8]) -> Response {
+    if path.starts_with("/v1/") || path == "/v1" {
+        return openai::refused(client, refusal);
+    }
+    if !path.starts_with("/mcp") {
+        return ollama::refused(client, refusal);
+    }
+    let (status, code) = match refusal {
+        Refusal::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, -32001),
+        Refusal::ModelForbidden(_) => (StatusCode::FORBIDDEN, -32003),
+        Refusal::Limited { .. } => (StatusCode::TOO_MANY_REQUESTS, -32029),
+    };
+    let id = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(serde_json::Value::Null);
+    let mut r = (
+        status,
+        axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": id,
+            "error": {"code": code, "message": refusal.message(client)}})),
+    )
+        .into_response();
+    if let Refusal::Limited { retry_after, .. } = refusal {
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(crate::policy::retry_after_secs(*retry_after)),
+        );
+    }
+    r
 }

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use super::stream::{self, ndjson, LineBuffer, Read, TimedBody};
 use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
+use crate::policy::Refusal;
 use crate::providers::{
     model_matches, Endpoint, InFlight, ModelEntry, Provider, ProviderRoute, RouteError,
     UpstreamError, UpstreamResponse,
@@ -192,7 +193,30 @@ fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<Provide
         m.provider = Some(route.provider.name.clone());
         m.model = Some(model.to_owned());
     });
+    if !ctx.client.allows_model(&route.provider.name, &route.model) {
+        let refusal = Refusal::ModelForbidden(model.to_owned());
+        let mut e = OllamaError::new(StatusCode::FORBIDDEN, refusal.message(&ctx.client.name));
+        e.kind = refusal.kind();
+        return Err(e);
+    }
     Ok(route)
+}
+
+/// A refusal from the gateway's admission (401, 429 with `Retry-After`) in Ollama's shape.
+pub fn refused(client: &str, refusal: &Refusal) -> Response {
+    let status = match refusal {
+        Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+        Refusal::ModelForbidden(_) => StatusCode::FORBIDDEN,
+        Refusal::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let mut r = OllamaError::new(status, refusal.message(client)).into_response();
+    if let Refusal::Limited { retry_after, .. } = refusal {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::policy::retry_after_secs(*retry_after)),
+        );
+    }
+    r
 }
 
 /// The body for an Ollama upstream: the client's, with the model name it knows.
@@ -315,6 +339,7 @@ fn listed_models(state: &EdgeState) -> Vec<(Arc<Provider>, ModelEntry, String)> 
     let mut out = Vec::new();
     for p in &state.providers.providers {
         for m in p.models().unwrap_or_default() {
+            // Every model, not only the caller's: the bare-or-prefixed choice depends on all.
             let owners = state
                 .providers
                 .providers
@@ -354,7 +379,10 @@ fn openai_details() -> Value {
            "parameter_size": "", "quantization_level": ""})
 }
 
-pub async fn tags(State(state): State<Arc<EdgeState>>) -> Response {
+pub async fn tags(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+) -> Response {
     // A provider never listed yet is asked now, for at most 2 s; a slow one never delays more.
     if state
         .providers
@@ -366,6 +394,7 @@ pub async fn tags(State(state): State<Arc<EdgeState>>) -> Response {
     }
     let models: Vec<Value> = listed_models(&state)
         .into_iter()
+        .filter(|(p, m, _)| ctx.client.allows_model(&p.name, &m.id))
         .map(|(p, m, name)| match p.kind {
             ProviderKind::Ollama => {
                 let mut raw = m.raw.clone();
@@ -384,7 +413,10 @@ pub async fn tags(State(state): State<Arc<EdgeState>>) -> Response {
 }
 
 /// Models in memory on every Ollama endpoint, asked live (2 s each, all at once).
-pub async fn ps(State(state): State<Arc<EdgeState>>) -> Response {
+pub async fn ps(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+) -> Response {
     let asks = state
         .providers
         .providers
@@ -420,6 +452,9 @@ pub async fn ps(State(state): State<Arc<EdgeState>>) -> Response {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
+            if !ctx.client.allows_model(&p.name, &id) {
+                continue;
+            }
             let name = shown_name(&state, &p.name, &id);
             if seen.insert(name.clone()) {
                 let mut m = m;

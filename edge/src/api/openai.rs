@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::stream::{self, sse, LineBuffer, Read, TimedBody};
 use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
+use crate::policy::Refusal;
 use crate::providers::{InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse};
 use crate::translate::{self, ChatIds, ChatStreamTranslator};
 
@@ -159,14 +160,49 @@ fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<Provide
         m.provider = Some(route.provider.name.clone());
         m.model = Some(model.to_owned());
     });
+    if !ctx.client.allows_model(&route.provider.name, &route.model) {
+        return Err(forbidden_model(&ctx.client.name, model));
+    }
     Ok(route)
+}
+
+/// 403 naming the model (the client's policy does not list it).
+fn forbidden_model(client: &str, model: &str) -> OpenAiError {
+    let refusal = Refusal::ModelForbidden(model.to_owned());
+    OpenAiError::new(StatusCode::FORBIDDEN, refusal.message(client))
+        .code("model_not_allowed")
+        .param("model")
+}
+
+/// A refusal from the gateway's admission (401, 429 with `Retry-After`) in OpenAI's shape.
+pub fn refused(client: &str, refusal: &Refusal) -> Response {
+    let message = refusal.message(client);
+    match refusal {
+        Refusal::Unauthenticated { .. } => OpenAiError::new(StatusCode::UNAUTHORIZED, message)
+            .code("invalid_api_key")
+            .into_response(),
+        Refusal::ModelForbidden(model) => forbidden_model(client, model).into_response(),
+        Refusal::Limited { retry_after, .. } => {
+            let mut r = OpenAiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+                .code("rate_limit_exceeded")
+                .into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::policy::retry_after_secs(*retry_after)),
+            );
+            r
+        }
+    }
 }
 
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-pub async fn list_models(State(state): State<Arc<EdgeState>>) -> Response {
+pub async fn list_models(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+) -> Response {
     // A provider never listed yet is asked now, for at most 2 s; a slow one never delays more.
     if state
         .providers
@@ -179,6 +215,9 @@ pub async fn list_models(State(state): State<Arc<EdgeState>>) -> Response {
     let mut data = Vec::new();
     for p in &state.providers.providers {
         for m in p.models().unwrap_or_default() {
+            if !ctx.client.allows_model(&p.name, &m.id) {
+                continue;
+            }
             let created = m.raw.get("created").and_then(Value::as_i64).unwrap_or(0);
             data.push(
                 json!({"id": format!("{}/{}", p.name, m.id), "object": "model",
@@ -189,8 +228,15 @@ pub async fn list_models(State(state): State<Arc<EdgeState>>) -> Response {
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-pub async fn get_model(State(state): State<Arc<EdgeState>>, Path(id): Path<String>) -> Response {
+pub async fn get_model(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+    Path(id): Path<String>,
+) -> Response {
     match state.providers.route(&id) {
+        Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => {
+            forbidden_model(&ctx.client.name, &id).into_response()
+        }
         Ok(r) if r.provider.find_model(&r.model).is_some() => Json(json!({
             "id": format!("{}/{}", r.provider.name, r.model), "object": "model",
             "created": 0, "owned_by": r.provider.name}))

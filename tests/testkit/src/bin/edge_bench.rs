@@ -85,17 +85,24 @@ async fn connect(addr: &str) -> Result<hyper::client::conn::http1::SendRequest<F
     Ok(sender)
 }
 
+/// The bench client's key: a keyed client with every limit set, to measure policy checks.
+const BENCH_KEY: &str = "bench-key-0123456789abcdef";
+
 async fn one(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     addr: &str,
     path: &str,
     body: &Bytes,
+    key: Option<&str>,
 ) -> Result<()> {
     sender.ready().await?;
-    let req = Request::post(path)
+    let mut req = Request::post(path)
         .header("host", addr)
-        .header("content-type", "application/json")
-        .body(Full::new(body.clone()))?;
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req.body(Full::new(body.clone()))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
@@ -106,15 +113,25 @@ async fn one(
 }
 
 async fn latencies(addr: &str, path: &str, body: &str, n: usize) -> Result<Vec<Duration>> {
+    latencies_as(addr, path, body, n, None).await
+}
+
+async fn latencies_as(
+    addr: &str,
+    path: &str,
+    body: &str,
+    n: usize,
+    key: Option<&str>,
+) -> Result<Vec<Duration>> {
     let mut sender = connect(addr).await?;
     let body = Bytes::from(body.to_owned());
     for _ in 0..n / 10 {
-        one(&mut sender, addr, path, &body).await?; // warm-up
+        one(&mut sender, addr, path, &body, key).await?; // warm-up
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        one(&mut sender, addr, path, &body).await?;
+        one(&mut sender, addr, path, &body, key).await?;
         out.push(t.elapsed());
     }
     out.sort();
@@ -134,7 +151,7 @@ async fn throughput(addr: &str, path: &str, body: &str, workers: usize, secs: u6
             let mut sender = connect(&addr).await?;
             let mut n = 0u64;
             while Instant::now() < deadline {
-                one(&mut sender, &addr, &path, &body).await?;
+                one(&mut sender, &addr, &path, &body, None).await?;
                 n += 1;
             }
             anyhow::Ok(n)
@@ -186,6 +203,8 @@ async fn main() -> Result<()> {
         format!(
             "[[providers]]\nname = \"ollama\"\nkind = \"ollama\"\nbase_url = \"http://{}\"\n\
              [[providers]]\nname = \"vllm\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n\
+             [[clients]]\nname = \"bench\"\nkey_env = \"AIBOX_BENCH_KEY\"\nmodels = [\"ollama/*\", \"vllm/*\"]\n\
+             rpm = 100000000\ntpm = 1000000000\nconcurrency = 100000\n\
              [egress]\ndns_servers = [\"127.0.0.1:9\"]\n[mcp]\nregistry = \"{}/none.json\"\nservers_txt = \"{}/none.txt\"\n",
             ollama.addr,
             openai.addr,
@@ -196,6 +215,7 @@ async fn main() -> Result<()> {
     let edge = start(
         Command::new(&args.edge)
             .env("EDGE_CONFIG", &config)
+            .env("AIBOX_BENCH_KEY", BENCH_KEY)
             .env("EDGE_LISTEN", "127.0.0.1:0")
             .env("EGRESS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn"),
@@ -326,6 +346,30 @@ async fn main() -> Result<()> {
             edge_rps / direct_rps
         );
     }
+    // Policy checks on the hot path: the same request as a keyed client with every limit set
+    // (key hash, model globs, rpm, tpm, concurrency, usage) and as anonymous with the open
+    // default, interleaved so drift hits both alike.
+    let body = chat("llama3:8b", false);
+    let (mut keyed, mut open) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let n = args.latency_requests / 5;
+        keyed.extend(latencies_as(&edge.addr, "/api/chat", &body, n, Some(BENCH_KEY)).await?);
+        open.extend(latencies_as(&edge.addr, "/api/chat", &body, n, None).await?);
+    }
+    keyed.sort();
+    open.sort();
+    println!(
+        "{:<28} {:>10} {:>10} {:>12} {:>12}",
+        "policy (ollama surface)", "open p50", "keyed p50", "added p50", "added p99"
+    );
+    println!(
+        "{:<28} {:>8.1}µs {:>8.1}µs {:>10.1}µs {:>10.1}µs",
+        "keyed+limited vs anonymous",
+        us(pct(&open, 0.5)),
+        us(pct(&keyed, 0.5)),
+        us(pct(&keyed, 0.5)) - us(pct(&open, 0.5)),
+        us(pct(&keyed, 0.99)) - us(pct(&open, 0.99)),
+    );
     println!(
         "edge memory: idle {:.1} MiB, after the run {:.1} MiB (VmRSS)",
         idle_rss as f64 / 1024.0,
