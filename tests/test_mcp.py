@@ -333,8 +333,11 @@ def test_mcp_headers_must_match_the_body(world):
             "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}, "_meta": meta}}
     base = {"Authorization": f"Bearer {KEYS['cursor']}", "MCP-Protocol-Version": "2026-07-28",
             "Mcp-Method": "tools/call"}
-    status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__get_current_time"})
+    status, ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__get_current_time"})
     assert status == 200 and "UTC" in text, (status, text)
+    # No notification came before the result, so the answer is plain JSON, not an event stream.
+    assert ctype.startswith("application/json"), ctype
+    assert json.loads(text)["id"] == 7
     status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__convert_time"})
     assert status == 400 and "-32020" in text, (status, text)
     status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Method": "tools/list",
