@@ -206,6 +206,7 @@ impl EdgeGateway {
             path,
             status,
             provider = meta.provider.as_deref().unwrap_or("-"),
+            endpoint = meta.endpoint.as_deref().unwrap_or("-"),
             model = meta.model.as_deref().unwrap_or("-"),
             tokens_in = meta.tokens_in,
             tokens_out = meta.tokens_out,

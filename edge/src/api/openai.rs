@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use super::stream::{self, sse, LineBuffer, Read, TimedBody};
 use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
-use crate::providers::{InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse};
+use crate::providers::{
+    retry_after_secs, InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse,
+};
 use crate::translate::{self, ChatIds, ChatStreamTranslator};
 
 /// `{"error": {"message", "type", "param", "code"}}` with its HTTP status.
@@ -28,6 +30,8 @@ pub struct OpenAiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl OpenAiError {
@@ -46,6 +50,7 @@ impl OpenAiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
         }
     }
     pub fn code(mut self, code: &'static str) -> Self {
@@ -66,7 +71,11 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind,
                                     "param": self.param, "code": self.code}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -101,6 +110,12 @@ impl From<UpstreamError> for OpenAiError {
             UpstreamError::Timeout(..) => {
                 OpenAiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
                     .code("upstream_timeout")
+            }
+            UpstreamError::AllEjected(_, wait) => {
+                let mut err = OpenAiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .code("upstream_unavailable");
+                err.retry_after = Some(retry_after_secs(wait));
+                err
             }
         }
     }
@@ -282,6 +297,18 @@ async fn ollama_chat(
     Ok(event_stream(body))
 }
 
+/// A stream that broke after its headers went out, logged with the endpoint that sent it (as
+/// the Ollama surface does), so an operator can tell which host broke it.
+fn log_stream_failure(ctx: &RequestContext, msg: &str) {
+    let endpoint = ctx
+        .meta
+        .lock()
+        .ok()
+        .and_then(|m| m.endpoint.clone())
+        .unwrap_or_default();
+    tracing::warn!(request_id = %ctx.id, endpoint = %endpoint, error = msg, "upstream stream failed");
+}
+
 fn event_stream(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -358,6 +385,7 @@ impl SseFromNdjson {
 
     fn fail(&mut self, msg: &str) {
         if !self.translator.finished {
+            log_stream_failure(&self.ctx, msg);
             self.pending.push_back(sse(&translate::stream_error(msg)));
             self.translator.finished = true;
             self.ctx
@@ -437,7 +465,11 @@ pub async fn send(
         })
         .await?;
     let t = up.upstream_time;
-    ctx.update(|m| m.upstream_time = Some(t));
+    let endpoint = up.endpoint.url.clone();
+    ctx.update(|m| {
+        m.upstream_time = Some(t);
+        m.endpoint = Some(endpoint);
+    });
     Ok(up)
 }
 
@@ -586,6 +618,7 @@ impl SsePassthrough {
             Read::End => None,
             Read::Failed(msg) => {
                 self.done = true;
+                log_stream_failure(&self.ctx, &msg);
                 self.ctx
                     .update(|m| m.error = Some("upstream_stream_failed"));
                 Some((Ok(sse(&translate::stream_error(&msg))), self))
