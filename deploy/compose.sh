@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # deploy/compose.sh: what `./aibox up | down | status` runs.
 #
-#   up [--no-build]   build the binaries and images (offline), write missing secrets into .env,
-#                     prepare data/, register the services' edge keys, start the core (plus
-#                     AIBOX_PROFILES), wait until healthy
+#   up [--no-build]   check the prerequisites, build the binaries and images (offline), write
+#                     missing secrets into .env, prepare data/, register the services' edge keys,
+#                     start the core (plus AIBOX_PROFILES), wait until healthy
+#   check [--no-build] only the prerequisite check that `up` starts with
 #   down              stop and remove the project's containers and networks (data/ stays)
 #   status            the project's services, state and health, and the GPU Ollama has
 #   logs [svc] [-f]   the last lines of every (or one) service's log; -f follows
@@ -48,6 +49,66 @@ setting() {
     v=${v%\"}; v=${v#\"}; v=${v%\'}; v=${v#\'}
   fi
   echo "${v:-$default}"
+}
+
+# Every tool `up` needs, checked before anything is built or written: a missing package found
+# after a 7-minute release build costs the whole build. One line per missing tool, then the one
+# command that installs them all (Debian package names).
+check_prerequisites() {
+  local do_build=$1 missing=() packages=() rust="" way=""
+  need() { missing+=("$1"); [ -n "$2" ] && packages+=("$2"); return 0; }
+  [ "$do_build" = 1 ] && way=$(build_way)
+  # With no toolchain and no BuildKit either, say what the offline host build needs.
+  if [ "$way" = docker ] && [ "$(setting AIBOX_BUILD auto)" = auto ] && ! docker buildx version >/dev/null 2>&1; then
+    way=host
+  fi
+  if [ "$way" = docker ] && ! docker buildx version >/dev/null 2>&1; then
+    need "docker buildx (AIBOX_BUILD=docker builds the images from source with BuildKit)" docker-buildx
+  fi
+  if [ "$way" = host ] && [ "$(setting AIBOX_CARGO_BUILD 1)" != 0 ]; then
+    if ! command -v cargo >/dev/null; then
+      missing+=("cargo (the Rust toolchain, 1.88 or newer; Debian's package is too old)")
+      rust=1
+    fi
+    command -v cc >/dev/null || need "cc (a C compiler: zlib-ng, zstd, ring and aws-lc are built from C)" build-essential
+    command -v make >/dev/null || need "make" build-essential
+    command -v cmake >/dev/null || need "cmake (zlib-ng, which Pingora links, is built with it)" cmake
+  fi
+  if [ "$way" = host ]; then
+    local busybox=${AIBOX_BUSYBOX:-/bin/busybox}
+    if [ ! -x "$busybox" ] || ! { ldd "$busybox" 2>&1 || true; } | grep -qE 'not a dynamic executable|statically linked'; then
+      need "a static busybox at $busybox (the images' health checks run it)" busybox-static
+    fi
+  fi
+  if ! command -v docker >/dev/null; then
+    need "docker (Docker Engine)" docker.io
+  fi
+  if [ -z "${AIBOX_COMPOSE:-}" ] && ! { command -v docker >/dev/null && docker compose version >/dev/null 2>&1; } \
+     && ! command -v docker-compose >/dev/null; then
+    need "docker compose (the compose plugin) or docker-compose" docker-compose
+  fi
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "missing prerequisites (nothing was built or changed):"
+    local m
+    for m in "${missing[@]}"; do say "  - $m"; done
+    if [ "${#packages[@]}" -gt 0 ]; then
+      local sudo=""
+      [ "$(id -u)" = 0 ] || sudo="sudo "
+      # shellcheck disable=SC2207
+      packages=($(printf '%s\n' "${packages[@]}" | sort -u))
+      say "install them with: ${sudo}apt-get install -y ${packages[*]}"
+      if [[ " ${packages[*]} " == *" docker-compose "* ]]; then
+        say "(or docker-compose-plugin, if Docker's own apt repository is set up)"
+      fi
+    fi
+    if [ -n "$rust" ]; then
+      say "install Rust with: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"
+    fi
+    exit 1
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    die "the Docker engine is not reachable (is dockerd running: sudo systemctl start docker; are you in the docker group: sudo usermod -aG docker \$USER, then log in again?)"
+  fi
 }
 
 compose_cmd() {
@@ -331,6 +392,7 @@ cmd_up() {
       *) die "up: unknown option $a" ;;
     esac
   done
+  check_prerequisites "$do_build"
   setup
   ensure_secrets
   if [ "$do_build" = 1 ]; then
@@ -452,14 +514,27 @@ cmd_key() {
   fi
 }
 
+cmd_check() {
+  local do_build=1
+  for a in "$@"; do
+    case $a in
+      --no-build) do_build=0 ;;
+      *) die "check: unknown option $a" ;;
+    esac
+  done
+  check_prerequisites "$do_build"
+  say "all prerequisites are installed"
+}
+
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   key) shift; cmd_key "$@" ;;
+  check) shift; cmd_check "$@" ;;
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
   logs) shift; cmd_logs "$@" ;;
   audit) shift; cmd_audit "$@" ;;
   # shellcheck source=deploy/doctor.sh
   doctor) shift; . "$ROOT/deploy/doctor.sh"; cmd_doctor "$@" ;;
-  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | doctor | audit verify | key ARGS" >&2; exit 2 ;;
+  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | check [--no-build] | doctor | audit verify | key ARGS" >&2; exit 2 ;;
 esac

@@ -153,6 +153,40 @@ def test_a_model_on_one_endpoint_always_goes_there(procs, tmp_path):
     assert client.generate(model="only-here:1b", prompt="again").response == "You said: again"
 
 
+def test_an_ejection_lasts_eject_ms_and_a_provider_with_none_left_answers_at_once(procs, tmp_path):
+    """An endpoint that lists its models but fails chats stays out for `eject_ms` although every
+    probe succeeds; while no endpoint of the provider is left, requests get 503 + Retry-After at
+    once, in each surface's error shape, instead of waiting for first-byte timeouts."""
+    fake = fake_upstream(procs, "ollama", "--name", "flaky", name="fake-flaky")
+    edge = pool_edge(procs, tmp_path, [fake], HEALTH.replace("eject_ms = 1000", "eject_ms = 3000"))
+    client = ollama.Client(host=edge.url())
+    for _ in range(2):
+        with pytest.raises(ollama.ResponseError) as e:
+            client.chat(model="fake-error", messages=[{"role": "user", "content": "x"}])
+        assert e.value.status_code == 500
+    ejected_at = time.monotonic()
+    before = served(fake)
+
+    time.sleep(1.0)  # five probe intervals, each answered
+    assert endpoints_of(edge)[0]["ejected"], endpoints_of(edge)
+
+    started = time.monotonic()
+    chat = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    r = httpx.post(f"{edge.url()}/api/chat", json=chat, timeout=10)
+    assert r.status_code == 503 and isinstance(r.json()["error"], str), r.text
+    assert 1 <= int(r.headers["retry-after"]) <= 3
+    r = httpx.post(f"{edge.url()}/v1/chat/completions", json=chat, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_unavailable", r.text
+    assert 1 <= int(r.headers["retry-after"]) <= 3
+    assert time.monotonic() - started < 1.0
+    assert served(fake) == before, "no request reached the resting endpoint"
+
+    wait_until(lambda: not endpoints_of(edge)[0]["ejected"], "the rest is over", timeout=10)
+    assert time.monotonic() - ejected_at >= 2.5
+    assert client.chat(model="llama3:8b", messages=[{"role": "user", "content": "back"}]).message.content \
+        == "You said: back"
+
+
 def test_an_admin_pull_reaches_every_endpoint(procs, tmp_path):
     fakes = [fake_upstream(procs, "ollama", "--name", f"p{i}", name=f"fake-p{i}") for i in range(3)]
     edge = pool_edge(procs, tmp_path, fakes)

@@ -333,8 +333,11 @@ def test_mcp_headers_must_match_the_body(world):
             "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}, "_meta": meta}}
     base = {"Authorization": f"Bearer {KEYS['cursor']}", "MCP-Protocol-Version": "2026-07-28",
             "Mcp-Method": "tools/call"}
-    status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__get_current_time"})
+    status, ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__get_current_time"})
     assert status == 200 and "UTC" in text, (status, text)
+    # No notification came before the result, so the answer is plain JSON, not an event stream.
+    assert ctype.startswith("application/json"), ctype
+    assert json.loads(text)["id"] == 7
     status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Name": "time__convert_time"})
     assert status == 400 and "-32020" in text, (status, text)
     status, _ctype, text = raw_post(edge.url, call, {**base, "Mcp-Method": "tools/list",
@@ -352,6 +355,34 @@ def test_mcp_host_and_origin_are_checked(world):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 403, headers
+
+
+MALFORMED = [
+    # (what, body, JSON-RPC code, id in the answer)
+    ("malformed JSON", b'{"jsonrpc": "2.0", "id": 1, "method":', -32700, None),
+    ("an empty array", b"[]", -32600, None),
+    ("a batch", b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]', -32600, None),
+    ("a bare string", b'"tools/list"', -32600, None),
+    ("JSON-RPC 1.0", b'{"jsonrpc": "1.0", "id": 9, "method": "tools/list"}', -32600, 9),
+    ("an object id", b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "tools/list"}', -32600, None),
+    ("no method", b'{"jsonrpc": "2.0", "id": "q"}', -32600, "q"),
+]
+
+
+@pytest.mark.parametrize("what,body,code,rid", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_mcp_malformed_requests_get_400_and_a_jsonrpc_error(procs, tmp_path, what, body, code, rid):
+    edge = start_mcp_edge(procs, tmp_path, {"servers": {}})
+    for version in ("2026-07-28", "2025-11-25"):
+        req = urllib.request.Request(edge.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": version, "Authorization": f"Bearer {KEYS['cursor']}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400, (what, version)
+        assert e.value.headers.get("Content-Type", "").startswith("application/json")
+        answer = json.loads(e.value.read())
+        assert answer["jsonrpc"] == "2.0" and answer["id"] == rid, answer
+        assert answer["error"]["code"] == code, answer
 
 
 def test_mcp_children_are_gone_after_the_edge_stops(world):

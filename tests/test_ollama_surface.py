@@ -244,8 +244,9 @@ def test_bad_requests_get_ollama_errors(stack):
 
 
 @pytest.mark.parametrize("model,status", [("fake-error", 500), ("vllm/fake-error", 500),
-                                          ("dead/llama3:8b", 502), ("vllm/fake-slow", 504)])
+                                          ("dead/llama3:8b", 503), ("vllm/fake-slow", 504)])
 def test_upstream_failures_before_the_first_byte(stack, model, status):
+    # `dead` never answered its probe, so its only endpoint rests: 503 at once, not a connect try.
     with pytest.raises(ollama.ResponseError) as e:
         stack["client"].chat(model=model, messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == status and e.value.error

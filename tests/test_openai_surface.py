@@ -268,13 +268,28 @@ def test_slow_first_byte_is_504(stack):
     assert e.value.status_code == 504
 
 
-def test_unreachable_upstream_is_502(procs, tmp_path):
+def test_unreachable_upstream_is_503_with_retry_after(procs, tmp_path):
+    """The probe found the only endpoint dead, so it rests: answered at once, no connect try."""
     dead = f"http://127.0.0.1:{_closed_port()}"
     edge = start_edge(procs, tmp_path, edge_config(dead, dead), env={"VLLM_KEY": "k", "N8N_KEY": "n"})
+    deadline = time.monotonic() + 10
+    while not all(e["ejected"] for p in _ready(edge)["providers"] for e in p["endpoints"]):
+        assert time.monotonic() < deadline, "the probes never found the endpoints dead"
+        time.sleep(0.05)
     with pytest.raises(openai.APIStatusError) as e:
         openai.OpenAI(base_url=edge.url() + "/v1", api_key="x", max_retries=0).chat.completions.create(
             model="ollama/llama3:8b", messages=[{"role": "user", "content": "x"}])
-    assert e.value.status_code == 502
+    assert e.value.status_code == 503
+    assert e.value.body["code"] == "upstream_unavailable", e.value.body
+    assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def _ready(edge) -> dict:
+    try:
+        with urllib.request.urlopen(edge.url() + "/ready", timeout=5) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return json.load(e)
 
 
 def _closed_port() -> int:
@@ -293,6 +308,37 @@ def test_mid_stream_failure_ends_the_stream_with_an_error(stack, model):
         for chunk in stream:
             got += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert got.startswith("partial")
+
+
+def edge_log(stack, request_id: str, message: str, timeout: float = 10.0) -> dict:
+    """The edge's JSON log line with this request id and message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in stack["edge"].output().splitlines():
+            if request_id in line and line.startswith("{"):
+                obj = json.loads(line)
+                if obj.get("request_id") == request_id and obj.get("message") == message:
+                    return obj
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {message!r} line for {request_id}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("model", ["ollama/fake-drop", "vllm/fake-drop"])
+def test_a_broken_stream_is_logged_with_its_endpoint(stack, model):
+    """An operator can tell which host broke a stream: the failure and the request line name it."""
+    request_id = f"broken-{model.split('/')[0]}-{time.time_ns()}"
+    stream = client(stack).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "x"}], stream=True,
+        extra_headers={"X-Request-ID": request_id})
+    with pytest.raises(openai.APIError):
+        for _chunk in stream:
+            pass
+    upstream = stack[model.split("/")[0]].url()
+    failed = edge_log(stack, request_id, "upstream stream failed")
+    assert failed["level"] == "WARN" and failed["endpoint"].startswith(upstream), failed
+    request = edge_log(stack, request_id, "request")
+    assert request["endpoint"].startswith(upstream) and request["error"] == "upstream_stream_failed", request
 
 
 def test_client_leaving_mid_stream_cancels_the_upstream(procs, tmp_path):

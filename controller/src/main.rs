@@ -25,6 +25,9 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// auto (JSON unless stdout is a terminal), json or pretty.
+    #[arg(long, global = true, default_value = "auto", env = "LOG_FORMAT")]
+    log_format: aibox_log::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
         Some(Command::Audit {
             command: AuditCommand::Verify { dir },
         }) => verify(&dir),
-        None => match serve(cli.serve) {
+        None => match serve(cli.serve, cli.log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("controller: {e:#}");
@@ -97,16 +100,9 @@ fn verify(dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, log_format: aibox_log::LogFormat) -> anyhow::Result<()> {
     let cfg = ControllerConfig::load(args)?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    aibox_log::init(log_format, "info");
     let audit = audit::AuditLog::open(cfg.audit.clone())
         .with_context(|| format!("opening the audit log in {}", cfg.audit.dir.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -120,7 +116,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        eprintln!("api listening on {addr}");
+        aibox_log::announce_listening("api", addr);
         tracing::info!(project = %cfg.project, audit_dir = %cfg.audit.dir.display(), allowlist = ?cfg.allow, "controller ready");
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown_signal())

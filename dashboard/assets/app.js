@@ -84,17 +84,22 @@
     var atBottom = wrap.scrollTop + wrap.clientHeight >= wrap.scrollHeight - 8;
     var li = document.createElement("li");
     li.className = "s-" + (o.stream || "stdout");
-    if (o.ts) {
-      var t = document.createElement("time");
-      t.dateTime = o.ts;
-      t.textContent = shortTs(o.ts);
-      li.appendChild(t);
-      li.appendChild(document.createTextNode(" "));
+    if (o.html) {
+      // Rendered by the dashboard (maud, escaped), as on the page itself.
+      li.innerHTML = o.html;
+    } else {
+      if (o.ts) {
+        var t = document.createElement("time");
+        t.dateTime = o.ts;
+        t.textContent = shortTs(o.ts);
+        li.appendChild(t);
+        li.appendChild(document.createTextNode(" "));
+      }
+      var s = document.createElement("span");
+      s.className = "line";
+      s.textContent = o.line || "";
+      li.appendChild(s);
     }
-    var s = document.createElement("span");
-    s.className = "line";
-    s.textContent = o.line || "";
-    li.appendChild(s);
     list.appendChild(li);
     while (list.children.length > 5000) list.removeChild(list.firstChild);
     if (atBottom) wrap.scrollTop = wrap.scrollHeight;

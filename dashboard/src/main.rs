@@ -20,28 +20,15 @@ struct Args {
     /// The edge's base URL, or `none` [env: EDGE_URL] [default: http://edge:11435]
     #[arg(long)]
     edge_url: Option<String>,
-    /// Log format: text or json
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// auto (JSON unless stdout is a terminal), json or pretty
+    #[arg(long, default_value = "auto", env = "LOG_FORMAT")]
+    log_format: aibox_log::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    aibox_log::init(args.log_format, "info");
 
     let config = match DashboardConfig::load(
         FlagValues {
@@ -71,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!("api listening on {addr}");
+    aibox_log::announce_listening("api", addr);
     tracing::info!(?config, "dashboard started");
 
     let app = dashboard::router(dashboard::AppState::new(config));

@@ -50,6 +50,12 @@ fn is_edge_path(path: &str) -> bool {
         || matches!(path, "/health" | "/ready" | "/metrics")
 }
 
+/// A health check, a readiness probe (503 "not ready" is an answer, not a failure) or a metrics
+/// scrape that was let in: logged at DEBUG, not INFO.
+fn is_probe(path: &str, status: u16) -> bool {
+    matches!(path, "/health" | "/ready") || (path == "/metrics" && status < 400)
+}
+
 /// The client's `X-Request-ID` when it is sane, else a new one.
 fn request_id(session: &Session) -> String {
     session
@@ -217,12 +223,19 @@ impl EdgeGateway {
     ) {
         let total = rc.started.elapsed();
         let upstream_ms = meta.upstream_time.map(|u| u.as_secs_f64() * 1000.0);
+        if is_probe(path, status) {
+            // Docker's health check every 5 s, readiness probes and scrapes are not traffic (and
+            // carry no surface, so there are no request metrics to record either).
+            tracing::debug!(request_id = %rc.id, path, status, "request");
+            return;
+        }
         tracing::info!(
             request_id = %rc.id,
             client = %rc.client.name,
             path,
             status,
             provider = meta.provider.as_deref().unwrap_or("-"),
+            endpoint = meta.endpoint.as_deref().unwrap_or("-"),
             model = meta.model.as_deref().unwrap_or("-"),
             tokens_in = meta.tokens_in,
             tokens_out = meta.tokens_out,

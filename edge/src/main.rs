@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 
@@ -21,12 +21,6 @@ mod policy;
 mod providers;
 mod translate;
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Pretty,
-}
-
 #[derive(Parser)]
 #[command(
     name = "edge",
@@ -36,8 +30,9 @@ struct Args {
     /// TOML config file (optional; the edge runs with none).
     #[arg(long, env = "EDGE_CONFIG")]
     config: Option<String>,
-    #[arg(long, value_enum, default_value = "json", env = "LOG_FORMAT")]
-    log_format: LogFormat,
+    /// auto (JSON unless stdout is a terminal), json or pretty.
+    #[arg(long, default_value = "auto", env = "LOG_FORMAT")]
+    log_format: aibox_log::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,26 +53,10 @@ fn main() {
         }
         return;
     }
-    init_tracing(args.log_format);
+    aibox_log::init(args.log_format, "info,pingora_core=warn,pingora_proxy=warn");
     if let Err(e) = run(args) {
         eprintln!("edge: {e:#}");
         std::process::exit(2);
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Pretty => builder.init(),
     }
 }
 
@@ -122,7 +101,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let egress_listener = background
         .block_on(tokio::net::TcpListener::bind(&config.egress_listen))
         .with_context(|| format!("binding the egress listener {}", config.egress_listen))?;
-    eprintln!("egress listening on {}", egress_listener.local_addr()?);
+    aibox_log::announce_listening("egress", egress_listener.local_addr()?);
     background.spawn(egress_proxy.serve(egress_listener));
     background.spawn(providers.clone().run_probes());
 
@@ -166,7 +145,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Announce only once the socket accepts, so "listening on" is never a lie.
         for _ in 0..500 {
             if tokio::net::TcpStream::connect(listen).await.is_ok() {
-                eprintln!("api listening on {listen}");
+                aibox_log::announce_listening("api", listen);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -158,6 +158,18 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// When every endpoint is ejected, how long until the first one's rest ends.
+    pub fn all_ejected_for(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut soonest: Option<Duration> = None;
+        for e in &self.endpoints {
+            let until = e.lock().ejected_until.filter(|u| *u > now)?;
+            let left = until - now;
+            soonest = Some(soonest.map_or(left, |s| s.min(left)));
+        }
+        soonest
+    }
+
     /// Union of the endpoints' model lists; `None` when no endpoint has answered yet.
     pub fn models(&self) -> Option<Vec<ModelEntry>> {
         let mut seen = HashSet::new();
@@ -218,6 +230,15 @@ pub enum UpstreamError {
     Unreachable(String, String),
     #[error("upstream {0} did not answer within {1:?}")]
     Timeout(String, Duration),
+    /// Every endpoint of the provider is resting after failures: answered at once rather than
+    /// after first-byte timeouts on endpoints known to be failing.
+    #[error("every endpoint of upstream {0} is failing; retry after {secs} s", secs = retry_after_secs(*.1))]
+    AllEjected(String, Duration),
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0 || wait.is_zero())
 }
 
 /// A response whose headers arrived; the body is still to be read by the caller.
@@ -424,6 +445,9 @@ impl ProviderSet {
         build: impl Fn(&Endpoint) -> reqwest::RequestBuilder,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let provider = &route.provider;
+        if let Some(wait) = provider.all_ejected_for() {
+            return Err(UpstreamError::AllEjected(provider.name.clone(), wait));
+        }
         let mut tried: Option<Arc<Endpoint>> = None;
         let mut last_err = None;
         for attempt in 0..2 {
@@ -546,9 +570,13 @@ impl ProviderSet {
                 let mut s = endpoint.lock();
                 s.models = Some(models);
                 s.models_at = Some(Instant::now());
-                s.consecutive_failures = 0;
-                s.ejected_until = None;
-                s.last_error = None;
+                // A rest lasts `eject_ms`: an endpoint that lists its models but fails requests
+                // would otherwise be let back in at every probe.
+                if s.ejected_until.is_none_or(|until| until <= Instant::now()) {
+                    s.consecutive_failures = 0;
+                    s.ejected_until = None;
+                    s.last_error = None;
+                }
                 if s.latency_ewma_ms.is_none() {
                     s.latency_ewma_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 }
@@ -681,5 +709,50 @@ mod tests {
             "llama3:8b",
             "llama3:70b"
         ));
+    }
+
+    fn endpoint(url: &str) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            provider: "pool".into(),
+            kind: ProviderKind::Ollama,
+            url: url.into(),
+            weight: 1,
+            in_flight: AtomicU32::new(0),
+            state: Mutex::new(EndpointState::default()),
+        })
+    }
+
+    #[test]
+    fn a_provider_is_all_ejected_only_when_every_endpoint_rests() {
+        let health = HealthConfig {
+            eject_after: 1,
+            eject_ms: 5_000,
+            ..HealthConfig::default()
+        };
+        let (a, b) = (endpoint("http://a"), endpoint("http://b"));
+        let provider = Provider {
+            name: "pool".into(),
+            kind: ProviderKind::Ollama,
+            endpoints: vec![a.clone(), b.clone()],
+            api_key: None,
+        };
+        assert_eq!(provider.all_ejected_for(), None);
+        a.record_failure("HTTP 500", &health);
+        assert_eq!(provider.all_ejected_for(), None, "b is still in");
+        b.record_failure("HTTP 500", &health);
+        let wait = provider.all_ejected_for().expect("both rest");
+        assert!(wait <= Duration::from_millis(5_000) && wait > Duration::from_millis(4_000));
+        assert_eq!(retry_after_secs(wait), 5);
+        // A request that got through (the fallback in `pick`) is evidence: the rest ends.
+        a.record_success(Duration::from_millis(3));
+        assert_eq!(provider.all_ejected_for(), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(2_000)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2_001)), 3);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
 }

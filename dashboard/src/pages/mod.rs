@@ -2,6 +2,7 @@
 pub mod assets;
 pub mod audit;
 pub mod keys;
+pub mod log_line;
 pub mod login;
 pub mod models;
 pub mod services;

@@ -11,6 +11,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::log_line::{self, short_ts};
 use super::{error_page, human_duration, layout, unavailable, FlashKind, Nav, PageContext};
 use crate::auth::{csrf_refusal, Viewer};
 use crate::backend::{valid_service_name, Actor, BackendError, Readiness, ServiceStatus};
@@ -450,6 +451,13 @@ pub struct LogsQuery {
     tail: Option<u32>,
     #[serde(default)]
     follow: Option<String>,
+    /// Show the lines exactly as the container wrote them instead of rendered.
+    #[serde(default)]
+    raw: Option<String>,
+}
+
+fn checked(flag: Option<&str>) -> bool {
+    flag.is_some_and(|f| f == "1" || f == "true" || f == "on")
 }
 
 const TAIL_CHOICES: [u32; 6] = [50, 100, 200, 500, 1000, 5000];
@@ -464,12 +472,14 @@ pub async fn logs_page(
         return error_page(StatusCode::NOT_FOUND, "Not found", "No such service.");
     }
     let tail = q.tail.unwrap_or(200).clamp(1, 5000);
-    let follow = q
-        .follow
-        .as_deref()
-        .is_some_and(|f| f == "1" || f == "true" || f == "on");
+    let follow = checked(q.follow.as_deref());
+    let raw = checked(q.raw.as_deref());
     let actor = Actor::new(&viewer.user);
     let logs = state.controller.logs(&actor, &name, tail).await;
+    let follow_url = format!(
+        "/services/{name}/logs/stream?tail={tail}{}",
+        if raw { "&raw=1" } else { "" }
+    );
     let title = format!("Logs: {name}");
     let body = html! {
         div.page-head {
@@ -482,6 +492,7 @@ pub async fn logs_page(
                 @for n in TAIL_CHOICES { option value=(n) selected[n == tail] { (n) } }
             }
             label.check { input type="checkbox" name="follow" value="1" checked[follow]; " Follow" }
+            label.check { input type="checkbox" name="raw" value="1" checked[raw]; " Raw" }
             button type="submit" { "Show" }
         }
         @match &logs {
@@ -496,11 +507,15 @@ pub async fn logs_page(
                 }
                 div.log-wrap tabindex="0" role="region" aria-label={ "Log lines of " (name) } {
                     ol.log #log
-                        data-follow-url=[follow.then(|| format!("/services/{name}/logs/stream?tail={tail}"))] {
+                        data-follow-url=[follow.then_some(&follow_url)] {
                         @for l in &page.lines {
                             li class={ "s-" (l.stream) } {
-                                @if let Some(ts) = &l.ts { time datetime=(ts) { (short_ts(ts)) } " " }
-                                span.line { (l.line) }
+                                @if raw {
+                                    @if let Some(ts) = &l.ts { time datetime=(ts) { (short_ts(ts)) } " " }
+                                    span.line { (l.line) }
+                                } @else {
+                                    (log_line::render(l.ts.as_deref(), &l.line))
+                                }
                             }
                         }
                     }
@@ -522,14 +537,8 @@ pub async fn logs_page(
     .into_response()
 }
 
-/// `2026-11-26T05:00:01.123456789Z` -> `05:00:01`.
-fn short_ts(ts: &str) -> &str {
-    ts.split_once('T')
-        .map(|(_, t)| t.get(..8).unwrap_or(t))
-        .unwrap_or(ts)
-}
-
-/// The controller's follow stream, passed through as NDJSON for the page's script.
+/// The controller's follow stream as NDJSON for the page's script; unless `raw`, each line also
+/// carries `html`, the same rendering as the page's.
 pub async fn logs_stream(
     State(state): State<SharedState>,
     viewer: Viewer,
@@ -540,11 +549,13 @@ pub async fn logs_stream(
         return (StatusCode::NOT_FOUND, "no such service\n").into_response();
     }
     let tail = q.tail.unwrap_or(200).clamp(1, 5000);
+    let raw = checked(q.raw.as_deref());
     let actor = Actor::new(&viewer.user);
     match state.controller.follow_logs(&actor, &name, tail).await {
         Ok(lines) => {
-            let body = Body::from_stream(lines.map(|l| {
-                l.map(|mut s| {
+            let body = Body::from_stream(lines.map(move |l| {
+                l.map(|s| {
+                    let mut s = if raw { s } else { with_html(s) };
                     s.push('\n');
                     s
                 })
@@ -562,6 +573,17 @@ pub async fn logs_stream(
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
     }
+}
+
+/// Adds the rendered `html` to one `{"stream","line","ts"}` line of the follow stream.
+fn with_html(s: String) -> String {
+    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(&s) else {
+        return s;
+    };
+    let line = obj.get("line").and_then(Value::as_str).unwrap_or_default();
+    let html = log_line::render(obj.get("ts").and_then(Value::as_str), line).into_string();
+    obj.insert("html".into(), Value::String(html));
+    Value::Object(obj).to_string()
 }
 
 #[cfg(test)]

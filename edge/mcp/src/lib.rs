@@ -25,6 +25,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 mod admin;
 mod config;
 mod downstream;
+mod envelope;
 mod hub;
 mod metrics;
 pub mod naming;
@@ -133,7 +134,11 @@ impl McpHub {
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
         let core = self.core.clone();
+        // 2026-07-28 requests are answered as `application/json` when the result is the first
+        // message (rmcp falls back to an event stream when a notification, such as progress,
+        // comes first): the SDKs' SSE path costs about a millisecond more per call.
         let config = StreamableHttpServerConfig::default()
+            .with_json_response(true)
             .with_legacy_session_mode(true)
             .with_allowed_hosts(self.core.config.allowed_hosts())
             .with_allowed_origins(self.core.config.allowed_origins())
@@ -162,10 +167,7 @@ impl McpHub {
         let mcp = axum::Router::new()
             .route_service("/mcp", service.clone())
             .route_service("/mcp/{*rest}", service)
-            .route_layer(axum::middleware::from_fn_with_state(
-                core.clone(),
-                rate_precheck,
-            ));
+            .route_layer(axum::middleware::from_fn_with_state(core.clone(), precheck));
         let admin = axum::Router::new()
             .route(
                 "/api/mcp/registry",
@@ -208,10 +210,11 @@ fn is_sessionless_revision(headers: &http::HeaderMap, msg: &serde_json::Value) -
     header.or(meta).is_some_and(|v| v >= MODERN)
 }
 
-/// Takes the rate-limit token of a single 2026-07-28 `tools/call` POST before rmcp sees it,
+/// Answers a body that is not one JSON-RPC message (400, -32700/-32600) and takes the
+/// rate-limit token of a single 2026-07-28 `tools/call` POST before rmcp sees it,
 /// so an over-limit call is answered with HTTP 429 + `Retry-After` and a JSON-RPC error body
 /// (the handler alone could only answer 200).
-async fn rate_precheck(State(core): State<Arc<HubCore>>, req: Request, next: Next) -> Response {
+async fn precheck(State(core): State<Arc<HubCore>>, req: Request, next: Next) -> Response {
     if req.method() != http::Method::POST {
         return next.run(req).await;
     }
@@ -228,49 +231,52 @@ async fn rate_precheck(State(core): State<Arc<HubCore>>, req: Request, next: Nex
                 .into_response();
         }
     };
-    if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-        if msg.get("method").and_then(|m| m.as_str()) == Some("tools/call")
-            && is_sessionless_revision(&parts.headers, &msg)
-        {
-            let name = msg
-                .pointer("/params/name")
-                .and_then(|n| n.as_str())
-                .unwrap_or_default();
-            let caller = parts
-                .extensions
-                .get::<Caller>()
-                .cloned()
-                .unwrap_or_else(Caller::anonymous);
-            if let Some((up, _)) = core.route(name) {
-                let spec = up.spec();
-                if caller.may_use(&up.name, &spec.policy) {
-                    match core.check_rate(&up.name, spec.policy.rate_limit_rpm, &caller.client) {
-                        Ok(()) => {
-                            parts.extensions.insert(RateAdmitted);
-                        }
-                        Err(wait) => {
-                            core.metrics
-                                .rate_limited
-                                .with_label_values(&[&up.name, name, &caller.client])
-                                .inc();
-                            tracing::warn!(client = %caller.client, tool = %name, "mcp call rate limited");
-                            let error = rate_limited_error(&up.name, wait);
-                            let body = serde_json::json!({
-                                "jsonrpc": "2.0",
-                                "id": msg.get("id").cloned().unwrap_or(serde_json::Value::Null),
-                                "error": error,
-                            });
-                            let retry_after = wait.as_secs() + 1;
-                            return (
-                                StatusCode::TOO_MANY_REQUESTS,
-                                [
-                                    (header::CONTENT_TYPE, "application/json".to_string()),
-                                    (header::RETRY_AFTER, retry_after.to_string()),
-                                ],
-                                body.to_string(),
-                            )
-                                .into_response();
-                        }
+    // Every body is parsed here anyway; one that is not a JSON-RPC message is answered here.
+    let msg = match envelope::check(&bytes) {
+        Ok(msg) => msg,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if msg.get("method").and_then(|m| m.as_str()) == Some("tools/call")
+        && is_sessionless_revision(&parts.headers, &msg)
+    {
+        let name = msg
+            .pointer("/params/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default();
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous);
+        if let Some((up, _)) = core.route(name) {
+            let spec = up.spec();
+            if caller.may_use(&up.name, &spec.policy) {
+                match core.check_rate(&up.name, spec.policy.rate_limit_rpm, &caller.client) {
+                    Ok(()) => {
+                        parts.extensions.insert(RateAdmitted);
+                    }
+                    Err(wait) => {
+                        core.metrics
+                            .rate_limited
+                            .with_label_values(&[&up.name, name, &caller.client])
+                            .inc();
+                        tracing::warn!(client = %caller.client, tool = %name, "mcp call rate limited");
+                        let error = rate_limited_error(&up.name, wait);
+                        let body = serde_json::json!({
+                            "jsonrpc": "2.0",
+                            "id": msg.get("id").cloned().unwrap_or(serde_json::Value::Null),
+                            "error": error,
+                        });
+                        let retry_after = wait.as_secs() + 1;
+                        return (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [
+                                (header::CONTENT_TYPE, "application/json".to_string()),
+                                (header::RETRY_AFTER, retry_after.to_string()),
+                            ],
+                            body.to_string(),
+                        )
+                            .into_response();
                     }
                 }
             }

@@ -35,6 +35,8 @@ pub struct EdgeState {
 pub struct RequestMeta {
     pub surface: &'static str,
     pub provider: Option<String>,
+    /// The endpoint that answered (the last one tried, after a failover).
+    pub endpoint: Option<String>,
     pub model: Option<String>,
     pub upstream_time: Option<Duration>,
     pub tokens_in: u64,

@@ -27,8 +27,8 @@ use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::policy::Refusal;
 use crate::providers::{
-    model_matches, Endpoint, InFlight, ModelEntry, Provider, ProviderRoute, RouteError,
-    UpstreamError, UpstreamResponse,
+    model_matches, retry_after_secs, Endpoint, InFlight, ModelEntry, Provider, ProviderRoute,
+    RouteError, UpstreamError, UpstreamResponse,
 };
 
 mod translate;
@@ -49,6 +49,8 @@ pub struct OllamaError {
     status: StatusCode,
     message: String,
     kind: &'static str,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl OllamaError {
@@ -66,13 +68,18 @@ impl OllamaError {
             status,
             message: message.into(),
             kind,
+            retry_after: None,
         }
     }
 }
 
 impl IntoResponse for OllamaError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.message}))).into_response()
+        let mut resp = (self.status, Json(json!({"error": self.message}))).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -98,6 +105,11 @@ impl From<UpstreamError> for OllamaError {
             }
             UpstreamError::Timeout(..) => {
                 OllamaError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            }
+            UpstreamError::AllEjected(_, wait) => {
+                let mut err = OllamaError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                err.retry_after = Some(retry_after_secs(wait));
+                err
             }
         }
     }

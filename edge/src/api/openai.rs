@@ -18,7 +18,9 @@ use super::stream::{self, sse, LineBuffer, Read, TimedBody};
 use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::policy::Refusal;
-use crate::providers::{InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse};
+use crate::providers::{
+    retry_after_secs, InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse,
+};
 use crate::translate::{self, ChatIds, ChatStreamTranslator};
 
 /// `{"error": {"message", "type", "param", "code"}}` with its HTTP status.
@@ -29,6 +31,8 @@ pub struct OpenAiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl OpenAiError {
@@ -47,6 +51,7 @@ impl OpenAiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
         }
     }
     pub fn code(mut self, code: &'static str) -> Self {
@@ -67,7 +72,11 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind,
                                     "param": self.param, "code": self.code}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -102,6 +111,12 @@ impl From<UpstreamError> for OpenAiError {
             UpstreamError::Timeout(..) => {
                 OpenAiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
                     .code("upstream_timeout")
+            }
+            UpstreamError::AllEjected(_, wait) => {
+                let mut err = OpenAiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .code("upstream_unavailable");
+                err.retry_after = Some(retry_after_secs(wait));
+                err
             }
         }
     }
@@ -328,6 +343,18 @@ async fn ollama_chat(
     Ok(event_stream(body))
 }
 
+/// A stream that broke after its headers went out, logged with the endpoint that sent it (as
+/// the Ollama surface does), so an operator can tell which host broke it.
+fn log_stream_failure(ctx: &RequestContext, msg: &str) {
+    let endpoint = ctx
+        .meta
+        .lock()
+        .ok()
+        .and_then(|m| m.endpoint.clone())
+        .unwrap_or_default();
+    tracing::warn!(request_id = %ctx.id, endpoint = %endpoint, error = msg, "upstream stream failed");
+}
+
 fn event_stream(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -404,6 +431,7 @@ impl SseFromNdjson {
 
     fn fail(&mut self, msg: &str) {
         if !self.translator.finished {
+            log_stream_failure(&self.ctx, msg);
             self.pending.push_back(sse(&translate::stream_error(msg)));
             self.translator.finished = true;
             self.ctx
@@ -483,7 +511,11 @@ pub async fn send(
         })
         .await?;
     let t = up.upstream_time;
-    ctx.update(|m| m.upstream_time = Some(t));
+    let endpoint = up.endpoint.url.clone();
+    ctx.update(|m| {
+        m.upstream_time = Some(t);
+        m.endpoint = Some(endpoint);
+    });
     Ok(up)
 }
 
@@ -632,6 +664,7 @@ impl SsePassthrough {
             Read::End => None,
             Read::Failed(msg) => {
                 self.done = true;
+                log_stream_failure(&self.ctx, &msg);
                 self.ctx
                     .update(|m| m.error = Some("upstream_stream_failed"));
                 Some((Ok(sse(&translate::stream_error(&msg))), self))
