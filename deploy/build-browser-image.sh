@@ -133,7 +133,7 @@ ENV HOME=/tmp \\
 USER $UID_GID:$UID_GID
 EXPOSE 9222
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \\
-    CMD ["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9222/json/version"]
+    CMD ["/bin/busybox", "wget", "-Y", "off", "-q", "-O", "/dev/null", "http://127.0.0.1:9222/json/version"]
 ENTRYPOINT $(json_array "${ENTRY[@]}")
 EOF
 

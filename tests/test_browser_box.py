@@ -6,6 +6,8 @@ Everything runs on networks this test created; the host side talks only to 127.0
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 
@@ -13,7 +15,7 @@ import httpx
 import pytest
 
 from browser_fixtures import BrowserStack
-from compose_fixtures import require_docker
+from compose_fixtures import require_docker, run
 from conftest import free_port
 
 
@@ -64,10 +66,14 @@ def test_a_page_is_loaded_through_the_proxy_and_read_back_over_cdp(box):
 
 @pytest.mark.parametrize("url, reasons", [
     ("http://canary:8080/", ("private_range",)),
-    # The edge's own name: its address on a private network, or (on the allowed test network)
-    # refused as one of the edge's own addresses.
-    ("http://edge:11435/v1/models", ("edge_address", "private_range")),
-    ("http://127.0.0.1:9223/json/version", ("loopback",)),   # the browser's own DevTools
+    # The edge's API through the proxy: refused before any lookup (not an allowed port).
+    ("http://edge:11435/v1/models", ("port_not_allowed",)),
+    # The edge on an allowed port: its address on a private network, or (on the allowed test
+    # network) refused as one of the edge's own addresses.
+    ("http://edge:8080/", ("edge_address", "private_range")),
+    # The browser's own DevTools, and loopback on an allowed port.
+    ("http://127.0.0.1:9223/json/version", ("port_not_allowed",)),
+    ("http://127.0.0.1:8080/", ("loopback",)),
     ("http://169.254.169.254/latest/meta-data/", ("metadata",)),
 ])
 def test_denied_addresses_never_load(box, url, reasons):
@@ -90,20 +96,31 @@ def test_the_canary_saw_no_connection(box):
 
 
 def test_from_inside_the_browser_only_the_proxy_is_reachable(box):
-    busybox = ("/bin/busybox", "wget", "-T", "3", "-q", "-O", "-")
-    # The proxy answers (its own 4xx for a request that is not a proxy request).
-    proxy = box.exec_in("browser", *busybox, "http://edge:3128/")
-    assert "server returned error" in proxy.stderr or proxy.returncode == 0, proxy.stderr
+    # Addresses, not names: the image's static busybox wget cannot use the C library's resolver
+    # (its own `nslookup` asks Docker's DNS directly, below). `-Y off`: a direct connection, not
+    # through HTTP_PROXY (that path is the proxy's to judge, above).
+    # (busybox's own `-T` crashes in Debian's static build; `timeout` bounds each try instead.)
+    wget = ("/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-Y", "off", "-q", "-O", "-")
+    networks = box.container("edge")["NetworkSettings"]["Networks"]
+    edge_ip = networks[f"{box.project}_egress"]["IPAddress"]
+    # The proxy answers (its own 400 for a request that is not a proxy request).
+    proxy = box.exec_in("browser", *wget, f"http://{edge_ip}:3128/")
+    assert "server returned error" in proxy.stderr, (proxy.returncode, proxy.stderr)
     # The edge's API is not bound on the egress network: the kernel refuses the connection.
-    api = box.exec_in("browser", *busybox, "http://edge:11435/health")
-    assert api.returncode != 0 and "refused" in api.stderr.lower(), api.stderr
-    api_alias = box.exec_in("browser", *busybox, "http://egress-proxy:11435/v1/models")
-    assert api_alias.returncode != 0 and "refused" in api_alias.stderr.lower(), api_alias.stderr
-    # The controller is not on any network the browser is on: no name, and no route to its address.
-    by_name = box.exec_in("browser", *busybox, "http://controller:9000/health")
-    assert by_name.returncode != 0 and "bad address" in by_name.stderr, by_name.stderr
-    ops_ip = next(n["IPAddress"] for name, n in box.container("controller")["NetworkSettings"]["Networks"].items())
-    by_ip = box.exec_in("browser", *busybox, f"http://{ops_ip}:9000/health")
+    api = box.exec_in("browser", *wget, f"http://{edge_ip}:11435/health")
+    assert api.returncode != 0 and "refused" in api.stderr.lower(), (api.returncode, api.stderr)
+    # ... while on its other networks it answers (the address the published port reaches).
+    other_ip = next(n["IPAddress"] for name, n in networks.items() if name.endswith("_front"))
+    assert other_ip != edge_ip
+    edge_side = box.exec_in("edge", "/bin/busybox", "wget", "-q", "-O", "-", f"http://{other_ip}:11435/health")
+    assert edge_side.returncode == 0, edge_side.stderr
+    # The edge's names resolve to its egress address; the controller's does not resolve at all.
+    assert edge_ip in box.exec_in("browser", "/bin/busybox", "nslookup", "egress-proxy").stdout
+    ctl_name = box.exec_in("browser", "/bin/busybox", "nslookup", "controller")
+    assert ctl_name.returncode != 0 or "can't find" in ctl_name.stdout + ctl_name.stderr, ctl_name.stdout
+    # And its address is not routable from the browser.
+    ops_ip = next(iter(box.container("controller")["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    by_ip = box.exec_in("browser", *wget, f"http://{ops_ip}:9000/health")
     assert by_ip.returncode != 0, by_ip.stdout
     assert "server returned error" not in by_ip.stderr, by_ip.stderr
 
@@ -126,3 +143,27 @@ def test_the_browser_runs_hardened_on_cdp_and_egress_only(box):
     args = c["Args"]
     assert "--proxy-server=http://edge:3128" in args
     assert "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE edge" in args
+
+
+def test_openclaw_sync_merges_the_edge_into_openclaw_json(box):
+    """The one-shot `dashboard openclaw-sync`, as compose runs it before OpenClaw: on `front`,
+    asking the real edge (and its fake Ollama) for models, writing data/openclaw/openclaw.json."""
+    conf_dir = box.data_dir / "openclaw"
+    (conf_dir / "openclaw.json").write_text('// mine\n{ channels: { telegram: { enabled: true } }, }\n')
+    os.chown(conf_dir / "openclaw.json", 1000, 1000)  # the user's file, owned as OpenClaw owns it
+    run_sync = ["docker", "run", "--rm", "--network", f"{box.project}_front", "--read-only", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges:true", "--user", "1000:1000", "-v", f"{conf_dir}:/data/openclaw",
+                "-e", "BROWSER_CDP_URL=http://browser:9222", box.image("dashboard"), "openclaw-sync"]
+    first = run(run_sync, timeout=60)
+    assert "models.providers.gateway.models: added" in first.stderr, first.stderr
+    doc = json.loads((conf_dir / "openclaw.json").read_text())
+    gateway = doc["models"]["providers"]["gateway"]
+    assert gateway["baseUrl"] == "http://model-gateway:11435/v1"
+    assert gateway["apiKey"] == "${OPENCLAW_EDGE_KEY}"
+    assert any(m["id"].endswith("llama3:8b") for m in gateway["models"]), json.dumps(gateway)
+    assert doc["mcp"]["servers"]["aibox"]["url"] == "http://model-gateway:11435/mcp"
+    assert doc["browser"]["profiles"]["aibox"]["cdpUrl"] == "http://browser:9222"
+    assert doc["channels"] == {"telegram": {"enabled": True}}
+    assert (conf_dir / "openclaw.json.bak").read_text().startswith("// mine")
+    second = run(run_sync, timeout=60)
+    assert "is in sync" in second.stderr, second.stderr
