@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backend;
 pub mod charts;
 pub mod config;
+pub mod openclaw;
 pub mod pages;
 pub mod pulls;
 pub mod session;
