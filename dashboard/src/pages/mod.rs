@@ -3,6 +3,7 @@ pub mod assets;
 pub mod audit;
 pub mod login;
 pub mod models;
+pub mod openclaw_card;
 pub mod services;
 pub mod tools;
 
