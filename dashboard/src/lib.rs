@@ -85,6 +85,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/tools/{name}/enabled", post(tools::set_enabled))
         .route("/tools/{name}/policy", post(tools::set_policy))
         .route("/audit", get(audit::page))
+        .route("/egress", get(pages::egress::page))
         .route("/audit/export", get(audit::export))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(auth::security_headers))

@@ -1,6 +1,7 @@
 //! Page layout and the pieces every page shares.
 pub mod assets;
 pub mod audit;
+pub mod egress;
 pub mod login;
 pub mod models;
 pub mod openclaw_card;

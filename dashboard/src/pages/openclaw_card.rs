@@ -64,6 +64,16 @@ pub fn facts(s: &ServiceStatus, sync: Option<&ServiceStatus>) -> Markup {
     }
 }
 
+/// The browser worker's card links its egress decisions (`/egress`).
+pub const BROWSER_SERVICE: &str = "browser";
+
+pub fn browser_facts() -> Markup {
+    html! {
+        dt { "Egress" }
+        dd { a href="/egress" { "decisions by reason" } }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,7 +215,13 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                     @for s in &list.services {
                         @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
                         @let drift = s.drift == Some(true) || drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
-                        @let extra = (s.name == super::openclaw_card::SERVICE).then(|| super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)));
+                        @let extra = if s.name == super::openclaw_card::SERVICE {
+                            Some(super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)))
+                        } else if s.name == super::openclaw_card::BROWSER_SERVICE {
+                            Some(super::openclaw_card::browser_facts())
+                        } else {
+                            None
+                        };
                         (card(s, r.as_ref(), drift, &viewer.csrf, extra))
                     }
                 },
