@@ -16,7 +16,7 @@
 #   AIBOX_ENV_FILE            env file to read and to write secrets into (default ./.env)
 #   COMPOSE_PROJECT_NAME      compose project, also the controller's scope (default aibox)
 #   AIBOX_PORT                host port of the edge, on 127.0.0.1 (default 11435)
-#   AIBOX_PROFILES            third-party services to add: ollama,webui,n8n,browser or full
+#   AIBOX_PROFILES            third-party services to add: ollama,webui,n8n,browser,openclaw or full
 #   AIBOX_PROFILE             cargo profile of the binaries: release (default) or debug
 #   AIBOX_CARGO_BUILD         0 = use the binaries already in target/ (default 1: cargo build)
 #   AIBOX_BUILD               auto (default: on this host when cargo is here, else in Docker from
@@ -200,7 +200,7 @@ ensure_secrets() {
   fi
   chmod 600 "$ENV_FILE"
   local key value
-  for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD DASHBOARD_SESSION_KEY \
+  for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD DASHBOARD_SESSION_KEY OPENCLAW_GATEWAY_TOKEN \
              "${SERVICE_KEYS[@]#*:}"; do
     if [ -n "$(setting "$key")" ]; then continue; fi
     case $key in
@@ -305,21 +305,22 @@ build_on_host() {
 # container from our own image does the chown, so this works without root on the host too.
 prepare_data() {
   local d=$AIBOX_DATA_DIR
-  mkdir -p "$d/mcp" "$d/ops-controller" "$d/edge" "$d/ollama" "$d/open-webui" "$d/n8n"
+  mkdir -p "$d/mcp" "$d/ops-controller" "$d/edge" "$d/ollama" "$d/open-webui" "$d/n8n" "$d/openclaw"
   # Committed examples (data/**/*.example*, README.md) stay the user's, so git keeps working.
   local keep=(! -name '*.example*' ! -name README.md)
   local wrong=""
   for sub in mcp ops-controller edge ollama open-webui; do
     if [ -n "$(find "$d/$sub" "${keep[@]}" ! -user $APP_UID -print -quit 2>/dev/null)" ]; then wrong=1; fi
   done
-  if [ -n "$(find "$d/n8n" ! -user 1000 -print -quit 2>/dev/null)" ]; then wrong=1; fi
+  # n8n and OpenClaw run as their images' uid 1000.
+  if [ -n "$(find "$d/n8n" "$d/openclaw" ! -user 1000 -print -quit 2>/dev/null)" ]; then wrong=1; fi
   [ -z "$wrong" ] && return 0
   local image="${AIBOX_IMAGE_PREFIX:-aibox}-edge:${AIBOX_TAG:-local}"
   docker run --rm --network none --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add FOWNER \
     --security-opt no-new-privileges:true --entrypoint /bin/busybox -v "$d:/mnt" "$image" \
     sh -c "find /mnt/mcp /mnt/ops-controller /mnt/edge /mnt/ollama /mnt/open-webui ! -name '*.example*' ! -name README.md \
              -exec chown $APP_UID:$APP_UID {} + \
-           && chown -R 1000:1000 /mnt/n8n && chmod 700 /mnt/ops-controller" \
+           && chown -R 1000:1000 /mnt/n8n /mnt/openclaw && chmod 700 /mnt/ops-controller /mnt/openclaw" \
     || die "could not set the owner of $d (the containers run as uid $APP_UID)"
 }
 

@@ -20,9 +20,18 @@ from compose_fixtures import (COMPOSE_FILE, CORE, OLLAMA_DIRECT_FILE, ROOT, UI_P
                               bind_sources, image_size, published_ports, render_config, require_docker, run)
 from conftest import free_port
 
-THIRD_PARTY = {"ollama", "open-webui", "n8n", "browser"}
+THIRD_PARTY = {"ollama", "open-webui", "n8n", "browser", "openclaw"}
+# Our one-shot steps (run once per `up`, then exit): no restart policy; image of ours.
+ONE_SHOT = {"openclaw-sync": "dashboard"}
 # Where a rule cannot hold, the reason (the compose file says the same next to the override).
-READ_ONLY_EXEMPT = {"open-webui": "Open WebUI writes under /app at start, outside its data directory"}
+READ_ONLY_EXEMPT = {
+    "open-webui": "Open WebUI writes under /app at start, outside its data directory",
+    "openclaw": "OpenClaw installs plugins and skills at runtime outside its state directory",
+}
+# Pinned by version tag only: no digest of the tag was verifiable offline (docs/openclaw.md).
+TAG_PINNED = {"openclaw"}
+# Services with their own UI port, published on loopback only: (host port, container port).
+UI_PORTS = {"openclaw": ("6666", "18789")}
 MB = 1024 * 1024
 
 
@@ -38,10 +47,10 @@ def services(config: dict) -> dict[str, dict]:
 # ---------- static: the rendered compose model ----------
 
 def test_bundle_has_the_core_and_the_third_party_services(config):
-    assert set(services(config)) == {*CORE, *THIRD_PARTY}
+    assert set(services(config)) == {*CORE, *THIRD_PARTY, *ONE_SHOT}
     for name in CORE:
         assert not services(config)[name].get("profiles"), f"{name} must come up without a profile"
-    for name in THIRD_PARTY:
+    for name in {*THIRD_PARTY, *ONE_SHOT}:
         assert services(config)[name].get("profiles"), f"{name} must sit in a profile"
 
 
@@ -77,7 +86,10 @@ def test_every_service_is_hardened(config):
         opts = log.get("options") or {}
         if log.get("driver") != "json-file" or opts.get("max-size") != "10m" or str(opts.get("max-file")) != "3":
             problems.append(f"{name}: logging is {log}")
-        if s.get("restart") not in ("unless-stopped", "always"):
+        if name in ONE_SHOT:
+            if s.get("restart") not in ("no", None):
+                problems.append(f"{name}: a one-shot must not restart ({s.get('restart')})")
+        elif s.get("restart") not in ("unless-stopped", "always"):
             problems.append(f"{name}: restart policy {s.get('restart')}")
     assert not problems, "\n".join(problems)
 
@@ -85,6 +97,10 @@ def test_every_service_is_hardened(config):
 def test_only_the_edge_publishes_and_only_on_loopback(config):
     for name, s in services(config).items():
         ports = published_ports(s)
+        if name in UI_PORTS:
+            published, target = UI_PORTS[name]
+            assert ports == [{"host_ip": "127.0.0.1", "published": published, "target": target}], ports
+            continue
         if name != "edge":
             assert not ports, f"{name} publishes {ports}"
             continue
@@ -126,11 +142,18 @@ def members(config: dict, network: str) -> set[str]:
 
 def test_networks_isolate_the_browser_and_the_controller(config):
     nets = config["networks"]
-    # The browser: only on an internal network, whose only other member is the edge.
+    # The browser: only on internal networks: `egress`, whose only other member is the edge, and
+    # `cdp`, where only OpenClaw drives it. OpenClaw never joins `egress`.
     browser_nets = network_names(services(config)["browser"])
-    assert browser_nets == {"egress"}
+    assert browser_nets == {"egress", "cdp"}
     assert nets["egress"].get("internal") is True
+    assert nets["cdp"].get("internal") is True
     assert members(config, "egress") == {"browser", "edge"}
+    assert members(config, "cdp") <= {"browser", "openclaw"}
+    # On `egress` the edge answers only as the proxy: its API is not bound there.
+    edge = services(config)["edge"]
+    assert edge["environment"]["EDGE_API_EXCLUDE"] == "egress-proxy"
+    assert "egress-proxy" in (edge["networks"]["egress"].get("aliases") or [])
     # The controller: only on internal networks reachable by the dashboard (and the edge, which
     # posts its own admin actions to the audit log).
     for net in network_names(services(config)["controller"]):
@@ -160,7 +183,11 @@ def test_only_the_controller_holds_the_docker_socket(config):
 def test_images_are_pinned(config):
     for name, s in services(config).items():
         image = s["image"]
-        if name in THIRD_PARTY:
+        if name in TAG_PINNED:
+            assert re.search(r":\d[\w.-]*$", image) and not image.endswith(":latest"), f"{name}: {image}"
+        elif name in ONE_SHOT:
+            assert re.fullmatch(rf"aibox-{ONE_SHOT[name]}:[\w.-]+", image), f"{name}: {image}"
+        elif name in THIRD_PARTY:
             assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{name}: {image} is not pinned by digest"
         else:
             assert re.fullmatch(rf"aibox-{name}:[\w.-]+", image), f"{name}: {image}"
@@ -175,6 +202,8 @@ def test_clients_and_the_browser_go_through_the_edge(config):
     assert "--proxy-server=http://edge:3128" in cmd
     assert "--proxy-bypass-list=<-loopback>" in cmd
     assert "--force-webrtc-ip-handling-policy=disable_non_proxied_udp" in cmd
+    # Chromium resolves no name but the proxy's: no DNS prefetch or DoH around the proxy.
+    assert "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE edge" in cmd
     edge = services(config)["edge"]["environment"]
     assert edge["EDGE_LISTEN"] == "0.0.0.0:11435" and edge["EGRESS_LISTEN"] == "0.0.0.0:3128"
 

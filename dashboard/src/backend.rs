@@ -723,6 +723,20 @@ impl EdgeClient {
         parse(self.get("/api/ps", actor).await?)
     }
 
+    /// The edge's Prometheus text (`/metrics`), for the egress decision counters.
+    pub async fn metrics_text(&self, actor: &Actor) -> Result<String, BackendError> {
+        let rb = self
+            .request(reqwest::Method::GET, "/metrics", actor)?
+            .timeout(CALL_TIMEOUT);
+        let resp = rb.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(transport_error)?;
+        if status != 200 {
+            return Err(error_from_body(status, &text));
+        }
+        Ok(text)
+    }
+
     pub async fn traffic(&self, actor: &Actor) -> Result<TrafficStats, BackendError> {
         parse(self.get("/api/edge/stats", actor).await?)
     }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backend;
 pub mod charts;
 pub mod config;
+pub mod openclaw;
 pub mod pages;
 pub mod pulls;
 pub mod session;
@@ -89,6 +90,7 @@ pub fn router(state: SharedState) -> Router {
             get(keys::confirm_revoke).post(keys::revoke),
         )
         .route("/audit", get(audit::page))
+        .route("/egress", get(pages::egress::page))
         .route("/audit/export", get(audit::export))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(auth::security_headers))

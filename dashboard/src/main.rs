@@ -23,11 +23,104 @@ struct Args {
     /// auto (JSON unless stdout is a terminal), json or pretty
     #[arg(long, default_value = "auto", env = "LOG_FORMAT")]
     log_format: aibox_log::LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Merge the edge's models, its /mcp and the browser into OpenClaw's openclaw.json, then exit
+    /// (the compose one-shot before OpenClaw starts; docs/openclaw.md).
+    OpenclawSync(OpenclawSyncArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct OpenclawSyncArgs {
+    /// The file to merge into (created when missing; JSON5).
+    #[arg(
+        long,
+        env = "OPENCLAW_CONFIG_FILE",
+        default_value = "/data/openclaw/openclaw.json"
+    )]
+    file: std::path::PathBuf,
+    /// The edge as OpenClaw reaches it.
+    #[arg(
+        long,
+        env = "OPENCLAW_EDGE_URL",
+        default_value = "http://model-gateway:11435"
+    )]
+    edge_url: String,
+    /// The browser's CDP endpoint as OpenClaw reaches it.
+    #[arg(long, env = "BROWSER_CDP_URL", default_value = "http://browser:9222")]
+    cdp_url: String,
+    /// Where the OpenClaw UI is published on the host (its Control UI's allowed origin).
+    #[arg(
+        long,
+        env = "OPENCLAW_UI_ORIGIN",
+        default_value = "http://127.0.0.1:6666"
+    )]
+    ui_origin: String,
+}
+
+/// `dashboard openclaw-sync`: exit 0 when the file is in sync, 1 with a clear message when it
+/// could not be (malformed or wrongly shaped file: left untouched).
+async fn openclaw_sync(args: OpenclawSyncArgs) -> i32 {
+    use dashboard::openclaw::{merge, sync};
+    // The key is only used to ask the edge for its models; the file gets a ${VAR} reference.
+    let key = std::env::var("OPENCLAW_EDGE_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    if key.is_none() {
+        eprintln!("openclaw-sync: OPENCLAW_EDGE_KEY is not set; asking the edge without a key");
+    }
+    let models = match sync::edge_models(&args.edge_url, key.as_deref(), "openclaw").await {
+        Ok(ids) => Some(ids),
+        Err(e) => {
+            eprintln!("openclaw-sync: {e}; the model list in the file is left as it is");
+            None
+        }
+    };
+    let edge = args.edge_url.trim_end_matches('/');
+    let plan = merge::Plan {
+        models_url: format!("{edge}/v1"),
+        mcp_url: format!("{edge}/mcp"),
+        service_name: "openclaw".into(),
+        models,
+        cdp_url: args.cdp_url,
+        ui_origins: vec![args.ui_origin],
+    };
+    match sync::sync_file(&args.file, &plan) {
+        Ok(sync::Outcome::Unchanged) => {
+            eprintln!("openclaw-sync: {} is in sync", args.file.display());
+            0
+        }
+        Ok(sync::Outcome::Written { changes, backup }) => {
+            for c in &changes {
+                eprintln!("openclaw-sync: {c}");
+            }
+            match backup {
+                Some(b) => eprintln!(
+                    "openclaw-sync: wrote {} (previous file: {})",
+                    args.file.display(),
+                    b.display()
+                ),
+                None => eprintln!("openclaw-sync: wrote {}", args.file.display()),
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("openclaw-sync: {e}");
+            1
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::OpenclawSync(sync)) = args.command {
+        std::process::exit(openclaw_sync(sync).await);
+    }
     aibox_log::init(args.log_format, "info");
 
     let config = match DashboardConfig::load(

@@ -246,6 +246,10 @@ impl Default for HealthConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// Addresses (IP, CIDR or a host name resolved at start) the API listener must not answer
+    /// on; see `api_exclude` on `EdgeConfig`.
+    #[serde(default)]
+    pub api_exclude: Vec<String>,
     pub default_provider: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub admin_token_env: Option<String>,
@@ -304,6 +308,10 @@ pub struct ResolvedClient {
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub listen: String,
+    /// `EDGE_API_EXCLUDE`: when `listen` is a wildcard address, the API listener binds to every
+    /// interface address of the edge except these (the browser's `egress` network must reach the
+    /// egress proxy and nothing else). Entries are IPs, CIDRs or host names; see edge/src/api_bind.rs.
+    pub api_exclude: Vec<String>,
     pub egress_listen: String,
     pub default_provider: String,
     pub max_body_bytes: usize,
@@ -397,6 +405,19 @@ impl EdgeConfig {
             .or(file.listen.clone())
             .unwrap_or_else(|| format!("127.0.0.1:{port}"));
         check_socket_addr("EDGE_LISTEN", &listen)?;
+        let api_exclude: Vec<String> = match env.var("EDGE_API_EXCLUDE") {
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => file.api_exclude.clone(),
+        };
+        for entry in &api_exclude {
+            crate::api_bind::ExcludeEntry::parse(entry)
+                .map_err(|message| invalid("EDGE_API_EXCLUDE", message))?;
+        }
         let egress_listen = env
             .var("EGRESS_LISTEN")
             .or(file.egress.listen.clone())
@@ -556,6 +577,7 @@ impl EdgeConfig {
 
         Ok(Self {
             listen,
+            api_exclude,
             egress_listen,
             default_provider,
             max_body_bytes: file.max_body_bytes.unwrap_or(32 * 1024 * 1024),
@@ -718,6 +740,23 @@ mod tests {
             err,
             "providers[0].api_key_env: environment variable NOPE is not set"
         );
+    }
+
+    #[test]
+    fn api_exclude_is_a_comma_list_checked_entry_by_entry() {
+        let c = EdgeConfig::resolve(
+            FileConfig::default(),
+            &env(&[("EDGE_API_EXCLUDE", "egress-proxy, 172.30.0.0/16,,10.0.0.1")]),
+        )
+        .unwrap();
+        assert_eq!(c.api_exclude, ["egress-proxy", "172.30.0.0/16", "10.0.0.1"]);
+        let err = EdgeConfig::resolve(
+            FileConfig::default(),
+            &env(&[("EDGE_API_EXCLUDE", "bad name!")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("EDGE_API_EXCLUDE: "), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 
 mod api;
+mod api_bind;
 mod audit;
 mod clients;
 mod config;
@@ -70,6 +71,23 @@ fn concrete_addr(listen: &str) -> anyhow::Result<SocketAddr> {
     Ok(probe.local_addr()?)
 }
 
+/// The API listener's addresses: `listen`, or with `EDGE_API_EXCLUDE` every interface address
+/// outside the excluded networks (edge/src/api_bind.rs).
+fn api_bind_addrs(listen: SocketAddr, exclude: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let entries = exclude
+        .iter()
+        .map(|e| api_bind::ExcludeEntry::parse(e).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let excluded = api_bind::resolve(&entries, Duration::from_secs(15))?;
+    let addrs = api_bind::bind_addrs(listen, &excluded, &egress::interface_addresses())?;
+    if !excluded.is_empty() {
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let left_out: Vec<String> = excluded.iter().map(ToString::to_string).collect();
+        tracing::info!(bound = %shown.join(","), excluded = %left_out.join(","), "api listener addresses");
+    }
+    Ok(addrs)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let config = config::EdgeConfig::load(args.config.as_deref(), &config::ProcessEnv)?;
     // Background work (probes, MCP sessions, the egress proxy) lives on its own small runtime;
@@ -106,6 +124,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     background.spawn(providers.clone().run_probes());
 
     let listen = concrete_addr(&config.listen)?;
+    let api_addrs = api_bind_addrs(listen, &config.api_exclude)?;
     let clients = Arc::new(clients::ClientDirectory::new(&config)?);
     if !clients.anonymous_configured() {
         tracing::warn!(
@@ -138,7 +157,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         gateway::EdgeGateway::new(state, router),
         "aibox edge",
     );
-    service.add_tcp(&listen.to_string());
+    for addr in &api_addrs {
+        service.add_tcp(&addr.to_string());
+    }
+    let listen = api_addrs[0];
     server.add_service(service);
 
     background.spawn(async move {

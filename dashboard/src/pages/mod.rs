@@ -3,8 +3,10 @@ pub mod assets;
 pub mod audit;
 pub mod keys;
 pub mod log_line;
+pub mod egress;
 pub mod login;
 pub mod models;
+pub mod openclaw_card;
 pub mod services;
 pub mod tools;
 

@@ -116,7 +116,14 @@ fn readiness_cell(r: &ModelReadiness) -> Markup {
     }
 }
 
-fn card(s: &ServiceStatus, readiness: Option<&ModelReadiness>, drift: bool, csrf: &str) -> Markup {
+/// `extra`: service-specific facts (OpenClaw's UI link and config sync, `openclaw_card.rs`).
+fn card(
+    s: &ServiceStatus,
+    readiness: Option<&ModelReadiness>,
+    drift: bool,
+    csrf: &str,
+    extra: Option<Markup>,
+) -> Markup {
     let id = format!("svc-{}", s.name);
     let allowed = s.allowed != Some(false);
     let running = s.state == "running";
@@ -161,6 +168,7 @@ fn card(s: &ServiceStatus, readiness: Option<&ModelReadiness>, drift: bool, csrf
                 @if !ports.is_empty() {
                     dt { "Ports" } dd { (ports.join(", ")) }
                 }
+                @if let Some(extra) = extra { (extra) }
             }
             @if !s.status.is_empty() { p.status.muted { (s.status) } }
             div.actions {
@@ -208,7 +216,14 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                     @for s in &list.services {
                         @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
                         @let drift = s.drift == Some(true) || drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
-                        (card(s, r.as_ref(), drift, &viewer.csrf))
+                        @let extra = if s.name == super::openclaw_card::SERVICE {
+                            Some(super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)))
+                        } else if s.name == super::openclaw_card::BROWSER_SERVICE {
+                            Some(super::openclaw_card::browser_facts())
+                        } else {
+                            None
+                        };
+                        (card(s, r.as_ref(), drift, &viewer.csrf, extra))
                     }
                 },
             }
