@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use crate::classify::classify;
+use crate::classify::{classify_own, embedded_ipv4, embedded_ipv4_ranges, most_telling};
 use crate::config::{EgressConfig, EgressMode};
 use crate::host::{domain_matches, normalise_pattern, Host};
 use crate::reason::DenyReason;
@@ -26,18 +26,24 @@ pub struct EgressPolicy {
 }
 
 /// Networks that reach this host; `allow_cidrs` may only cover them in tests.
-fn loopback_nets() -> [IpNet; 5] {
+fn loopback_nets() -> [IpNet; 4] {
     [
         IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).expect("static prefix"),
         IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 32).expect("static prefix"),
         IpNet::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).expect("static prefix"),
         IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128).expect("static prefix"),
-        IpNet::new(
-            IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, 0)),
-            104,
-        )
-        .expect("static prefix"),
     ]
+}
+
+/// The loopback range an allow entry touches, directly or through an IPv4 embedding
+/// (`64:ff9b::7f00:0/104`, `2002:7f00::/24`, `::ffff:127.0.0.1`).
+fn loopback_covered(net: &IpNet) -> Option<IpNet> {
+    let mut seen = vec![*net];
+    if let IpNet::V6(v6) = net {
+        seen.extend(embedded_ipv4_ranges(*v6).into_iter().map(IpNet::V4));
+    }
+    seen.into_iter()
+        .find(|n| loopback_nets().iter().any(|lo| overlaps(n, lo)))
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -83,9 +89,14 @@ impl EgressPolicy {
         let allow_cidrs = parse_cidrs("allow_cidrs", &config.allow_cidrs)?;
         if !config.allow_loopback_for_tests {
             for (i, net) in allow_cidrs.iter().enumerate() {
-                if loopback_nets().iter().any(|lo| overlaps(net, lo)) {
+                if let Some(through) = loopback_covered(net) {
+                    let how = if through == *net {
+                        String::new()
+                    } else {
+                        format!(" (it embeds {through})")
+                    };
                     return Err(EgressError::Config(format!(
-                        "egress.allow_cidrs[{i}]: {net} covers loopback, which is never allowed outside tests"
+                        "egress.allow_cidrs[{i}]: {net} covers loopback{how}, which is never allowed outside tests"
                     )));
                 }
             }
@@ -174,28 +185,51 @@ impl EgressPolicy {
         }
     }
 
-    /// Address rules: the verdict on the exact address the proxy would connect to.
-    pub fn check_ip(&self, ip: IpAddr) -> Option<DenyReason> {
-        let canonical = ip.to_canonical();
-        if self
-            .deny_cidrs
+    /// Names met on the way to the address (the CNAME chain): a name that leads into a denied
+    /// domain is denied. `allow_domains` applies to the requested name only, because CNAME
+    /// targets are the site's hosting provider's names, not the ones a person allowed.
+    pub fn check_alias(&self, name: &str) -> Option<DenyReason> {
+        self.deny_domains
             .iter()
-            .any(|n| n.contains(&ip) || n.contains(&canonical))
-        {
+            .any(|p| domain_matches(name, p))
+            .then_some(DenyReason::DeniedDomain)
+    }
+
+    /// Address rules: the verdict on the exact address the proxy would connect to.
+    ///
+    /// An IPv6 address that carries IPv4 addresses (mapped, NAT64, 6to4, Teredo, ISATAP) is
+    /// judged as each of them too, through every rule: the deny list, metadata, the built-in
+    /// ranges with `allow_cidrs`, and the edge's own addresses. An `allow_cidrs` entry for the
+    /// translation prefix clears only the prefix's own `reserved`; the embedded address needs
+    /// its own allowance like any IPv4 address.
+    pub fn check_ip(&self, ip: IpAddr) -> Option<DenyReason> {
+        let embedded: Vec<IpAddr> = match ip {
+            IpAddr::V4(_) => Vec::new(),
+            IpAddr::V6(v6) => embedded_ipv4(v6).into_iter().map(IpAddr::V4).collect(),
+        };
+        let views = || std::iter::once(ip).chain(embedded.iter().copied());
+        if views().any(|v| self.deny_cidrs.iter().any(|n| n.contains(&v))) {
             return Some(DenyReason::DeniedCidr);
         }
-        let builtin = classify(ip);
-        if builtin == Some(DenyReason::Metadata) {
+        if views().any(|v| classify_own(v) == Some(DenyReason::Metadata)) {
             return Some(DenyReason::Metadata);
         }
-        if builtin.is_some() && !self.allow_cidrs.iter().any(|n| n.contains(&ip)) {
-            return builtin;
+        // The embedded addresses first, so the reason names what the address really reaches.
+        most_telling(embedded.iter().filter_map(|v| self.check_own(*v)))
+            .or_else(|| self.check_own(ip))
+    }
+
+    /// One address on its own: its built-in range unless `allow_cidrs` opens it, then the
+    /// edge's own addresses, which nothing opens.
+    fn check_own(&self, ip: IpAddr) -> Option<DenyReason> {
+        if let Some(reason) = classify_own(ip) {
+            if !self.allow_cidrs.iter().any(|n| n.contains(&ip)) {
+                return Some(reason);
+            }
         }
-        // Public, or let through by allow_cidrs: still never the edge itself.
-        if self.edge_addresses.contains(&canonical) {
-            return Some(DenyReason::EdgeAddress);
-        }
-        None
+        self.edge_addresses
+            .contains(&ip)
+            .then_some(DenyReason::EdgeAddress)
     }
 }
 
@@ -231,9 +265,15 @@ mod tests {
             p.check_ip("10.1.2.3".parse().unwrap()),
             Some(DenyReason::EdgeAddress)
         );
+        // The mapped form reaches the same edge address.
         assert_eq!(
             p.check_ip("::ffff:10.1.2.3".parse().unwrap()),
-            Some(DenyReason::PrivateRange)
+            Some(DenyReason::EdgeAddress)
+        );
+        // Allowed as IPv4, but the mapped prefix itself is not opened.
+        assert_eq!(
+            p.check_ip("::ffff:10.1.2.4".parse().unwrap()),
+            Some(DenyReason::Reserved)
         );
         assert_eq!(p.check_ip("10.1.2.4".parse().unwrap()), None);
     }
