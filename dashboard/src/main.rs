@@ -1,9 +1,10 @@
 //! `dashboard`: the aibox control center. Reads its settings, binds, prints
 //! `api listening on <addr>`, and serves the pages until SIGTERM/Ctrl-C.
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use dashboard::config::{DashboardConfig, FlagValues};
+use dashboard::password::hash_password;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,11 +24,36 @@ struct Args {
     /// Log format: text or json
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a password from stdin (one line) and print its argon2id PHC string, the form
+    /// DASHBOARD_PASSWORD_HASH and DASHBOARD_PASSWORD_FILE hold. Never takes it as an argument,
+    /// which other users of the host could read in the process list.
+    HashPassword,
+}
+
+fn print_password_hash() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let phc = hash_password(password).context("hash-password")?;
+    println!("{phc}");
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::HashPassword) = args.command {
+        return print_password_hash();
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if args.log_format == "json" {
@@ -62,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if config.controller_token.is_none() {
         tracing::warn!("OPS_CONTROLLER_TOKEN is not set: service operations and the audit trail are unavailable");
+    }
+    if config.password.is_legacy() {
+        tracing::warn!("the dashboard password is an unsalted SHA-256 (legacy): it is accepted once and replaced by argon2id at the first sign-in; set DASHBOARD_PASSWORD_HASH from `dashboard hash-password` instead");
     }
     if config.trust_tailscale {
         tracing::warn!("trusting the Tailscale-User-Login header: only expose the dashboard through Tailscale Serve");
