@@ -159,9 +159,24 @@ impl Translation {
     }
 }
 
+/// The layout RFC 6052 gives a NAT64 prefix of this length.
+pub fn rfc6052_layout(prefix_len: u8) -> Option<Layout> {
+    match prefix_len {
+        32 => Some(Layout::Bits { offset: 32 }),
+        40 | 48 | 56 => Some(Layout::SplitAtU { prefix_len }),
+        64 => Some(Layout::Bits { offset: 72 }),
+        96 => Some(LOW32),
+        _ => None,
+    }
+}
+
+/// The NAT64 local-use prefix (RFC 8215); operators carve their own NAT64 prefix out of it.
+pub const LOCAL_USE_NAT64: (Ipv6Addr, u8) = (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48);
+
 /// Every IPv6 range that carries an IPv4 address at a known position. The local-use NAT64
-/// prefix (RFC 8215) is carved up by each operator with a prefix length of their choosing, so
-/// every RFC 6052 position inside it is decoded: any of them may be the real one.
+/// prefix is carved up by each operator with a prefix length of their choosing, so unless that
+/// length is known (`embedded_ipv4_at`), every RFC 6052 position inside it is decoded: any of
+/// them may be the real one.
 pub const TRANSLATIONS: &[Translation] = &[
     // IPv4-mapped ::ffff:0:0/96 (RFC 4291): a dual-stack socket connects to the IPv4 address.
     Translation {
@@ -318,27 +333,49 @@ fn isatap(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 
 /// Every IPv4 address an IPv6 address may carry, in every embedding form it matches.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    embedded_ipv4_at(ip, None)
+}
+
+/// Like `embedded_ipv4`, with the length of the operator's NAT64 prefix inside the local-use
+/// prefix when it is known (an `allow_cidrs` entry that opens it says it): then only that
+/// RFC 6052 position is decoded there.
+pub fn embedded_ipv4_at(ip: Ipv6Addr, local_nat64_len: Option<u8>) -> Vec<Ipv4Addr> {
     let mut out: Vec<Ipv4Addr> = Vec::new();
     // `::` and `::1` sit inside the compatible prefix but reach this host, not 0.0.0.x.
     if ip.is_unspecified() || ip.is_loopback() {
         return out;
     }
     for t in TRANSLATIONS.iter().filter(|t| v6_in(ip, t.prefix, t.len)) {
-        out.extend(t.layouts.iter().map(|l| l.extract(ip)));
+        let known = (t.prefix, t.len) == LOCAL_USE_NAT64;
+        match local_nat64_len.and_then(rfc6052_layout).filter(|_| known) {
+            Some(layout) => out.push(layout.extract(ip)),
+            None => out.extend(t.layouts.iter().map(|l| l.extract(ip))),
+        }
     }
     out.extend(isatap(ip));
     out.dedup();
     out
 }
 
+/// Whether a network is itself a translation prefix (or covers one): an operator's NAT64
+/// prefix inside the local-use prefix counts when its length is one RFC 6052 allows.
+pub fn is_translation_prefix(net: Ipv6Net) -> bool {
+    let local = Ipv6Net::new(LOCAL_USE_NAT64.0, LOCAL_USE_NAT64.1).expect("static prefix");
+    TRANSLATIONS.iter().any(|t| net.contains(&t.net()))
+        || (local.contains(&net) && rfc6052_layout(net.prefix_len()).is_some())
+}
+
 /// The IPv4 ranges the addresses of an IPv6 network carry, for networks strictly inside a
-/// translation prefix (a network covering a whole prefix carries all of IPv4 and says nothing
-/// about which address was meant). Used to read configured CIDRs "through" their embedding.
+/// translation prefix and not translation prefixes themselves (those carry all of IPv4 and say
+/// nothing about which address was meant). Used to read configured CIDRs "through" their
+/// embedding.
 pub fn embedded_ipv4_ranges(net: Ipv6Net) -> Vec<Ipv4Net> {
     let mut out = Vec::new();
+    if is_translation_prefix(net) {
+        return out;
+    }
     for t in TRANSLATIONS {
-        let prefix = t.net();
-        if prefix.contains(&net) && net.prefix_len() > prefix.prefix_len() {
+        if t.net().contains(&net) {
             out.extend(t.layouts.iter().map(|l| l.range(net)));
         }
     }
@@ -465,6 +502,14 @@ mod tests {
         let at64: Ipv6Addr = "64:ff9b:1:0:a:0:100::".parse().unwrap();
         assert!(embedded_ipv4(at64).contains(&"10.0.0.1".parse().unwrap()));
         assert_eq!(classify(IpAddr::V6(at64)), Some(DenyReason::PrivateRange));
+        // With the operator's prefix length known, only its position is read: 8.8.8.8 at /96
+        // is not also 0.0.0.0 at /48.
+        let public96: Ipv6Addr = "64:ff9b:1::808:808".parse().unwrap();
+        assert_eq!(
+            embedded_ipv4_at(public96, Some(96)),
+            vec!["8.8.8.8".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert!(embedded_ipv4(public96).contains(&Ipv4Addr::UNSPECIFIED));
     }
 
     #[test]
@@ -482,5 +527,8 @@ mod tests {
         // A whole translation prefix names no particular IPv4 range.
         assert!(embedded_ipv4_ranges("64:ff9b::/96".parse().unwrap()).is_empty());
         assert!(embedded_ipv4_ranges("2000::/3".parse().unwrap()).is_empty());
+        // An operator's NAT64 prefix inside the local-use prefix is a translation prefix too.
+        assert!(embedded_ipv4_ranges("64:ff9b:1:abcd::/64".parse().unwrap()).is_empty());
+        assert!(!embedded_ipv4_ranges("64:ff9b:1::7f00:0/104".parse().unwrap()).is_empty());
     }
 }

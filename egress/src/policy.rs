@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use crate::classify::{classify_own, embedded_ipv4, embedded_ipv4_ranges, most_telling};
+use crate::classify::{
+    classify_own, embedded_ipv4_at, embedded_ipv4_ranges, most_telling, LOCAL_USE_NAT64,
+};
 use crate::config::{EgressConfig, EgressMode};
 use crate::host::{domain_matches, normalise_pattern, Host};
 use crate::reason::DenyReason;
@@ -205,7 +207,10 @@ impl EgressPolicy {
     pub fn check_ip(&self, ip: IpAddr) -> Option<DenyReason> {
         let embedded: Vec<IpAddr> = match ip {
             IpAddr::V4(_) => Vec::new(),
-            IpAddr::V6(v6) => embedded_ipv4(v6).into_iter().map(IpAddr::V4).collect(),
+            IpAddr::V6(v6) => embedded_ipv4_at(v6, self.local_nat64_len(v6))
+                .into_iter()
+                .map(IpAddr::V4)
+                .collect(),
         };
         let views = || std::iter::once(ip).chain(embedded.iter().copied());
         if views().any(|v| self.deny_cidrs.iter().any(|n| n.contains(&v))) {
@@ -217,6 +222,23 @@ impl EgressPolicy {
         // The embedded addresses first, so the reason names what the address really reaches.
         most_telling(embedded.iter().filter_map(|v| self.check_own(*v)))
             .or_else(|| self.check_own(ip))
+    }
+
+    /// The length of the operator's NAT64 prefix inside the local-use prefix, as the most
+    /// specific `allow_cidrs` entry there that contains the address says.
+    fn local_nat64_len(&self, ip: Ipv6Addr) -> Option<u8> {
+        self.allow_cidrs
+            .iter()
+            .filter_map(|n| match n {
+                IpNet::V6(n) if n.contains(&ip) => Some(n),
+                _ => None,
+            })
+            .filter(|n| {
+                n.prefix_len() >= LOCAL_USE_NAT64.1
+                    && n.network().segments()[..3] == [0x64, 0xff9b, 1]
+            })
+            .map(|n| n.prefix_len())
+            .max()
     }
 
     /// One address on its own: its built-in range unless `allow_cidrs` opens it, then the
@@ -276,6 +298,24 @@ mod tests {
             Some(DenyReason::Reserved)
         );
         assert_eq!(p.check_ip("10.1.2.4".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn an_opened_translation_prefix_passes_public_ipv4_only() {
+        let p = policy(
+            "allow_cidrs = [\"64:ff9b::/96\", \"2002::/16\", \"64:ff9b:1::/96\"]\n\
+             deny_cidrs = [\"9.9.9.0/24\"]",
+        )
+        .unwrap();
+        let check = |s: &str| p.check_ip(s.parse().unwrap());
+        assert_eq!(check("64:ff9b::808:808"), None);
+        assert_eq!(check("2002:808:808::1"), None);
+        assert_eq!(check("64:ff9b:1::808:808"), None);
+        assert_eq!(check("64:ff9b::a00:1"), Some(DenyReason::PrivateRange));
+        assert_eq!(check("64:ff9b::909:909"), Some(DenyReason::DeniedCidr));
+        assert_eq!(check("64:ff9b:1::7f00:1"), Some(DenyReason::Loopback));
+        // Not opened: the prefix's own reason around a public address.
+        assert_eq!(check("::ffff:808:808"), Some(DenyReason::Reserved));
     }
 
     #[test]

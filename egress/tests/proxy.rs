@@ -517,7 +517,7 @@ async fn translated_addresses_are_judged_as_the_ipv4_they_carry() {
     let dns = TestDns::start(vec![]).await;
     let proxy = RunningProxy::start(&format!(
         "dns_servers = [\"{}\"]\n\
-         allow_cidrs = [\"64:ff9b::/96\", \"2002::/16\", \"64:ff9b:1::/48\"]\n\
+         allow_cidrs = [\"64:ff9b::/96\", \"2002::/16\", \"64:ff9b:1::/64\"]\n\
          deny_cidrs = [\"93.184.216.0/24\"]\n\
          edge_addresses = [\"93.184.215.14\"]\n",
         dns.addr
@@ -566,7 +566,8 @@ async fn translated_addresses_are_judged_as_the_ipv4_they_carry() {
             "private_range",
         ),
         ("CONNECT [2002:6464:6464::]:443 HTTP/1.1\r\n\r\n", "tailnet"),
-        // The local-use prefix at its /64 position (RFC 6052): 10.0.0.1.
+        // An operator's /64 NAT64 prefix inside the local-use prefix (RFC 6052 position after
+        // the u octet): 10.0.0.1.
         (
             "CONNECT [64:ff9b:1:0:a:0:100::]:443 HTTP/1.1\r\n\r\n",
             "private_range",
@@ -605,7 +606,7 @@ fn allow_cidrs_cannot_reach_loopback_through_an_embedding() {
         "::ffff:0:0/97",
         "2002:7f00::/24",
         "2001:0:7f00::/40",
-        "64:ff9b:1:7f00::/56",
+        "64:ff9b:1::7f00:0/104",
         "2a00:1450::5efe:7f00:1",
     ] {
         let config: egress::EgressConfig =
@@ -617,7 +618,13 @@ fn allow_cidrs_cannot_reach_loopback_through_an_embedding() {
         assert!(err.contains("egress.allow_cidrs[1]"), "{entry}: {err}");
         assert!(err.contains("loopback"), "{entry}: {err}");
     }
-    for entry in ["64:ff9b::/96", "2002::/16", "64:ff9b:1::/48", "2000::/3"] {
+    for entry in [
+        "64:ff9b::/96",
+        "2002::/16",
+        "64:ff9b:1::/48",
+        "64:ff9b:1:abcd::/64",
+        "2000::/3",
+    ] {
         let config: egress::EgressConfig =
             toml::from_str(&format!("allow_cidrs = [\"{entry}\"]")).unwrap();
         assert!(
