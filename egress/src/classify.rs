@@ -119,7 +119,7 @@ impl Layout {
         }
     }
 
-    fn extract(self, ip: Ipv6Addr) -> Ipv4Addr {
+    pub fn extract(self, ip: Ipv6Addr) -> Ipv4Addr {
         let bits = u128::from(ip);
         let mut v4 = 0u32;
         for i in 0..32u8 {
@@ -134,7 +134,7 @@ impl Layout {
 
     /// The IPv4 range every address of `net` carries under this layout: the IPv4 bits that sit
     /// inside the network's prefix are fixed, the rest are free.
-    fn range(self, net: Ipv6Net) -> Ipv4Net {
+    pub fn range(self, net: Ipv6Net) -> Ipv4Net {
         let known = (0..32u8)
             .take_while(|i| self.position(*i) < net.prefix_len())
             .count() as u8;

@@ -7,8 +7,11 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
+use ipnet::Ipv6Net;
+
 use crate::classify::{
-    classify_own, embedded_ipv4_at, embedded_ipv4_ranges, most_telling, LOCAL_USE_NAT64,
+    classify_own, embedded_ipv4_at, embedded_ipv4_ranges, most_telling, rfc6052_layout,
+    LOCAL_USE_NAT64,
 };
 use crate::config::{EgressConfig, EgressMode};
 use crate::host::{domain_matches, normalise_pattern, Host};
@@ -21,6 +24,8 @@ pub struct EgressPolicy {
     client_modes: Vec<(String, EgressMode)>,
     allow_cidrs: Vec<IpNet>,
     deny_cidrs: Vec<IpNet>,
+    /// The operator's own NAT64 prefixes (`nat64_prefixes`), decoded like 64:ff9b::/96.
+    nat64_prefixes: Vec<Ipv6Net>,
     allow_domains: Vec<String>,
     deny_domains: Vec<String>,
     ports: Vec<u16>,
@@ -38,11 +43,20 @@ fn loopback_nets() -> [IpNet; 4] {
 }
 
 /// The loopback range an allow entry touches, directly or through an IPv4 embedding
-/// (`64:ff9b::7f00:0/104`, `2002:7f00::/24`, `::ffff:127.0.0.1`).
-fn loopback_covered(net: &IpNet) -> Option<IpNet> {
+/// (`64:ff9b::7f00:0/104`, `2002:7f00::/24`, `::ffff:127.0.0.1`, or inside a configured NAT64
+/// prefix).
+fn loopback_covered(net: &IpNet, nat64: &[Ipv6Net]) -> Option<IpNet> {
     let mut seen = vec![*net];
     if let IpNet::V6(v6) = net {
         seen.extend(embedded_ipv4_ranges(*v6).into_iter().map(IpNet::V4));
+        for prefix in nat64
+            .iter()
+            .filter(|p| p.contains(v6) && v6.prefix_len() > p.prefix_len())
+        {
+            if let Some(layout) = rfc6052_layout(prefix.prefix_len()) {
+                seen.push(IpNet::V4(layout.range(*v6)));
+            }
+        }
     }
     seen.into_iter()
         .find(|n| loopback_nets().iter().any(|lo| overlaps(n, lo)))
@@ -88,10 +102,20 @@ fn parse_domains(key: &str, values: &[String]) -> Result<Vec<String>, EgressErro
 
 impl EgressPolicy {
     pub fn from_config(config: &EgressConfig) -> Result<Self, EgressError> {
+        let nat64_prefixes = parse_cidrs("nat64_prefixes", &config.nat64_prefixes)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, net)| match net {
+                IpNet::V6(v6) if rfc6052_layout(v6.prefix_len()).is_some() => Ok(v6),
+                other => Err(EgressError::Config(format!(
+                    "egress.nat64_prefixes[{i}]: {other} is not an IPv6 prefix of length 32, 40, 48, 56, 64 or 96 (RFC 6052)"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let allow_cidrs = parse_cidrs("allow_cidrs", &config.allow_cidrs)?;
         if !config.allow_loopback_for_tests {
             for (i, net) in allow_cidrs.iter().enumerate() {
-                if let Some(through) = loopback_covered(net) {
+                if let Some(through) = loopback_covered(net, &nat64_prefixes) {
                     let how = if through == *net {
                         String::new()
                     } else {
@@ -136,6 +160,7 @@ impl EgressPolicy {
                 .collect(),
             allow_cidrs,
             deny_cidrs: parse_cidrs("deny_cidrs", &config.deny_cidrs)?,
+            nat64_prefixes,
             allow_domains: parse_domains("allow_domains", &config.allow_domains)?,
             deny_domains: parse_domains("deny_domains", &config.deny_domains)?,
             ports: config.ports.clone(),
@@ -209,6 +234,13 @@ impl EgressPolicy {
             IpAddr::V4(_) => Vec::new(),
             IpAddr::V6(v6) => embedded_ipv4_at(v6, self.local_nat64_len(v6))
                 .into_iter()
+                .chain(
+                    self.nat64_prefixes
+                        .iter()
+                        .filter(|p| p.contains(&v6))
+                        .filter_map(|p| rfc6052_layout(p.prefix_len()))
+                        .map(|layout| layout.extract(v6)),
+                )
                 .map(IpAddr::V4)
                 .collect(),
         };
@@ -316,6 +348,25 @@ mod tests {
         assert_eq!(check("64:ff9b:1::7f00:1"), Some(DenyReason::Loopback));
         // Not opened: the prefix's own reason around a public address.
         assert_eq!(check("::ffff:808:808"), Some(DenyReason::Reserved));
+    }
+
+    #[test]
+    fn configured_nat64_prefixes_are_decoded_too() {
+        let p = policy("nat64_prefixes = [\"2a00:1450:64::/96\"]").unwrap();
+        let check = |s: &str| p.check_ip(s.parse().unwrap());
+        assert_eq!(check("2a00:1450:64::a00:1"), Some(DenyReason::PrivateRange));
+        assert_eq!(check("2a00:1450:64::a9fe:a9fe"), Some(DenyReason::Metadata));
+        assert_eq!(check("2a00:1450:64::808:808"), None);
+        let err = policy("nat64_prefixes = [\"2a00:1450:64::/80\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("egress.nat64_prefixes[0]"), "{err}");
+        let err = policy(
+            "nat64_prefixes = [\"2a00:1450:64::/96\"]\nallow_cidrs = [\"2a00:1450:64::7f00:0/104\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("egress.allow_cidrs[0]"), "{err}");
     }
 
     #[test]

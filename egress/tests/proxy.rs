@@ -519,7 +519,8 @@ async fn translated_addresses_are_judged_as_the_ipv4_they_carry() {
         "dns_servers = [\"{}\"]\n\
          allow_cidrs = [\"64:ff9b::/96\", \"2002::/16\", \"64:ff9b:1::/64\"]\n\
          deny_cidrs = [\"93.184.216.0/24\"]\n\
-         edge_addresses = [\"93.184.215.14\"]\n",
+         edge_addresses = [\"93.184.215.14\"]\n\
+         nat64_prefixes = [\"2a00:1450:64::/96\"]\n",
         dns.addr
     ))
     .await;
@@ -571,6 +572,16 @@ async fn translated_addresses_are_judged_as_the_ipv4_they_carry() {
         (
             "CONNECT [64:ff9b:1:0:a:0:100::]:443 HTTP/1.1\r\n\r\n",
             "private_range",
+        ),
+        // The host network's own NAT64 prefix (nat64_prefixes): global unicast, so nothing but
+        // the embedded address can deny it.
+        (
+            "GET http://[2a00:1450:64::a00:1]/ HTTP/1.1\r\n\r\n",
+            "private_range",
+        ),
+        (
+            "CONNECT [2a00:1450:64::7f00:1]:443 HTTP/1.1\r\n\r\n",
+            "loopback",
         ),
         // Prefixes not opened keep their own reason around a public address.
         ("CONNECT [::ffff:808:808]:443 HTTP/1.1\r\n\r\n", "reserved"),
