@@ -203,6 +203,8 @@ ensure_secrets() {
   for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD DASHBOARD_SESSION_KEY OPENCLAW_GATEWAY_TOKEN \
              "${SERVICE_KEYS[@]#*:}"; do
     if [ -n "$(setting "$key")" ]; then continue; fi
+    # The dashboard password lives on as its argon2id hash (store_dashboard_password).
+    if [ "$key" = DASHBOARD_PASSWORD ] && [ -n "$(setting DASHBOARD_PASSWORD_HASH)" ]; then continue; fi
     case $key in
       DASHBOARD_PASSWORD) value=$(random_hex 12) ;;
       *_EDGE_KEY) value="aibox-$(random_hex 24)" ;;
@@ -224,10 +226,35 @@ ensure_secrets() {
     printf 'AUDIT_HMAC_KEY=%s\n' "$value" >>"$ENV_FILE"
     say "generated AUDIT_HMAC_KEY (${value:0:4}…) in $ENV_FILE"
   fi
-  if [ "$created" = 1 ]; then
-    say "the dashboard password is DASHBOARD_PASSWORD in $ENV_FILE (mode 0600)"
-  fi
   ENV_ARGS=(--env-file "$ENV_FILE")
+}
+
+# The env file keeps the dashboard password only as an argon2id PHC string
+# (DASHBOARD_PASSWORD_HASH). A plain DASHBOARD_PASSWORD in it (generated just now, or written by
+# an older ./aibox up) is hashed by the dashboard binary itself (`dashboard hash-password`, from
+# our own image, no network) and its line removed; the password is shown once, here.
+store_dashboard_password() {
+  [ -f "$ENV_FILE" ] || return 0
+  local pw hash tmp image
+  pw=$(grep -E '^DASHBOARD_PASSWORD=' "$ENV_FILE" 2>/dev/null | tail -n 1 | cut -d= -f2- || true)
+  pw=${pw%\"}; pw=${pw#\"}; pw=${pw%\'}; pw=${pw#\'}
+  [ -n "$pw" ] || return 0
+  image="${AIBOX_IMAGE_PREFIX:-aibox}-dashboard:${AIBOX_TAG:-local}"
+  hash=$(printf '%s\n' "$pw" | docker run --rm -i --network none --cap-drop ALL \
+    --security-opt no-new-privileges:true "$image" hash-password) \
+    || die "could not hash the dashboard password with $image (dashboard hash-password)"
+  case $hash in
+    '$argon2id$'*) ;;
+    *) die "dashboard hash-password printed no argon2id hash" ;;
+  esac
+  # A plain password in the file is the newest intent (break-glass reset): it replaces any hash.
+  tmp=$(mktemp "$ENV_FILE.XXXXXX")
+  grep -vE '^DASHBOARD_PASSWORD(_HASH)?=' "$ENV_FILE" >"$tmp" || true
+  # Single quotes: the hash contains `$`, which compose would otherwise interpolate.
+  printf "DASHBOARD_PASSWORD_HASH='%s'\n" "$hash" >>"$tmp"
+  chmod 600 "$tmp"
+  mv "$tmp" "$ENV_FILE"
+  say "dashboard password: $pw (shown once: $ENV_FILE keeps only its argon2id hash, DASHBOARD_PASSWORD_HASH)"
 }
 
 git_tag() {
@@ -404,6 +431,7 @@ cmd_up() {
     export AIBOX_IMAGE_PREFIX
     AIBOX_IMAGE_PREFIX=$(setting AIBOX_IMAGE_PREFIX aibox)
   fi
+  store_dashboard_password
   say "preparing $AIBOX_DATA_DIR"
   prepare_data
   say "GPU: $GPU_MODE ($GPU_REASON)"

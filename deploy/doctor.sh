@@ -72,9 +72,13 @@ doc_env_file() {
   else
     doc_line ok "$ENV_FILE exists, mode 0600"
   fi
-  for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD; do
+  for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN; do
     [ -n "$(setting "$key")" ] || missing+=("$key")
   done
+  # .env keeps the dashboard password as its argon2id hash once ./aibox up has run.
+  if [ -z "$(setting DASHBOARD_PASSWORD_HASH)" ] && [ -z "$(setting DASHBOARD_PASSWORD)" ]; then
+    missing+=(DASHBOARD_PASSWORD_HASH)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     doc_line FAIL "secrets missing from $ENV_FILE: ${missing[*]}" "run ./aibox up (it generates the missing ones)"
   fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -150,11 +151,18 @@ services:
 """
 
 
+def run_subnet(seed: int) -> str:
+    """A /24 for one test run's `front` network, inside 10.214.0.0-10.253.255.0 (away from the bundle's
+    default 10.213.0.0/24), so parallel runs on one engine do not ask for the same subnet."""
+    return f"10.{214 + seed % 40}.{(seed >> 8) % 256}.0/24"
+
+
 class CoreStack:
     """The core of the bundle (plus a fake Ollama) under a unique project, built from target/debug."""
 
     def __init__(self, workdir: Path, port: int):
         self.id = uuid.uuid4().hex[:8]
+        self.front_subnet = run_subnet(int(self.id, 16))
         self.project = f"aiboxtest{self.id}"
         self.prefix = f"aiboxtest{self.id}"
         self.tag = "ci"
@@ -181,6 +189,7 @@ class CoreStack:
             "AIBOX_COMPOSE_OVERRIDES": str(self.override),
             "AIBOX_UP_TIMEOUT": "90",
             "AIBOX_PROFILES": "",
+            "AIBOX_FRONT_SUBNET": self.front_subnet,
         }
 
     def image(self, service: str) -> str:
@@ -207,10 +216,16 @@ class CoreStack:
         # A committed example in data/, as in the repository: it must stay the user's.
         (self.data_dir / "mcp").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "mcp" / "registry.example.json").write_text('{"servers": {}}\n')
-        t0 = time.monotonic()
-        p = run(["deploy/compose.sh", "up", "--no-build"], env=self.env, timeout=150, check=False)
-        self.up_seconds = time.monotonic() - t0
-        self.up_output = p.stdout + p.stderr
+        # Another run (or anything else on this engine) may hold the subnet: take another one. Output
+        # accumulates over attempts: the dashboard password is shown only by the first.
+        for _ in range(5):
+            t0 = time.monotonic()
+            p = run(["deploy/compose.sh", "up", "--no-build"], env=self.env, timeout=150, check=False)
+            self.up_seconds = time.monotonic() - t0
+            self.up_output += p.stdout + p.stderr
+            if p.returncode == 0 or "Pool overlaps" not in p.stdout + p.stderr:
+                break
+            self.front_subnet = run_subnet(random.getrandbits(32))
         if p.returncode != 0:
             logs = run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={self.project}"],
                        check=False).stdout
@@ -225,8 +240,16 @@ class CoreStack:
     def secret(self, key: str) -> str:
         for line in self.env_file.read_text().splitlines():
             if line.startswith(key + "="):
-                return line.split("=", 1)[1]
+                return line.split("=", 1)[1].strip("'\"")
         raise KeyError(key)
+
+    @property
+    def dashboard_password(self) -> str:
+        """The one secret that is not in the env file (only its argon2id hash is): `./aibox up`
+        shows it once."""
+        m = re.search(r"dashboard password: (\S+) \(shown once", self.up_output)
+        assert m, f"./aibox up did not show the dashboard password:\n{self.up_output}"
+        return m.group(1)
 
     def down(self) -> None:
         run(["deploy/compose.sh", "down"], env=self.env, timeout=120, check=False)

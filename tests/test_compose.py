@@ -166,6 +166,19 @@ def test_networks_isolate_the_browser_and_the_controller(config):
     assert members(config, "models") == {"edge", "ollama"}
 
 
+def test_front_network_has_a_fixed_configurable_subnet(config, tmp_path):
+    # Fixed, so the edge's trusted_proxies (the front gateway) survives down/up.
+    assert [c["subnet"] for c in config["networks"]["front"]["ipam"]["config"]] == ["10.213.0.0/24"]
+    custom = render_config(tmp_path, env={"AIBOX_FRONT_SUBNET": "10.99.7.0/24"})
+    assert [c["subnet"] for c in custom["networks"]["front"]["ipam"]["config"]] == ["10.99.7.0/24"]
+
+
+def test_dashboard_gets_the_stored_password_form(config):
+    env = services(config)["dashboard"]["environment"]
+    for key in ("DASHBOARD_PASSWORD_HASH", "DASHBOARD_PASSWORD", "DASHBOARD_PASSWORD_SHA256"):
+        assert key in env, key
+
+
 def test_edge_keeps_the_gateway_aliases(config):
     front = services(config)["edge"]["networks"]["front"]
     assert {"model-gateway", "mcp-gateway"} <= set(front.get("aliases") or [])
@@ -251,6 +264,11 @@ def stack(tmp_path_factory):
         s.down()
 
 
+def run_json(args: list[str]):
+    import json
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout)
+
+
 def client(stack: CoreStack) -> httpx.Client:
     # trust_env=False: never a proxy from the environment; only 127.0.0.1.
     return httpx.Client(base_url=f"http://127.0.0.1:{stack.port}", trust_env=False, timeout=20)
@@ -271,12 +289,21 @@ def test_core_comes_up_healthy_with_generated_secrets(stack):
             assert published == {}, f"{name} publishes {published}"
     # Secrets: generated, private, never printed in full.
     assert stat.S_IMODE(stack.env_file.stat().st_mode) == 0o600
-    for key in ("OPS_CONTROLLER_TOKEN", "AIBOX_ADMIN_TOKEN", "DASHBOARD_PASSWORD", "DASHBOARD_SESSION_KEY",
-                "AUDIT_HMAC_KEY"):
+    for key in ("OPS_CONTROLLER_TOKEN", "AIBOX_ADMIN_TOKEN", "DASHBOARD_SESSION_KEY", "AUDIT_HMAC_KEY"):
         value = stack.secret(key)
         assert len(value) >= 24, key
         assert value not in stack.up_output, f"{key} was printed"
         assert f"{key} ({value[:4]}…)" in stack.up_output
+    # The dashboard password: shown once, kept only as an argon2id hash (PHC string).
+    password = stack.dashboard_password
+    assert len(password) >= 24
+    assert stack.up_output.count(password) == 1, "the dashboard password was shown more than once"
+    assert stack.secret("DASHBOARD_PASSWORD_HASH").startswith("$argon2id$v=19$")
+    env_text = stack.env_file.read_text()
+    assert password not in env_text and "DASHBOARD_PASSWORD=" not in env_text
+    # The front network got the run's own fixed subnet.
+    nets = run_json(["docker", "network", "inspect", f"{stack.project}_front"])
+    assert [c["Subnet"] for c in nets[0]["IPAM"]["Config"]] == [stack.front_subnet]
     assert "core healthy in" in stack.up_output
     # data/: the writers own their directories; the audit log's is private; examples stay the user's.
     audit_dir = (stack.data_dir / "ops-controller").stat()
@@ -361,7 +388,7 @@ def test_restart_through_dashboard_and_controller(stack):
         assert c.get("/").status_code in (302, 303)
         wrong = c.post("/login", data={"password": "not-the-password", "next": "/"})
         assert wrong.status_code == 401
-        ok = c.post("/login", data={"password": stack.secret("DASHBOARD_PASSWORD"), "next": "/"})
+        ok = c.post("/login", data={"password": stack.dashboard_password, "next": "/"})
         assert ok.status_code in (302, 303), ok.text
         confirm = c.get("/services/fake-ollama/restart")
         assert confirm.status_code == 200, confirm.text

@@ -1,7 +1,9 @@
 //! The dashboard's settings: one typed struct, read from flags and the environment, validated at
 //! start with errors that name the key. Secrets come only from the environment (never from flags,
 //! which other users of the host can read in the process list).
-use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+use crate::password::{PasswordError, StoredPassword};
 
 /// Why the settings were refused; always names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +33,11 @@ pub enum CookieSecure {
 #[derive(Clone)]
 pub struct DashboardConfig {
     pub listen: String,
-    /// SHA-256 of the sign-in password (we never keep the password itself).
-    pub password_sha256: [u8; 32],
+    /// The sign-in password as stored: argon2id (or, until the first sign-in, the legacy
+    /// SHA-256). The password itself is never kept.
+    pub password: StoredPassword,
+    /// `DASHBOARD_PASSWORD_FILE`, when the stored form came from a file (rewritten on upgrade).
+    pub password_file: Option<PathBuf>,
     /// Name shown and recorded in the audit log for password sign-ins.
     pub user: String,
     pub session_key: Vec<u8>,
@@ -70,6 +75,66 @@ impl std::fmt::Debug for DashboardConfig {
     }
 }
 
+/// The four ways to give the password; exactly one must be set.
+const PASSWORD_KEYS: [&str; 4] = [
+    "DASHBOARD_PASSWORD_HASH",
+    "DASHBOARD_PASSWORD_FILE",
+    "DASHBOARD_PASSWORD",
+    "DASHBOARD_PASSWORD_SHA256",
+];
+
+fn password_setting(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(StoredPassword, Option<PathBuf>), ConfigError> {
+    let set: Vec<&'static str> = PASSWORD_KEYS
+        .iter()
+        .copied()
+        .filter(|k| get(k).is_some())
+        .collect();
+    let key = match set.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(invalid(
+                "DASHBOARD_PASSWORD",
+                "no sign-in password is set: set DASHBOARD_PASSWORD_HASH (from `dashboard hash-password`), \
+                 DASHBOARD_PASSWORD_FILE or DASHBOARD_PASSWORD; the dashboard refuses to run open",
+            ))
+        }
+        several => {
+            return Err(invalid(
+                "DASHBOARD_PASSWORD",
+                format!("set only one of {}", several.join(", ")),
+            ))
+        }
+    };
+    let value = get(key).unwrap_or_default();
+    let describe = |e: PasswordError| invalid(key, e.to_string());
+    match key {
+        "DASHBOARD_PASSWORD" => Ok((StoredPassword::from_password(&value).map_err(describe)?, None)),
+        "DASHBOARD_PASSWORD_FILE" => {
+            let path = PathBuf::from(value.trim());
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+            Ok((StoredPassword::parse(&text).map_err(describe)?, Some(path)))
+        }
+        "DASHBOARD_PASSWORD_SHA256" => match StoredPassword::parse(&value) {
+            Ok(legacy @ StoredPassword::LegacySha256(_)) => Ok((legacy, None)),
+            _ => Err(invalid(
+                key,
+                "must be 64 hex characters (sha256sum of the password); better: \
+                 DASHBOARD_PASSWORD_HASH from `dashboard hash-password`",
+            )),
+        },
+        _ => match StoredPassword::parse(&value) {
+            Ok(phc @ StoredPassword::Argon2id(_)) => Ok((phc, None)),
+            _ => Err(invalid(
+                key,
+                "must be an argon2id PHC string ($argon2id$v=19$...), as printed by `dashboard hash-password`",
+            )),
+        },
+    }
+}
+
 /// Values that may come from flags (non-secret); each falls back to its environment variable.
 #[derive(Debug, Clone, Default)]
 pub struct FlagValues {
@@ -102,44 +167,7 @@ impl DashboardConfig {
             ));
         }
 
-        let password_sha256 = match (get("DASHBOARD_PASSWORD"), get("DASHBOARD_PASSWORD_SHA256")) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "DASHBOARD_PASSWORD",
-                    "set DASHBOARD_PASSWORD or DASHBOARD_PASSWORD_SHA256, not both",
-                ))
-            }
-            (Some(pw), None) => {
-                if pw.chars().count() < 8 {
-                    return Err(invalid(
-                        "DASHBOARD_PASSWORD",
-                        "must be at least 8 characters",
-                    ));
-                }
-                Sha256::digest(pw.as_bytes()).into()
-            }
-            (None, Some(hex_hash)) => {
-                let bytes = hex::decode(hex_hash.trim()).map_err(|_| {
-                    invalid(
-                        "DASHBOARD_PASSWORD_SHA256",
-                        "must be 64 hex characters (sha256sum of the password)",
-                    )
-                })?;
-                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                    invalid(
-                        "DASHBOARD_PASSWORD_SHA256",
-                        "must be 64 hex characters (sha256sum of the password)",
-                    )
-                })?
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "DASHBOARD_PASSWORD",
-                    "no sign-in password is set: set DASHBOARD_PASSWORD (or DASHBOARD_PASSWORD_SHA256, \
-                     the hex SHA-256 of the password); the dashboard refuses to run open",
-                ))
-            }
-        };
+        let (password, password_file) = password_setting(&get)?;
 
         let user = get("DASHBOARD_USER").unwrap_or_else(|| "admin".to_string());
         if !valid_user(&user) {
@@ -201,7 +229,8 @@ impl DashboardConfig {
 
         Ok(Self {
             listen,
-            password_sha256,
+            password,
+            password_file,
             user,
             session_key,
             session_key_generated,
@@ -276,17 +305,30 @@ mod tests {
 
     #[test]
     fn accepts_a_password_hash_and_defaults() {
-        let hash = hex::encode(Sha256::digest(b"correct horse"));
-        let c = load(&[("DASHBOARD_PASSWORD_SHA256", &hash)]).unwrap();
+        let phc = crate::password::hash_password("correct horse").unwrap();
+        let c = load(&[("DASHBOARD_PASSWORD_HASH", &phc)]).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.controller_url.as_deref(), Some(DEFAULT_CONTROLLER_URL));
         assert_eq!(c.edge_url.as_deref(), Some(DEFAULT_EDGE_URL));
         assert!(c.session_key_generated);
         assert!(!c.trust_tailscale);
-        assert_eq!(
-            c.password_sha256.to_vec(),
-            Sha256::digest(b"correct horse").to_vec()
-        );
+        assert_eq!(c.password, StoredPassword::Argon2id(phc));
+    }
+
+    #[test]
+    fn every_password_form_is_stored_as_argon2id_except_the_legacy_one() {
+        let c = load(&[("DASHBOARD_PASSWORD", "correct horse")]).unwrap();
+        assert!(matches!(&c.password, StoredPassword::Argon2id(p) if p.starts_with("$argon2id$")));
+        let legacy = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"correct horse"));
+        let c = load(&[("DASHBOARD_PASSWORD_SHA256", &legacy)]).unwrap();
+        assert!(c.password.is_legacy());
+        let c = load(&[(
+            "DASHBOARD_PASSWORD_HASH",
+            "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2doYXNo",
+        )]);
+        assert_eq!(c.unwrap_err().key, "DASHBOARD_PASSWORD_HASH");
+        let err = load(&[("DASHBOARD_PASSWORD_FILE", "/nonexistent/aibox-pw")]).unwrap_err();
+        assert_eq!(err.key, "DASHBOARD_PASSWORD_FILE");
     }
 
     #[test]
@@ -321,6 +363,12 @@ mod tests {
                 .unwrap_err()
                 .key,
             "DASHBOARD_PASSWORD_SHA256"
+        );
+        assert_eq!(
+            load(&[pw, ("DASHBOARD_PASSWORD_HASH", "$argon2id$x")])
+                .unwrap_err()
+                .key,
+            "DASHBOARD_PASSWORD"
         );
         assert_eq!(
             load(&[pw, ("DASHBOARD_LISTEN", "nowhere")])

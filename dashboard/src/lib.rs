@@ -8,6 +8,7 @@ pub mod charts;
 pub mod config;
 pub mod openclaw;
 pub mod pages;
+pub mod password;
 pub mod pulls;
 pub mod session;
 
@@ -24,6 +25,8 @@ use session::{LoginThrottle, SessionKeys};
 /// Everything the handlers share.
 pub struct AppState {
     pub config: DashboardConfig,
+    /// The stored sign-in password; it changes once, when a legacy form is upgraded.
+    pub password: password::PasswordStore,
     pub keys: SessionKeys,
     pub throttle: LoginThrottle,
     pub controller: ControllerClient,
@@ -43,6 +46,10 @@ impl AppState {
 
     pub fn with_throttle(config: DashboardConfig, throttle: LoginThrottle) -> SharedState {
         Arc::new(Self {
+            password: password::PasswordStore::new(
+                config.password.clone(),
+                config.password_file.clone(),
+            ),
             keys: SessionKeys::new(config.session_key.clone()),
             throttle,
             controller: ControllerClient::new(

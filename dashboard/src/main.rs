@@ -1,9 +1,10 @@
 //! `dashboard`: the aibox control center. Reads its settings, binds, prints
 //! `api listening on <addr>`, and serves the pages until SIGTERM/Ctrl-C.
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use dashboard::config::{DashboardConfig, FlagValues};
+use dashboard::password::hash_password;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,11 +28,15 @@ struct Args {
     command: Option<Command>,
 }
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Merge the edge's models, its /mcp and the browser into OpenClaw's openclaw.json, then exit
     /// (the compose one-shot before OpenClaw starts; docs/openclaw.md).
     OpenclawSync(OpenclawSyncArgs),
+    /// Read a password from stdin (one line) and print its argon2id PHC string, the form
+    /// DASHBOARD_PASSWORD_HASH and DASHBOARD_PASSWORD_FILE hold. Never takes it as an argument,
+    /// which other users of the host could read in the process list.
+    HashPassword,
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,11 +120,25 @@ async fn openclaw_sync(args: OpenclawSyncArgs) -> i32 {
     }
 }
 
+fn print_password_hash() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let phc = hash_password(password).context("hash-password")?;
+    println!("{phc}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::OpenclawSync(sync)) = args.command {
-        std::process::exit(openclaw_sync(sync).await);
+    match args.command {
+        Some(Command::HashPassword) => return print_password_hash(),
+        Some(Command::OpenclawSync(sync)) => std::process::exit(openclaw_sync(sync).await),
+        None => {}
     }
     aibox_log::init(args.log_format, "info");
 
@@ -142,6 +161,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if config.controller_token.is_none() {
         tracing::warn!("OPS_CONTROLLER_TOKEN is not set: service operations and the audit trail are unavailable");
+    }
+    if config.password.is_legacy() {
+        tracing::warn!("the dashboard password is an unsalted SHA-256 (legacy): it is accepted once and replaced by argon2id at the first sign-in; set DASHBOARD_PASSWORD_HASH from `dashboard hash-password` instead");
     }
     if config.trust_tailscale {
         tracing::warn!("trusting the Tailscale-User-Login header: only expose the dashboard through Tailscale Serve");

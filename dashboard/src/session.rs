@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -109,12 +109,6 @@ impl SessionKeys {
     }
 }
 
-/// Constant-time password check against the stored SHA-256.
-pub fn password_matches(stored_sha256: &[u8; 32], presented: &str) -> bool {
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    bool::from(digest.ct_eq(stored_sha256))
-}
-
 /// Slows down password guessing: after `free_attempts` consecutive failures, sign-in is refused
 /// without even checking the password for a delay that doubles with each further failure.
 ///
@@ -213,13 +207,6 @@ mod tests {
         assert!(keys.csrf_ok("sid-a", &t));
         assert!(!keys.csrf_ok("sid-b", &t));
         assert!(!keys.csrf_ok("sid-a", ""));
-    }
-
-    #[test]
-    fn password_check() {
-        let stored: [u8; 32] = Sha256::digest(b"hunter22").into();
-        assert!(password_matches(&stored, "hunter22"));
-        assert!(!password_matches(&stored, "hunter23"));
     }
 
     #[test]

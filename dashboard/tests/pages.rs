@@ -1057,3 +1057,71 @@ async fn sign_out_ends_the_session() {
     // The old cookie no longer works even if kept.
     assert_eq!(h.get("/").await.0, StatusCode::SEE_OTHER);
 }
+
+/// Issue 13: the legacy unsalted SHA-256 in a password file is accepted once, at the first
+/// sign-in, and the file is rewritten with the argon2id form the dashboard reads from then on.
+#[tokio::test]
+async fn a_legacy_password_file_is_upgraded_to_argon2id_at_the_first_sign_in() {
+    use sha2::Digest;
+    let dir = std::env::temp_dir().join(format!("aibox-dash-pw-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("password");
+    std::fs::write(
+        &file,
+        hex::encode(sha2::Sha256::digest(PASSWORD.as_bytes())),
+    )
+    .unwrap();
+    let start_with_file = || {
+        let env = [
+            ("DASHBOARD_PASSWORD_FILE", file.display().to_string()),
+            ("CONTROLLER_URL", "none".to_string()),
+            ("EDGE_URL", "none".to_string()),
+        ];
+        let config = DashboardConfig::load(FlagValues::default(), |k| {
+            env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        serve(dashboard::router(AppState::new(config)))
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |url: String, password: &'static str| {
+        let http = http.clone();
+        async move {
+            http.post(format!("{url}/login"))
+                .form_body(&[("password", password), ("next", "/")])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    let url = start_with_file().await;
+    assert_eq!(
+        sign_in(url.clone(), "not the password").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        !std::fs::read_to_string(&file).unwrap().starts_with('$'),
+        "a wrong password upgrades nothing"
+    );
+    assert_eq!(sign_in(url.clone(), PASSWORD).await, StatusCode::SEE_OTHER);
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(stored.starts_with("$argon2id$v=19$"), "{stored}");
+    assert!(!stored.contains(&hex::encode(sha2::Sha256::digest(PASSWORD.as_bytes()))));
+    // The same process and a restarted one both check the argon2id form now.
+    assert_eq!(sign_in(url, PASSWORD).await, StatusCode::SEE_OTHER);
+    let restarted = start_with_file().await;
+    assert_eq!(
+        sign_in(restarted.clone(), PASSWORD).await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        sign_in(restarted, "not the password").await,
+        StatusCode::UNAUTHORIZED
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

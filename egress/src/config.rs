@@ -32,6 +32,10 @@ pub struct EgressConfig {
     pub allow_cidrs: Vec<String>,
     /// Networks always refused (`denied_cidr`), checked before everything else.
     pub deny_cidrs: Vec<String>,
+    /// Network-specific NAT64 prefixes (RFC 6052) of this host's network, e.g.
+    /// `"2001:db8:64::/96"`: addresses inside are judged as the IPv4 address they carry, like the
+    /// well-known `64:ff9b::/96`. Lengths 32, 40, 48, 56, 64 or 96. Only the operator knows these.
+    pub nat64_prefixes: Vec<String>,
     /// When non-empty, only these domains (exact or `*.suffix`) may be reached, and IP-literal
     /// targets are refused.
     pub allow_domains: Vec<String>,
@@ -66,6 +70,7 @@ impl Default for EgressConfig {
             client_modes: BTreeMap::new(),
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),
+            nat64_prefixes: Vec::new(),
             allow_domains: Vec::new(),
             deny_domains: Vec::new(),
             ports: vec![80, 443],

@@ -85,6 +85,9 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         loop {
             if !self.buffered().is_empty() {
                 match parse(self.buffered()) {
+                    // The limit is on the whole head, not only on what is still missing: a head
+                    // that arrived in one piece is no smaller for it.
+                    Ok(Some((_, len))) if len > MAX_HEAD => return Err(HeadReadError::TooLarge),
                     Ok(Some((value, len))) => {
                         self.consume(len);
                         return Ok(value);

@@ -199,10 +199,10 @@ pub fn loggable_target(target: &str) -> String {
 }
 
 fn denial_response(reason: DenyReason, id: &str) -> Vec<u8> {
-    let status = if reason == DenyReason::BadRequest {
-        "400 Bad Request"
-    } else {
-        "403 Forbidden"
+    let status = match reason {
+        DenyReason::BadRequest => "400 Bad Request",
+        DenyReason::HeadTooLarge => "431 Request Header Fields Too Large",
+        _ => "403 Forbidden",
     };
     let body = format!(
         "aibox egress denied this request: {reason} ({}).\nrequest id: {id}\n",
@@ -366,9 +366,19 @@ impl EgressProxy {
                 tracing::debug!(target: "egress", %peer, error = %e, "client connection failed before a request");
                 return;
             }
-            Ok(Err(HeadReadError::Malformed)) | Ok(Err(HeadReadError::TooLarge)) => {
+            Ok(Err(HeadReadError::Malformed)) => {
                 self.refuse(&record, &mut inbound, &mut client_w, DenyReason::BadRequest)
                     .await;
+                return;
+            }
+            Ok(Err(HeadReadError::TooLarge)) => {
+                self.refuse(
+                    &record,
+                    &mut inbound,
+                    &mut client_w,
+                    DenyReason::HeadTooLarge,
+                )
+                .await;
                 return;
             }
         };
@@ -514,10 +524,22 @@ impl EgressProxy {
                 let started = Instant::now();
                 let answer = self.dns.resolve(name).await;
                 record.dns_ms = Some(ms_since(started));
-                answer.map_err(|e| {
+                let resolution = answer.map_err(|e| {
                     tracing::debug!(target: "egress", id = %record.id, error = %e, "DNS failed");
                     Refusal::Deny(DenyReason::DnsFailure)
-                })?
+                })?;
+                // A name that CNAMEs into a denied domain is that domain.
+                for alias in &resolution.aliases {
+                    if let Some(reason) = policy.check_alias(alias) {
+                        tracing::debug!(target: "egress", id = %record.id, %alias, "CNAME chain reaches a denied domain");
+                        if mode == EgressMode::Report && reason.relaxed_by_report_mode() {
+                            would_deny.get_or_insert(reason);
+                        } else {
+                            return Err(Refusal::Deny(reason));
+                        }
+                    }
+                }
+                resolution.addrs
             }
         };
         // Every answer must pass: a name that also points somewhere private is not trusted for

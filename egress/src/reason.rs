@@ -24,6 +24,8 @@ pub enum DenyReason {
     DnsFailure,
     PortNotAllowed,
     BadRequest,
+    /// The request head (request line and headers) is longer than 64 KiB.
+    HeadTooLarge,
     HostMismatch,
     Userinfo,
     SchemeNotAllowed,
@@ -33,7 +35,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 18] = [
+    pub const ALL: [DenyReason; 19] = [
         DenyReason::PrivateRange,
         DenyReason::Metadata,
         DenyReason::Tailnet,
@@ -47,6 +49,7 @@ impl DenyReason {
         DenyReason::DnsFailure,
         DenyReason::PortNotAllowed,
         DenyReason::BadRequest,
+        DenyReason::HeadTooLarge,
         DenyReason::HostMismatch,
         DenyReason::Userinfo,
         DenyReason::SchemeNotAllowed,
@@ -69,6 +72,7 @@ impl DenyReason {
             DenyReason::DnsFailure => "dns_failure",
             DenyReason::PortNotAllowed => "port_not_allowed",
             DenyReason::BadRequest => "bad_request",
+            DenyReason::HeadTooLarge => "head_too_large",
             DenyReason::HostMismatch => "host_mismatch",
             DenyReason::Userinfo => "userinfo",
             DenyReason::SchemeNotAllowed => "scheme_not_allowed",
@@ -93,6 +97,7 @@ impl DenyReason {
             DenyReason::DnsFailure => "the name could not be resolved",
             DenyReason::PortNotAllowed => "the port is not allowed",
             DenyReason::BadRequest => "the request could not be understood as a proxy request",
+            DenyReason::HeadTooLarge => "the request line and headers are longer than 64 KiB",
             DenyReason::HostMismatch => "the Host header disagrees with the request target",
             DenyReason::Userinfo => "credentials in the URL authority are not allowed",
             DenyReason::SchemeNotAllowed => "only http:// (and CONNECT for https) is proxied",

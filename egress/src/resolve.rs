@@ -13,6 +13,8 @@ use hickory_resolver::config::{
     ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::rdata::CNAME;
+use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
 
 use crate::EgressError;
@@ -124,6 +126,8 @@ impl DnsResolver {
             opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
             opts.use_hosts_file = ResolveHosts::Never;
             opts.try_tcp_on_error = true;
+            // The CNAME chain is judged too (deny_domains); hickory keeps it only when asked.
+            opts.preserve_intermediates = true;
             let resolver =
                 TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
                     .with_options(opts)
@@ -142,8 +146,9 @@ impl DnsResolver {
         &self.servers
     }
 
-    /// Every address the name resolves to, in answer order (IPv4 first).
-    pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+    /// Every address the name resolves to, in answer order (IPv4 first), and every name the
+    /// answer passed through on the way (the CNAME chain).
+    pub async fn resolve(&self, name: &str) -> Result<Resolution, DnsError> {
         let resolver = self.resolver.as_ref().ok_or(DnsError::NoServers)?;
         let fqdn = format!("{name}.");
         let lookup = tokio::time::timeout(self.timeout, resolver.lookup_ip(fqdn.as_str()))
@@ -159,8 +164,34 @@ impl DnsResolver {
         if addrs.is_empty() {
             return Err(DnsError::NoAddresses);
         }
-        Ok(addrs)
+        // Every CNAME in the answer, owner and target: more names can only mean more denials.
+        let mut aliases: Vec<String> = Vec::new();
+        for record in lookup.as_lookup().answers() {
+            if let RData::CNAME(CNAME(target)) = &record.data {
+                for alias in [&record.name, target] {
+                    let alias = normalise_name(alias);
+                    if alias != name && !aliases.contains(&alias) {
+                        aliases.push(alias);
+                    }
+                }
+            }
+        }
+        Ok(Resolution { addrs, aliases })
     }
+}
+
+/// What one lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub addrs: Vec<IpAddr>,
+    /// Names other than the one asked that the answer's CNAME chain went through, lower-case
+    /// ASCII without the trailing dot (the form domain patterns are matched in).
+    pub aliases: Vec<String>,
+}
+
+fn normalise_name(name: &Name) -> String {
+    let ascii = name.to_lowercase().to_ascii();
+    ascii.strip_suffix('.').unwrap_or(&ascii).to_string()
 }
 
 #[cfg(test)]

@@ -509,3 +509,275 @@ async fn an_allowed_address_that_refuses_is_a_bad_gateway() {
     assert_eq!(resp.deny_reason(), None);
     assert_eq!(proxy.connect_attempts(), 1.0);
 }
+
+/// Issue 13: with `allow_cidrs` opening a translation prefix (an IPv6-only host behind NAT64),
+/// the IPv4 address inside is still judged by every rule. No case may start a connection.
+#[tokio::test]
+async fn translated_addresses_are_judged_as_the_ipv4_they_carry() {
+    let dns = TestDns::start(vec![]).await;
+    let proxy = RunningProxy::start(&format!(
+        "dns_servers = [\"{}\"]\n\
+         allow_cidrs = [\"64:ff9b::/96\", \"2002::/16\", \"64:ff9b:1::/64\"]\n\
+         deny_cidrs = [\"93.184.216.0/24\"]\n\
+         edge_addresses = [\"93.184.215.14\"]\n\
+         nat64_prefixes = [\"2a00:1450:64::/96\"]\n",
+        dns.addr
+    ))
+    .await;
+    let cases: &[(&str, &str)] = &[
+        // The two requests from the SSRF corpus, verbatim.
+        (
+            "GET http://[64:ff9b::a00:1]/ HTTP/1.1\r\n\r\n",
+            "private_range",
+        ),
+        ("CONNECT [64:ff9b::7f00:1]:443 HTTP/1.1\r\n\r\n", "loopback"),
+        // NAT64 and 6to4 forms of a deny_cidrs entry (93.184.216.34).
+        (
+            "GET http://[64:ff9b::5db8:d822]/ HTTP/1.1\r\n\r\n",
+            "denied_cidr",
+        ),
+        (
+            "CONNECT [64:ff9b::93.184.216.34]:443 HTTP/1.1\r\n\r\n",
+            "denied_cidr",
+        ),
+        (
+            "CONNECT [2002:5db8:d822::1]:443 HTTP/1.1\r\n\r\n",
+            "denied_cidr",
+        ),
+        // NAT64 and 6to4 forms of an edge address (93.184.215.14).
+        (
+            "GET http://[64:ff9b::5db8:d70e]/ HTTP/1.1\r\n\r\n",
+            "edge_address",
+        ),
+        (
+            "CONNECT [2002:5db8:d70e::]:443 HTTP/1.1\r\n\r\n",
+            "edge_address",
+        ),
+        // Metadata and other built-in ranges inside the opened prefixes.
+        (
+            "GET http://[64:ff9b::a83f:8110]/ HTTP/1.1\r\n\r\n",
+            "metadata",
+        ),
+        (
+            "CONNECT [2002:a9fe:a9fe::]:443 HTTP/1.1\r\n\r\n",
+            "metadata",
+        ),
+        (
+            "CONNECT [2002:c0a8:101::]:443 HTTP/1.1\r\n\r\n",
+            "private_range",
+        ),
+        ("CONNECT [2002:6464:6464::]:443 HTTP/1.1\r\n\r\n", "tailnet"),
+        // An operator's /64 NAT64 prefix inside the local-use prefix (RFC 6052 position after
+        // the u octet): 10.0.0.1.
+        (
+            "CONNECT [64:ff9b:1:0:a:0:100::]:443 HTTP/1.1\r\n\r\n",
+            "private_range",
+        ),
+        // The host network's own NAT64 prefix (nat64_prefixes): global unicast, so nothing but
+        // the embedded address can deny it.
+        (
+            "GET http://[2a00:1450:64::a00:1]/ HTTP/1.1\r\n\r\n",
+            "private_range",
+        ),
+        (
+            "CONNECT [2a00:1450:64::7f00:1]:443 HTTP/1.1\r\n\r\n",
+            "loopback",
+        ),
+        // Prefixes not opened keep their own reason around a public address.
+        ("CONNECT [::ffff:808:808]:443 HTTP/1.1\r\n\r\n", "reserved"),
+        (
+            "CONNECT [2001:0:808:808::]:443 HTTP/1.1\r\n\r\n",
+            "reserved",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (raw, want) in cases {
+        let resp = proxy.exchange(raw).await;
+        if resp.status != 403 || resp.deny_reason().as_deref() != Some(*want) {
+            failures.push(format!(
+                "{raw:?}: {} {:?}, want 403 {want}",
+                resp.status,
+                resp.deny_reason()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(proxy.connect_attempts(), 0.0);
+}
+
+/// The check that keeps loopback out of `allow_cidrs` reads entries through their IPv4
+/// embedding; a whole translation prefix stays allowed (it clears only its own `reserved`).
+#[test]
+fn allow_cidrs_cannot_reach_loopback_through_an_embedding() {
+    let registry = prometheus::Registry::new();
+    for entry in [
+        "64:ff9b::7f00:0/104",
+        "64:ff9b::7f00:1",
+        "::ffff:127.0.0.1",
+        "::ffff:0:0/97",
+        "2002:7f00::/24",
+        "2001:0:7f00::/40",
+        "64:ff9b:1::7f00:0/104",
+        "2a00:1450::5efe:7f00:1",
+    ] {
+        let config: egress::EgressConfig =
+            toml::from_str(&format!("allow_cidrs = [\"10.9.0.0/16\", \"{entry}\"]")).unwrap();
+        let err = egress::EgressProxy::new(config, &registry)
+            .err()
+            .unwrap_or_else(|| panic!("{entry} was accepted"))
+            .to_string();
+        assert!(err.contains("egress.allow_cidrs[1]"), "{entry}: {err}");
+        assert!(err.contains("loopback"), "{entry}: {err}");
+    }
+    for entry in [
+        "64:ff9b::/96",
+        "2002::/16",
+        "64:ff9b:1::/48",
+        "64:ff9b:1:abcd::/64",
+        "2000::/3",
+    ] {
+        let config: egress::EgressConfig =
+            toml::from_str(&format!("allow_cidrs = [\"{entry}\"]")).unwrap();
+        assert!(
+            egress::EgressProxy::new(config, &prometheus::Registry::new()).is_ok(),
+            "{entry} was refused"
+        );
+    }
+}
+
+/// Every provider's metadata and host-service address, in every spelling, holds against an
+/// `allow_cidrs` that opens the ranges around them.
+#[tokio::test]
+async fn cloud_metadata_addresses_hold_against_allow_cidrs() {
+    let dns = TestDns::start(vec![
+        ("metadata.google.internal", fixed(&["169.254.169.254"])),
+        ("wireserver.test", fixed(&["168.63.129.16"])),
+    ])
+    .await;
+    let proxy = RunningProxy::start(&format!(
+        "dns_servers = [\"{}\"]\n\
+         allow_cidrs = [\"169.254.0.0/16\", \"192.0.0.0/24\", \"100.64.0.0/10\", \
+         \"fd00::/8\", \"fe80::/10\", \"64:ff9b::/96\"]\n",
+        dns.addr
+    ))
+    .await;
+    let hosts = [
+        "169.254.169.254",
+        "169.254.170.2",
+        "169.254.170.23",
+        "169.254.169.123",
+        "169.254.169.253",
+        "168.63.129.16",
+        "192.0.0.192",
+        "100.100.100.200",
+        "[fd00:ec2::254]",
+        "[fd00:ec2::23]",
+        "[fd00:ec2::123]",
+        "[fd00:ec2::253]",
+        "[fd20:ce::254]",
+        "[64:ff9b::a83f:8110]",
+        "[::ffff:168.63.129.16]",
+        "metadata.google.internal",
+        "wireserver.test",
+    ];
+    let mut failures = Vec::new();
+    for host in hosts {
+        for raw in [
+            format!("GET http://{host}/ HTTP/1.1\r\n\r\n"),
+            format!("CONNECT {host}:443 HTTP/1.1\r\n\r\n"),
+        ] {
+            let resp = proxy.exchange(&raw).await;
+            if resp.deny_reason().as_deref() != Some("metadata") {
+                failures.push(format!("{raw:?}: {} {:?}", resp.status, resp.deny_reason()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(proxy.connect_attempts(), 0.0);
+}
+
+/// Issue 13: a name whose CNAME chain reaches `deny_domains` is that denied domain.
+#[tokio::test]
+async fn a_name_that_cnames_into_a_denied_domain_is_denied() {
+    let origin = Origin::start("127.0.0.2").await;
+    let port = origin.addr.port();
+    let dns = TestDns::start_with_cnames(
+        vec![
+            ("cdn.blocked.test", fixed(&["127.0.0.2"])),
+            ("cdn.fine.test", fixed(&["127.0.0.2"])),
+        ],
+        vec![
+            ("alias.test", "cdn.blocked.test"),
+            ("hop.test", "mid.test"),
+            ("mid.test", "cdn.blocked.test"),
+            ("ok.test", "cdn.fine.test"),
+        ],
+    )
+    .await;
+    let extra = "deny_domains = [\"*.blocked.test\"]\n[client_modes]\nauditor = \"report\"\n";
+    let proxy =
+        RunningProxy::start(&loopback_config(dns.addr, port, &["127.0.0.2/32"], extra)).await;
+
+    for name in ["alias.test", "hop.test"] {
+        let http = proxy.get(&format!("http://{name}:{port}/")).await;
+        assert_eq!(http.status, 403, "{name}: {http:?}");
+        assert_eq!(http.deny_reason().as_deref(), Some("denied_domain"));
+        let tunnel = proxy.connect(&format!("{name}:{port}")).await;
+        assert_eq!(tunnel.deny_reason().as_deref(), Some("denied_domain"));
+    }
+    assert_eq!(proxy.connect_attempts(), 0.0);
+    assert_eq!(origin.requests.lock().unwrap().len(), 0);
+
+    // A chain that stays clear of the deny list goes through.
+    let fine = proxy.get(&format!("http://ok.test:{port}/fine")).await;
+    assert_eq!(fine.status, 200, "{fine:?}");
+
+    // Like any domain rule, report mode relaxes it (and logs would_deny).
+    let reported = proxy
+        .exchange(&format!(
+            "GET http://alias.test:{port}/seen HTTP/1.1\r\nProxy-Authorization: Basic YXVkaXRvcjp4\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(reported.status, 200, "{reported:?}");
+    assert_eq!(
+        proxy.metric(
+            "aibox_egress_decisions_total",
+            &[("decision", "would_deny"), ("reason", "denied_domain")]
+        ),
+        1.0
+    );
+}
+
+/// Issue 13: the 64 KiB limit is on the whole head, also when it arrives in one piece.
+#[tokio::test]
+async fn the_head_limit_covers_the_whole_head() {
+    let origin = Origin::start("127.0.0.2").await;
+    let port = origin.addr.port();
+    let dns = TestDns::start(vec![("origin.test", fixed(&["127.0.0.2"]))]).await;
+    let proxy = RunningProxy::start(&loopback_config(dns.addr, port, &["127.0.0.2/32"], "")).await;
+
+    let long_line = format!(
+        "GET http://origin.test:{port}/{} HTTP/1.1\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let resp = proxy.exchange(&long_line).await;
+    assert_eq!(resp.status, 431, "{}", resp.head);
+    assert_eq!(resp.deny_reason().as_deref(), Some("head_too_large"));
+
+    let many_headers = format!(
+        "GET http://origin.test:{port}/ HTTP/1.1\r\n{}\r\n",
+        format!("X-Pad: {}\r\n", "b".repeat(1_000)).repeat(70)
+    );
+    let resp = proxy.exchange(&many_headers).await;
+    assert_eq!(resp.status, 431, "{}", resp.head);
+    assert_eq!(proxy.connect_attempts(), 0.0);
+    assert_eq!(origin.requests.lock().unwrap().len(), 0);
+
+    // Just under the limit is still a request.
+    let fits = format!(
+        "GET http://origin.test:{port}/{} HTTP/1.1\r\n\r\n",
+        "a".repeat(60_000)
+    );
+    let resp = proxy.exchange(&fits).await;
+    assert_eq!(resp.status, 200, "{}", resp.head);
+}

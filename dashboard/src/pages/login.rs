@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{layout, Nav, PageContext};
 use crate::auth::{csrf_refusal, now_unix, safe_next, session_cookie, viewer_of, Viewer};
-use crate::session::password_matches;
+use crate::password::Check;
 use crate::SharedState;
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,7 +40,7 @@ fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
                     autofocus aria-describedby=[error.map(|_| "signin-error")];
                 button.primary type="submit" { "Sign in" }
             }
-            p.muted { "The password is set by DASHBOARD_PASSWORD on the host." }
+            p.muted { "The password was shown once by ./aibox up (its argon2id hash is DASHBOARD_PASSWORD_HASH in .env)." }
         }
     };
     let page = layout(
@@ -81,7 +81,21 @@ pub async fn submit(
         );
         return login_page(StatusCode::TOO_MANY_REQUESTS, &next, Some(&msg));
     }
-    if !password_matches(&state.config.password_sha256, &f.password) {
+    // argon2 is slow on purpose: off the async runtime.
+    let check = {
+        let state = state.clone();
+        let presented = f.password.clone();
+        tokio::task::spawn_blocking(move || state.password.check(&presented))
+            .await
+            .unwrap_or(Check::Wrong)
+    };
+    if let Check::RightAndUpgraded { rewritten } = &check {
+        match rewritten {
+            Some(file) => tracing::warn!(file = %file.display(), "dashboard password upgraded from unsalted SHA-256 to argon2id and rewritten in its file"),
+            None => tracing::warn!("dashboard password upgraded from unsalted SHA-256 to argon2id in memory; DASHBOARD_PASSWORD_SHA256 cannot be rewritten from here: replace it with DASHBOARD_PASSWORD_HASH (`dashboard hash-password`)"),
+        }
+    }
+    if check == Check::Wrong {
         let lock = state.throttle.failed(Instant::now());
         tracing::warn!(
             locked_for_secs = lock.map(|d| d.as_secs()),

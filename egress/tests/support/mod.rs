@@ -18,7 +18,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 pub type Answer = Box<dyn Fn(usize) -> Vec<Ipv4Addr> + Send + Sync>;
 
 /// A tiny authoritative-for-everything DNS server on 127.0.0.1 (UDP). Unknown names get
-/// NXDOMAIN, AAAA queries an empty answer, all records TTL 0 so nothing is cached.
+/// NXDOMAIN, AAAA queries an empty answer, all records TTL 0 so nothing is cached. Aliases
+/// (CNAMEs) are answered the way a recursive resolver does: the whole chain, then the final
+/// name's addresses, in one answer section.
 pub struct TestDns {
     pub addr: SocketAddr,
     queries: Arc<Mutex<HashMap<String, usize>>>,
@@ -26,6 +28,15 @@ pub struct TestDns {
 
 impl TestDns {
     pub async fn start(zone: Vec<(&str, Answer)>) -> Self {
+        Self::start_with_cnames(zone, Vec::new()).await
+    }
+
+    /// `cnames` maps an alias to its target (`www.test` -> `cdn.test`).
+    pub async fn start_with_cnames(zone: Vec<(&str, Answer)>, cnames: Vec<(&str, &str)>) -> Self {
+        let cnames: HashMap<String, String> = cnames
+            .into_iter()
+            .map(|(a, t)| (a.to_ascii_lowercase(), t.to_ascii_lowercase()))
+            .collect();
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let zone: HashMap<String, Answer> = zone
@@ -40,7 +51,7 @@ impl TestDns {
                 let Ok((n, from)) = socket.recv_from(&mut buf).await else {
                     return;
                 };
-                if let Some(reply) = answer(&buf[..n], &zone, &counts) {
+                if let Some(reply) = answer(&buf[..n], &zone, &cnames, &counts) {
                     let _ = socket.send_to(&reply, from).await;
                 }
             }
@@ -59,9 +70,20 @@ pub fn fixed(ips: &[&str]) -> Answer {
     Box::new(move |_| ips.clone())
 }
 
+fn encode_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
 fn answer(
     query: &[u8],
     zone: &HashMap<String, Answer>,
+    cnames: &HashMap<String, String>,
     counts: &Mutex<HashMap<String, usize>>,
 ) -> Option<Vec<u8>> {
     if query.len() < 12 {
@@ -81,7 +103,16 @@ fn answer(
     }
     let qtype = u16::from_be_bytes([*query.get(i)?, *query.get(i + 1)?]);
     let question_end = i + 4;
-    let name = labels.join(".");
+    // Follow the alias chain (bounded, in case a test builds a loop).
+    let mut name = labels.join(".");
+    let mut chain: Vec<(String, String)> = Vec::new();
+    while let Some(target) = cnames.get(&name) {
+        if chain.len() >= 8 {
+            break;
+        }
+        chain.push((name.clone(), target.clone()));
+        name = target.clone();
+    }
     let entry = zone.get(&name);
     let ips = match (entry, qtype) {
         (Some(answer), 1) => {
@@ -95,14 +126,26 @@ fn answer(
     };
     let mut reply = Vec::with_capacity(512);
     reply.extend_from_slice(&query[0..2]);
-    let rcode = if entry.is_some() { 0 } else { 3 };
+    let rcode = if entry.is_some() || !chain.is_empty() {
+        0
+    } else {
+        3
+    };
     reply.extend_from_slice(&[0x81, 0x80 | rcode]);
     reply.extend_from_slice(&1u16.to_be_bytes());
-    reply.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+    reply.extend_from_slice(&((chain.len() + ips.len()) as u16).to_be_bytes());
     reply.extend_from_slice(&[0, 0, 0, 0]);
     reply.extend_from_slice(query.get(12..question_end)?);
+    for (owner, target) in &chain {
+        let target = encode_name(target);
+        reply.extend_from_slice(&encode_name(owner));
+        reply.extend_from_slice(&[0, 5, 0, 1, 0, 0, 0, 0]);
+        reply.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        reply.extend_from_slice(&target);
+    }
     for ip in ips {
-        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+        reply.extend_from_slice(&encode_name(&name));
+        reply.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
         reply.extend_from_slice(&ip.octets());
     }
     Some(reply)
