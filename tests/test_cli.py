@@ -101,7 +101,7 @@ def test_doctor_names_missing_secrets(tmp_path):
     env_file = write_env(tmp_path / "aibox.env", secrets={"OPS_CONTROLLER_TOKEN": "c" * 64})
     p = aibox(["doctor"], tmp_path, env_file, {"DOCKER_HOST": f"unix://{tmp_path}/dead.sock"}, timeout=60)
     assert p.returncode == 1
-    assert "secrets missing from" in p.stdout and "AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD" in p.stdout
+    assert "secrets missing from" in p.stdout and "AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD_HASH" in p.stdout
 
 
 def test_doctor_reports_a_port_taken_by_another_program(tmp_path):
