@@ -13,7 +13,7 @@
 #      --headless when the shell is missing).
 #
 # The image holds: cdp-gate (the entrypoint: starts Chromium with DevTools on 127.0.0.1:9223 and
-# forwards :9222 to it, see cdp-gate/src/main.rs), the Chromium binary and the resource files
+# forwards :9222 to it, see edge/cdp-gate/src/main.rs), the Chromium binary and the resource files
 # next to it (paks, ICU data, V8 snapshots, the SwiftShader GL/Vulkan libraries it dlopens), every
 # shared library ldd names for those, NSS's dlopened modules (for HTTPS), fontconfig with the
 # DejaVu and Liberation fonts, CA certificates, /etc/passwd with uid 65532 and a static busybox
