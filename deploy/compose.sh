@@ -67,7 +67,7 @@ check_prerequisites() {
   fi
   if [ "$way" = host ] && [ "$(setting AIBOX_CARGO_BUILD 1)" != 0 ]; then
     if ! command -v cargo >/dev/null; then
-      missing+=("cargo (the Rust toolchain, 1.88 or newer; Debian's package is too old)")
+      missing+=("cargo (the Rust toolchain, 1.88 or newer; Debian's package is too old), or BuildKit (docker-buildx-plugin) to build the images in Docker from the Dockerfile instead")
       rust=1
     fi
     command -v cc >/dev/null || need "cc (a C compiler: zlib-ng, zstd, ring and aws-lc are built from C)" build-essential

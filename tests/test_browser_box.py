@@ -153,8 +153,11 @@ def test_openclaw_sync_merges_the_edge_into_openclaw_json(box):
     os.chown(conf_dir / "openclaw.json", 1000, 1000)  # the user's file, owned as OpenClaw owns it
     run_sync = ["docker", "run", "--rm", "--network", f"{box.project}_front", "--read-only", "--cap-drop", "ALL",
                 "--security-opt", "no-new-privileges:true", "--user", "1000:1000", "-v", f"{conf_dir}:/data/openclaw",
-                "-e", "BROWSER_CDP_URL=http://browser:9222", box.image("dashboard"), "openclaw-sync"]
-    first = run(run_sync, timeout=60)
+                "-e", "BROWSER_CDP_URL=http://browser:9222", "-e", "OPENCLAW_EDGE_KEY",
+                box.image("dashboard"), "openclaw-sync"]
+    # Its own client key, as compose passes it (the bundle's anonymous policy allows nothing).
+    key_env = {"OPENCLAW_EDGE_KEY": box.secret("OPENCLAW_EDGE_KEY")}
+    first = run(run_sync, env=key_env, timeout=60)
     assert "models.providers.gateway.models: added" in first.stderr, first.stderr
     doc = json.loads((conf_dir / "openclaw.json").read_text())
     gateway = doc["models"]["providers"]["gateway"]
@@ -165,5 +168,5 @@ def test_openclaw_sync_merges_the_edge_into_openclaw_json(box):
     assert doc["browser"]["profiles"]["aibox"]["cdpUrl"] == "http://browser:9222"
     assert doc["channels"] == {"telegram": {"enabled": True}}
     assert (conf_dir / "openclaw.json.bak").read_text().startswith("// mine")
-    second = run(run_sync, timeout=60)
+    second = run(run_sync, env=key_env, timeout=60)
     assert "is in sync" in second.stderr, second.stderr
