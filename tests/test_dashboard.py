@@ -5,10 +5,12 @@ page at 1280 and 375 px (artifacts/screenshots/).
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import subprocess
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -134,7 +136,7 @@ def test_dashboard_sign_in_restart_logs_and_audit_row(stack):
         # ... and the controller's log has it with the same correlation id.
         events = [e for e in stack.audit_events() if e.get("correlation_id") == request_id]
         assert [(e["action"], e["resource"], e["actor"], e["result"], e["metadata"].get("user")) for e in events] == \
-            [("restart", "web", "dashboard", "ok", "admin")]
+            [("restart", "web", "dashboard", "intent", "admin"), ("restart", "web", "dashboard", "ok", "admin")]
         assert any(e["action"] == "logs" and e["actor"] == "dashboard" for e in stack.audit_events()), \
             "reading logs is audited too"
     finally:
@@ -181,6 +183,36 @@ def test_dashboard_form_without_csrf_token_is_refused(stack):
     _, headers, _ = c.request("GET", "/")
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
+
+
+def test_a_user_who_leaves_mid_restart_still_leaves_intent_and_outcome(stack):
+    """The browser's connection drops while the dashboard waits for the controller: the restart
+    goes ahead and the audit log has both events under the edge's request id."""
+    stack.project.run("slow", "trap '' TERM; while true; do sleep 1; done")  # restart takes 1 s
+    try:
+        c = PlainClient(stack.url)
+        c.sign_in()
+        _, _, page = c.request("GET", "/")
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        before = stack.project.inspect("slow")["State"]["StartedAt"]
+        conn = http.client.HTTPConnection(c.host, c.port, timeout=0.3)
+        try:
+            conn.request("POST", "/services/slow/restart", body=urllib.parse.urlencode({"csrf": token, "confirm": "yes"}),
+                         headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": c.cookie,
+                                  "X-Request-ID": "dash-hangup-1"})
+            with pytest.raises((TimeoutError, OSError, http.client.HTTPException)):
+                conn.getresponse()
+        finally:
+            conn.close()
+        events = wait_until(lambda: len(mine := [e for e in stack.audit_events()
+                                                 if e["correlation_id"] == "dash-hangup-1"]) == 2 and mine,
+                            timeout=30, what="intent and outcome")
+        assert [(e["action"], e["resource"], e["actor"], e["result"]) for e in events] == [
+            ("restart", "slow", "dashboard", "intent"), ("restart", "slow", "dashboard", "ok")]
+        assert events[1]["metadata"]["intent_seq"] == events[0]["seq"]
+        assert stack.project.inspect("slow")["State"]["StartedAt"] != before
+    finally:
+        docker("rm", "-f", stack.project.container_name("slow"), check=False)
 
 
 def test_dashboard_models_pull_and_traffic(stack):

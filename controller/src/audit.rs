@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
@@ -52,27 +52,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     }
 }
 
-/// One stored event. Field order here is the canonical order on disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditEvent {
-    pub seq: u64,
-    pub ts: String,
-    pub action: String,
-    pub resource: String,
-    pub actor: String,
-    pub result: String,
-    pub correlation_id: String,
-    /// serde_json's map keeps keys sorted, which makes the canonical form deterministic.
-    pub metadata: Map<String, Value>,
-    pub prev_hash: String,
-}
+pub use aibox_wire::audit::{AuditEvent, INTENT, INTENT_SEQ};
 
-impl AuditEvent {
-    /// The canonical form: compact JSON, fields in schema order, metadata keys sorted.
-    pub fn canonical(&self) -> String {
-        serde_json::to_string(self).expect("an AuditEvent always serializes")
-    }
+/// The canonical form: compact JSON, fields in schema order, metadata keys sorted.
+pub fn canonical(event: &AuditEvent) -> String {
+    serde_json::to_string(event).expect("an AuditEvent always serializes")
 }
 
 /// What a caller asks to record; `seq`, `ts` and `prev_hash` are assigned by the log.
@@ -103,7 +87,7 @@ pub fn derive_key(token: &str) -> Vec<u8> {
 
 pub fn event_hash(key: &[u8], event: &AuditEvent) -> String {
     let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key size");
-    mac.update(event.canonical().as_bytes());
+    mac.update(canonical(event).as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
@@ -313,7 +297,7 @@ impl AuditLog {
             metadata: new.metadata,
             prev_hash: w.last_hash.clone(),
         };
-        let mut line = event.canonical();
+        let mut line = canonical(&event);
         line.push('\n');
         self.write_line(w, line.as_bytes())?;
         w.last_seq = event.seq;
@@ -412,6 +396,32 @@ impl AuditLog {
             }
         }
         Ok(out)
+    }
+
+    /// Intent events that no outcome event names (by `metadata.intent_seq`), oldest first: actions
+    /// whose outcome was never written because the process stopped mid-action.
+    pub fn open_intents(&self) -> Result<Vec<AuditEvent>, AuditError> {
+        let mut open = std::collections::BTreeMap::new();
+        for (path, mut file) in self.snapshot()? {
+            let mut buf = Vec::new();
+            file.read_to_end(&mut buf).map_err(io_err(&path))?;
+            for line in complete_lines(&buf) {
+                // Most lines are neither; skip parsing them.
+                let text = String::from_utf8_lossy(line);
+                if !text.contains("\"result\":\"intent\"") && !text.contains(INTENT_SEQ) {
+                    continue;
+                }
+                let Ok(event) = parse_event(line) else {
+                    continue;
+                };
+                if event.result == INTENT {
+                    open.insert(event.seq, event);
+                } else if let Some(seq) = event.metadata.get(INTENT_SEQ).and_then(Value::as_u64) {
+                    open.remove(&seq);
+                }
+            }
+        }
+        Ok(open.into_values().collect())
     }
 
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {

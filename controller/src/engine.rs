@@ -364,6 +364,17 @@ impl Engine {
         Ok((group.iter().map(container_name).collect(), state))
     }
 
+    /// The state of the service's first container and the ids of all its containers (to tell
+    /// whether the controller itself is one of them).
+    pub async fn observe(&self, service: &str) -> Result<(String, Vec<String>), DockerError> {
+        let group = self.resolve(service).await?;
+        let state = group[0]
+            .state
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Ok((state, group.iter().filter_map(|c| c.id.clone()).collect()))
+    }
+
     pub async fn act(
         &self,
         service: &str,

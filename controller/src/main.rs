@@ -2,6 +2,7 @@
 
 mod api;
 mod audit;
+mod audited;
 mod config;
 mod engine;
 mod logstream;
@@ -111,9 +112,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the audit log in {}", cfg.audit.dir.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let audit = Arc::new(audit);
+        let engine = engine::Engine::new(cfg.project.clone(), cfg.allow.clone());
+        // Actions left open by the previous process (its own restart, a crash) get their outcome
+        // before anything new is done.
+        audited::close_open_intents(&audit, &engine)
+            .await
+            .context("closing actions left open in the audit log")?;
         let state = Arc::new(api::AppState {
-            engine: engine::Engine::new(cfg.project.clone(), cfg.allow.clone()),
-            audit: Arc::new(audit),
+            engine,
+            audit,
             token: cfg.token.clone(),
         });
         let listener = tokio::net::TcpListener::bind(&cfg.listen)

@@ -51,6 +51,19 @@ impl Actor {
             request_id: uuid::Uuid::new_v4().to_string(),
         }
     }
+
+    /// With the request's `X-Request-ID` (set by the edge) when it is 1-128 visible ASCII characters.
+    pub fn for_request(user: &str, headers: &axum::http::HeaderMap) -> Self {
+        let mut actor = Self::new(user);
+        if let Some(id) = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            actor.request_id = id.to_string();
+        }
+        actor
+    }
 }
 
 fn http_client() -> reqwest::Client {

@@ -322,6 +322,7 @@ pub struct ActionForm {
 pub async fn act(
     State(state): State<SharedState>,
     viewer: Viewer,
+    headers: axum::http::HeaderMap,
     Path((name, action)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Response {
@@ -334,7 +335,8 @@ pub async fn act(
     if f.confirm != "yes" {
         return Redirect::to(&format!("/services/{name}/{action}")).into_response();
     }
-    let actor = Actor::new(&viewer.user);
+    // The edge's request id, so the audit events join the edge's and the dashboard's log lines.
+    let actor = Actor::for_request(&viewer.user, &headers);
     match state.controller.act(&actor, &name, &action, false).await {
         Ok(v) => {
             let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);

@@ -1,0 +1,1 @@
+//! The edge's operations routes as the dashboard reads them.
