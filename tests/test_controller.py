@@ -280,6 +280,28 @@ def test_actions_dry_run_confirm_and_audit(procs, tmp_path, stack):
     assert res.returncode == 0 and res.stdout.strip() == "ok: 12 events", res.stdout + res.stderr
 
 
+# ---------- JSON bodies are objects ----------
+
+NOT_OBJECTS = {"array": b"[true]", "string": b'"confirm"', "number": b"1", "null": b"null"}
+
+
+@pytest.mark.parametrize("kind", NOT_OBJECTS)
+def test_json_bodies_must_be_objects(procs, tmp_path, stack, kind):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    _, api = start_controller(procs, p.name, audit_dir)
+    before = started_at(p, "web")
+    raw = NOT_OBJECTS[kind]
+    for path, body in (("/services/web/restart", raw),
+                       ("/images/pull", b'[["web"],false,true]' if kind == "array" else raw),
+                       ("/audit", b'["mcp_add","x"]' if kind == "array" else raw)):
+        status, _, answer = api.post(path, raw_body=body, headers={"Content-Type": "application/json"})
+        assert_error((status, None, answer), 400, "invalid_body")
+        assert "must be an object" in answer["error"]["message"], answer
+    assert started_at(p, "web") == before, "nothing was restarted"
+    assert audit_lines(audit_dir) == [], "nothing was recorded"
+
+
 # ---------- intent and outcome: the caller hangs up mid-action ----------
 
 SLOW_STOP_SCRIPT = "trap '' TERM; echo slow-up; while true; do sleep 1; done"  # ignores SIGTERM

@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 
 from conftest import BIN
 from controller_fixtures import ComposeProject, docker
-from dashboard_fixtures import (N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
+from dashboard_fixtures import (EDGE_ADMIN, N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
                                 wait_edge_ready, wait_until)
 
 PAGES = {
@@ -213,6 +213,49 @@ def test_a_user_who_leaves_mid_restart_still_leaves_intent_and_outcome(stack):
         assert stack.project.inspect("slow")["State"]["StartedAt"] != before
     finally:
         docker("rm", "-f", stack.project.container_name("slow"), check=False)
+
+
+NOT_OBJECTS = {"array": b"[true]", "string": b'"llama3:8b"', "number": b"1", "null": b"null"}
+
+
+def raw_request(base: str, method: str, path: str, body: bytes, headers: dict) -> tuple[int, str, str]:
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type", ""), resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", NOT_OBJECTS)
+def test_edge_admin_routes_take_json_objects_only(stack, kind):
+    """Each JSON route of the edge answers 400 in its own protocol's error shape."""
+    admin = {"Authorization": f"Bearer {EDGE_ADMIN}", "Content-Type": "application/json"}
+    raw = NOT_OBJECTS[kind]
+    status, ctype, body = raw_request(stack.url, "PUT", "/api/mcp/registry", raw, admin)
+    assert (status, ctype) == (400, "application/problem+json"), body
+    assert "must be an object" in json.loads(body)["detail"], body
+    for path in ("/api/pull", "/api/delete", "/api/copy", "/api/create", "/api/chat"):
+        method = "DELETE" if path == "/api/delete" else "POST"
+        status, _, body = raw_request(stack.url, method, path, raw, admin)
+        assert status == 400 and "must be a JSON object" in json.loads(body)["error"], (path, body)
+    status, _, body = raw_request(stack.url, "POST", "/v1/chat/completions", raw, admin)
+    assert status == 400 and "must be a JSON object" in json.loads(body)["error"]["message"], body
+    assert not [e for e in stack.audit_events() if e["actor"] == "edge"], "nothing was recorded"
+
+
+@pytest.mark.parametrize("kind", NOT_OBJECTS)
+def test_dashboard_actions_take_forms_not_json(stack, kind):
+    c = PlainClient(stack.url)
+    c.sign_in()
+    before = stack.project.inspect("web")["State"]["StartedAt"]
+    for path in ("/services/web/restart", "/services/web/pull", "/models/pull", "/tools/add"):
+        status, ctype, body = raw_request(stack.url, "POST", path, NOT_OBJECTS[kind],
+                                          {"Content-Type": "application/json", "Cookie": c.cookie})
+        assert status == 400 and ctype.startswith("text/html") and "forms only" in body, (path, status, body)
+    assert stack.project.inspect("web")["State"]["StartedAt"] == before, "nothing was restarted"
 
 
 def test_dashboard_models_pull_and_traffic(stack):

@@ -135,6 +135,17 @@ pub async fn put_registry(
         Ok(c) => c,
         Err(r) => return *r,
     };
+    // An array is not a registry, even though serde would build one from it.
+    if let Some(what) = aibox_wire::body::non_object_kind(&body) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid registry",
+            format!(
+                "registry.json: {}",
+                aibox_wire::body::BodyError::NotAnObject { what }
+            ),
+        );
+    }
     let Ok(text) = std::str::from_utf8(&body) else {
         return problem(
             StatusCode::BAD_REQUEST,

@@ -150,19 +150,16 @@ fn parse_body(raw: &Bytes) -> Result<Value> {
             "missing request body",
         ));
     }
-    let v: Value = serde_json::from_slice(raw).map_err(|e| {
-        OllamaError::new(
+    aibox_wire::body::from_slice::<Value>(raw).map_err(|e| match e {
+        aibox_wire::body::BodyError::NotAnObject { what } => OllamaError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the request body must be a JSON object, not {what}"),
+        ),
+        aibox_wire::body::BodyError::Invalid(e) => OllamaError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid JSON in request body: {e}"),
-        )
-    })?;
-    if !v.is_object() {
-        return Err(OllamaError::new(
-            StatusCode::BAD_REQUEST,
-            "the request body must be a JSON object",
-        ));
-    }
-    Ok(v)
+        ),
+    })
 }
 
 /// The model a request names: `model`, or the older `name` field.
