@@ -10,15 +10,16 @@ import json
 import os
 import re
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 from selenium.webdriver.common.by import By
 
-from conftest import BIN
+from conftest import BIN, free_port, start_edge
 from controller_fixtures import ComposeProject, docker
-from dashboard_fixtures import (EDGE_ADMIN, N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
+from dashboard_fixtures import (CONTROLLER_TOKEN, EDGE_ADMIN, N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
                                 wait_edge_ready, wait_until)
 
 PAGES = {
@@ -256,6 +257,54 @@ def test_dashboard_actions_take_forms_not_json(stack, kind):
                                           {"Content-Type": "application/json", "Cookie": c.cookie})
         assert status == 400 and ctype.startswith("text/html") and "forms only" in body, (path, status, body)
     assert stack.project.inspect("web")["State"]["StartedAt"] == before, "nothing was restarted"
+
+
+def test_a_down_provider_shows_not_ready_instead_of_an_error(stack, module_procs, tmp_path):
+    """A real edge whose only provider is down answers /ready 503 with "models": null; the
+    dashboard reads that as "not ready", not as an error."""
+    closed = free_port()  # nothing listens there
+    edge = start_edge(module_procs, tmp_path, f"""
+admin_token_env = "AIBOX_ADMIN_TOKEN"
+
+[[providers]]
+name = "web"
+kind = "ollama"
+base_url = "http://127.0.0.1:{closed}"
+
+[egress]
+dns_servers = ["127.0.0.1:9"]
+""", env={"AIBOX_ADMIN_TOKEN": EDGE_ADMIN}, name="edge-down")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(edge.url() + "/ready", timeout=5)
+    assert e.value.code == 503
+    assert json.load(e.value)["providers"][0]["endpoints"][0]["models"] is None
+    dash = module_procs.start("dashboard-down", ["dashboard"], env={
+        "DASHBOARD_LISTEN": "127.0.0.1:0", "DASHBOARD_PASSWORD": PASSWORD,
+        "CONTROLLER_URL": stack.controller.url(), "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN,
+        "EDGE_URL": edge.url(), "EDGE_ADMIN_TOKEN": EDGE_ADMIN})
+    c = PlainClient(dash.url())
+    c.sign_in()
+    _, _, services = c.request("GET", "/")
+    assert "HTTP 503" not in services and "unavailable" not in services, services
+    card = re.search(r'id="svc-web".*?</article>', services, re.S).group(0)
+    assert "not ready" in card, card
+    _, _, models = c.request("GET", "/models")
+    assert "HTTP 503" not in models and "not ready" in models, models
+    assert "unknown (no answer yet)" in models
+
+
+def test_dashboard_refuses_mcp_server_names_the_edge_refuses(stack):
+    c = PlainClient(stack.url)
+    c.sign_in()
+    for name in ("a__b", "trailing_", "x" * 49):
+        _, _, page = c.request("GET", "/tools")
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        status, headers, _ = c.request("POST", "/tools/add", form={
+            "csrf": token, "name": name, "source": "url", "target": "http://127.0.0.1:9/mcp"})
+        assert status == 303, status
+        _, _, page = c.request("GET", headers["location"].split("#")[0])
+        assert "is not a server name" in page and "__" in page, page
+    assert not [e for e in stack.audit_events() if e["action"] == "mcp_add"], "nothing was added"
 
 
 def test_dashboard_models_pull_and_traffic(stack):

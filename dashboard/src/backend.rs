@@ -552,30 +552,8 @@ pub struct ModelEntry {
     pub owned_by: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Readiness {
-    pub ready: bool,
-    pub providers: Vec<ProviderHealth>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ProviderHealth {
-    pub name: String,
-    pub kind: String,
-    pub endpoints: Vec<EndpointHealth>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct EndpointHealth {
-    pub url: String,
-    pub healthy: bool,
-    pub models: Vec<String>,
-    pub in_flight: u64,
-    pub last_error: Option<String>,
-}
+/// The edge's `/ready` body, the type the edge itself answers with.
+pub use aibox_wire::edge::Readiness;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

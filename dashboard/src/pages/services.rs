@@ -64,7 +64,7 @@ pub fn model_readiness(service: &str, ready: &Readiness) -> Option<ModelReadines
             {
                 out.endpoints += 1;
                 out.healthy += usize::from(e.healthy);
-                out.models += e.models.len();
+                out.models += e.models.as_ref().map_or(0, Vec::len);
                 if out.last_error.is_none() {
                     out.last_error.clone_from(&e.last_error);
                 }
@@ -569,7 +569,9 @@ pub async fn logs_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{EndpointHealth, ProviderHealth};
+    use aibox_wire::edge::{
+        EndpointReadiness as EndpointHealth, ProviderReadiness as ProviderHealth,
+    };
 
     #[test]
     fn readiness_matches_by_host_or_provider_name() {
@@ -578,11 +580,12 @@ mod tests {
             providers: vec![ProviderHealth {
                 name: "local".into(),
                 kind: "ollama".into(),
+                healthy: true,
                 endpoints: vec![
                     EndpointHealth {
                         url: "http://ollama:11434".into(),
                         healthy: true,
-                        models: vec!["a".into()],
+                        models: Some(vec!["a".into()]),
                         ..Default::default()
                     },
                     EndpointHealth {

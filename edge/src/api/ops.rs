@@ -17,7 +17,7 @@ pub async fn health() -> Response {
 /// Readiness: which providers and endpoints answer, as the probes last saw them.
 pub async fn ready(State(state): State<Arc<EdgeState>>) -> Response {
     let status = state.providers.status();
-    let code = if status["ready"] == true {
+    let code = if status.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
