@@ -131,10 +131,7 @@ fn fake_edge(rec: Recorder, registry: Arc<Mutex<Value>>) -> Router {
         .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": [
             {"id": "ollama/llama3:8b", "object": "model", "owned_by": "ollama"},
             {"id": "vllm/qwen2.5", "object": "model", "owned_by": "vllm"}]})) }))
-        .route("/ready", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "providers": [
-            {"name": "ollama", "kind": "ollama", "endpoints": [{"url": "http://ollama:11434", "healthy": true, "models": ["llama3:8b"], "in_flight": 1, "last_error": null}]},
-            {"name": "vllm", "kind": "openai", "endpoints": [{"url": "http://vllm:8000/v1", "healthy": false, "models": ["qwen2.5"], "in_flight": 0, "last_error": "connection refused"}]}
-        ]}))) }))
+        .route("/ready", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, Json(fake_readiness())) }))
         .route("/api/ps", get(|| async { Json(json!({"models": [
             {"name": "llama3:8b", "model": "llama3:8b", "size": 6_000_000_000u64, "size_vram": 4_500_000_000u64, "expires_at": "2099-01-01T00:00:00Z"}]})) }))
         .route("/api/edge/stats", get(|| async { Json(json!({"window_minutes": 60, "series": [
@@ -1056,4 +1053,39 @@ async fn sign_out_ends_the_session() {
         .contains("Max-Age=0"));
     // The old cookie no longer works even if kept.
     assert_eq!(h.get("/").await.0, StatusCode::SEE_OTHER);
+}
+
+/// The edge's `/ready` body, built from the type the edge answers with.
+fn fake_readiness() -> aibox_wire::edge::Readiness {
+    use aibox_wire::edge::{EndpointReadiness, ProviderReadiness, Readiness};
+    Readiness {
+        ready: false,
+        providers: vec![
+            ProviderReadiness {
+                name: "ollama".into(),
+                kind: "ollama".into(),
+                healthy: true,
+                endpoints: vec![EndpointReadiness {
+                    url: "http://ollama:11434".into(),
+                    healthy: true,
+                    models: Some(vec!["llama3:8b".into()]),
+                    in_flight: 1,
+                    weight: 1,
+                    ..Default::default()
+                }],
+            },
+            ProviderReadiness {
+                name: "vllm".into(),
+                kind: "openai".into(),
+                healthy: false,
+                endpoints: vec![EndpointReadiness {
+                    url: "http://vllm:8000/v1".into(),
+                    models: Some(vec!["qwen2.5".into()]),
+                    weight: 1,
+                    last_error: Some("connection refused".into()),
+                    ..Default::default()
+                }],
+            },
+        ],
+    }
 }
