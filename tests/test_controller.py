@@ -80,10 +80,10 @@ def start_controller(procs, project: str, audit_dir: Path, env: dict | None = No
     return p, Api(p.url())
 
 
-def verify_cli(audit_dir: Path, env: dict | None = None):
+def verify_cli(audit_dir: Path, env: dict | None = None, args: tuple[str, ...] = ()):
     full = dict(os.environ, OPS_CONTROLLER_TOKEN=TOKEN)
     full.update(env or {})
-    return subprocess.run([str(BIN / "controller"), "audit", "verify", "--dir", str(audit_dir)],
+    return subprocess.run([str(BIN / "controller"), "audit", "verify", "--dir", str(audit_dir), *args],
                           capture_output=True, text=True, env=full, timeout=30)
 
 
@@ -159,7 +159,8 @@ def test_health_is_open_everything_else_needs_the_token(procs, tmp_path, stack):
     p, _ = stack
     _, api = start_controller(procs, p.name, tmp_path / "audit")
     status, headers, body = api.get("/health", auth=False)
-    assert (status, body) == (200, {"ok": True})
+    assert status == 200 and body["ok"] is True, body
+    assert body["audit"] == {"head": {"seq": 0, "hash": "0" * 64}, "alarm": None}, body
     assert headers.get("x-request-id")
     assert_error(api.get("/services", auth=False), 401, "unauthorized")
     assert_error(api.get("/services", auth=False, headers={"Authorization": "Bearer " + "x" * 48}), 401, "unauthorized")
@@ -757,6 +758,44 @@ def test_verifier_detects_tampering_in_the_middle(procs, tmp_path, stack, tamper
     assert res.stdout.startswith("broken:"), res.stdout
     for needle in (*expect, "audit.log"):
         assert needle in res.stdout, res.stdout
+
+
+def test_a_shortened_log_is_caught_against_the_head_anchor(procs, tmp_path, stack):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    ctl, api = start_controller(procs, p.name, audit_dir, env={"AUDIT_CHECK_INTERVAL_SECS": "1"})
+    for i in range(5):
+        assert api.post("/audit", {"action": "mcp_add", "resource": f"srv{i}"})[0] == 201
+    status, _, report = api.get("/audit/head")
+    head = report["head"]
+    assert status == 200 and head["seq"] == 5 and len(head["hash"]) == 64, report
+    assert api.get("/health", auth=False)[2]["audit"]["head"] == head
+    assert (audit_dir / "audit.head").read_text().strip() == f"{5:020}:{head['hash']}"
+    anchor = f"{head['seq']}:{head['hash']}"
+    assert verify_cli(audit_dir, args=("--expect-head", anchor)).returncode == 0
+    wait_for(lambda: api.get("/audit/head")[2]["check"], what="a first self-check")
+    assert api.get("/audit/head")[2]["check"]["ok"] is True
+
+    # An attacker with write access drops the last two events: the chain itself still verifies.
+    path = audit_dir / "audit.log"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:3]))
+    res = verify_cli(audit_dir)
+    assert res.returncode == 0 and res.stdout.strip() == "ok: 3 events", res.stdout
+    # ... but not against the head anchor,
+    res = verify_cli(audit_dir, args=("--expect-head", anchor))
+    assert res.returncode == 1 and "2 event(s) missing" in res.stdout, res.stdout + res.stderr
+    # ... and the running controller's self-check raises the alarm: an ERROR line and a flag.
+    check = wait_for(lambda: (c := api.get("/audit/head")[2]["check"]) and c["alarm"] and c, what="the alarm")
+    assert check["ok"] is False and "missing" in check["alarm"], check
+    assert "missing" in api.get("/health", auth=False)[2]["audit"]["alarm"]
+    ctl.wait_for_line(r"ERROR.*AUDIT ALARM")
+    ctl.stop()
+    # A new process refuses to continue a log shorter than its anchor.
+    env = dict(os.environ, OPS_CONTROLLER_TOKEN=TOKEN, COMPOSE_PROJECT_NAME=p.name,
+               CONTROLLER_LISTEN="127.0.0.1:0", CONTROLLER_AUDIT_DIR=str(audit_dir))
+    res = subprocess.run([str(BIN / "controller")], capture_output=True, text=True, env=env, timeout=30)
+    assert res.returncode != 0 and "head anchor" in res.stderr, res.stderr
+    assert verify_cli(audit_dir, args=("--expect-head", "5:nothex")).returncode == 2
 
 
 def test_kill_9_during_a_burst_loses_no_acknowledged_event(procs, tmp_path, stack):

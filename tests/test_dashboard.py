@@ -307,6 +307,33 @@ def test_dashboard_refuses_mcp_server_names_the_edge_refuses(stack):
     assert not [e for e in stack.audit_events() if e["action"] == "mcp_add"], "nothing was added"
 
 
+def test_audit_page_shows_the_head_the_alarm_and_a_correct_plural(stack, module_procs, tmp_path):
+    audit_dir = tmp_path / "audit"
+    ctl = module_procs.start("controller-alarm", ["controller"], env={
+        "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN, "COMPOSE_PROJECT_NAME": stack.project.name,
+        "CONTROLLER_LISTEN": "127.0.0.1:0", "CONTROLLER_AUDIT_DIR": str(audit_dir),
+        "AUDIT_CHECK_INTERVAL_SECS": "1"})
+    dash = module_procs.start("dashboard-alarm", ["dashboard"], env={
+        "DASHBOARD_LISTEN": "127.0.0.1:0", "DASHBOARD_PASSWORD": PASSWORD,
+        "CONTROLLER_URL": ctl.url(), "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN})
+    for i in range(3):
+        req = urllib.request.Request(ctl.url() + "/audit", method="POST",
+                                     data=json.dumps({"action": "mcp_add", "resource": f"s{i}"}).encode(),
+                                     headers={"Authorization": f"Bearer {CONTROLLER_TOKEN}",
+                                              "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).close()
+    c = PlainClient(dash.url())
+    c.sign_in()
+    _, _, page = c.request("GET", "/audit?resource=s1")
+    assert "1 event, newest first" in page, page
+    assert "Head: seq 3" in page and "Audit alarm" not in page, page
+    log = audit_dir / "audit.log"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:1]))
+    page = wait_until(lambda: (p := c.request("GET", "/audit")[2]) and "Audit alarm" in p and p,
+                      timeout=15, what="the alarm on the Audit page")
+    assert "2 event(s) missing" in page, page
+
+
 def test_dashboard_models_pull_and_traffic(stack):
     # Some traffic for the charts: a chat completion by the n8n client through the edge.
     req = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST",

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use aibox_wire::audit::AuditRecord;
+use aibox_wire::audit::{AuditCheck, AuditHeadReport, AuditRecord};
 
 use crate::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, NewEvent, INTENT};
 use crate::audited::{self, AuditedError, Outcome};
@@ -34,6 +34,17 @@ pub struct AppState {
     pub engine: Engine,
     pub audit: Arc<AuditLog>,
     pub token: String,
+    /// The last self-check of the log against its head anchor; an alarm stays until restart.
+    pub audit_check: std::sync::Mutex<Option<AuditCheck>>,
+}
+
+impl AppState {
+    pub fn last_check(&self) -> Option<AuditCheck> {
+        self.audit_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -126,6 +137,7 @@ pub fn router(state: Shared) -> Router {
         .route("/images/pull", post(pull_images))
         .route("/audit", get(audit_query).post(audit_record))
         .route("/audit/verify", get(audit_verify))
+        .route("/audit/head", get(audit_head))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -247,8 +259,20 @@ async fn ready(state: &Shared) -> Result<(), ApiError> {
         .map_err(audit_refused)
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"ok": true}))
+/// Open (no token): liveness, and the audit head anchor so it can be copied elsewhere.
+async fn health(State(state): State<Shared>) -> Json<Value> {
+    let check = state.last_check();
+    Json(json!({"ok": true, "audit": {
+        "head": state.audit.head(),
+        "alarm": check.and_then(|c| c.alarm),
+    }}))
+}
+
+async fn audit_head(State(state): State<Shared>) -> Json<AuditHeadReport> {
+    Json(AuditHeadReport {
+        head: state.audit.head(),
+        check: state.last_check(),
+    })
 }
 
 async fn list_services(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {

@@ -246,18 +246,8 @@ pub struct LogLine {
     pub ts: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct AuditEvent {
-    pub seq: Option<u64>,
-    pub ts: String,
-    pub action: String,
-    pub resource: String,
-    pub actor: String,
-    pub result: String,
-    pub correlation_id: String,
-    pub metadata: Value,
-}
+/// An audit event as the controller stores and answers it (the controller's own type).
+pub use aibox_wire::audit::{AuditEvent, AuditHeadReport};
 
 /// Filters of the audit page, passed through to the controller's `GET /audit`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -462,6 +452,14 @@ impl ControllerClient {
             .timeout(CALL_TIMEOUT);
         let v = self.send(rb).await?;
         parse(v.get("events").cloned().unwrap_or(Value::Array(vec![])))
+    }
+
+    /// The head anchor and the last self-check of the log against it (`GET /audit/head`).
+    pub async fn audit_head(&self, actor: &Actor) -> Result<AuditHeadReport, BackendError> {
+        let rb = self
+            .request(reqwest::Method::GET, "/audit/head", actor)?
+            .timeout(CALL_TIMEOUT);
+        parse(self.send(rb).await?)
     }
 
     /// The controller's own JSON export (`format=json`), passed through unchanged.

@@ -108,8 +108,8 @@ fn fake_controller(rec: Recorder) -> Router {
             "/audit",
             get(|| async {
                 Json(json!({"count": 2, "events": [
-                    {"seq": 2, "ts": "2026-11-26T05:10:00.000Z", "action": "restart", "resource": "web", "actor": "dashboard", "result": "ok", "correlation_id": "rid-2", "metadata": {"user": "admin"}},
-                    {"seq": 1, "ts": "2026-11-26T04:10:00.000Z", "action": "logs", "resource": "web", "actor": "cli", "result": "error", "correlation_id": "rid-1", "metadata": {}}
+                    {"seq": 2, "ts": "2026-11-26T05:10:00.000Z", "action": "restart", "resource": "web", "actor": "dashboard", "result": "ok", "correlation_id": "rid-2", "metadata": {"user": "admin"}, "prev_hash": "ab".repeat(32)},
+                    {"seq": 1, "ts": "2026-11-26T04:10:00.000Z", "action": "logs", "resource": "web", "actor": "cli", "result": "error", "correlation_id": "rid-1", "metadata": {}, "prev_hash": "0".repeat(64)}
                 ]}))
             })
             .post(|body: Json<Value>| async move { (StatusCode::CREATED, Json(body.0)) }),

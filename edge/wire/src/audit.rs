@@ -99,8 +99,8 @@ pub struct AuditCheck {
     pub ok: bool,
     /// When the check ran (RFC 3339).
     pub at: String,
-    /// Why it failed: the log is shorter than the anchor, a link is broken, ...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why it failed: the log is shorter than the anchor, its last event was edited, ...
+    #[serde(default)]
     pub alarm: Option<String>,
 }
 
