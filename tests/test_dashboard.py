@@ -334,6 +334,39 @@ def test_audit_page_shows_the_head_the_alarm_and_a_correct_plural(stack, module_
     assert "2 event(s) missing" in page, page
 
 
+def test_locally_built_images_are_not_offered_for_pulling(stack):
+    c = PlainClient(stack.url)
+    c.sign_in()
+    _, _, page = c.request("GET", "/")
+    card = re.search(r'id="svc-web".*?</article>', page, re.S).group(0)
+    assert "Pull image" not in card and "no registry has this image" in card, card
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    status, headers, _ = c.request("POST", "/services/web/pull", form={"csrf": token})
+    assert (status, headers["location"]) == (303, "/")
+    _, _, page = c.request("GET", "/")
+    assert "no registry has this image" in page
+    assert not [e for e in stack.audit_events() if e["action"] == "pull"], "nothing was pulled"
+
+
+def test_edge_metrics_are_open_on_internal_networks_and_keyed_elsewhere(module_procs, tmp_path):
+    def get(url: str, headers: dict | None = None) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    base = 'admin_token_env = "AIBOX_ADMIN_TOKEN"\n[egress]\ndns_servers = ["127.0.0.1:9"]\n'
+    open_edge = start_edge(module_procs, tmp_path, base, env={"AIBOX_ADMIN_TOKEN": EDGE_ADMIN},
+                           name="edge-metrics-default")
+    assert get(open_edge.url() + "/metrics") == 200, "loopback is open by default"
+    # Only 10.0.0.0/8 is open: a request from 127.0.0.1 now needs the admin key.
+    keyed = start_edge(module_procs, tmp_path, 'metrics_open_cidrs = ["10.0.0.0/8"]\n' + base,
+                       env={"AIBOX_ADMIN_TOKEN": EDGE_ADMIN}, name="edge-metrics-keyed")
+    assert get(keyed.url() + "/metrics") == 401
+    assert get(keyed.url() + "/metrics", {"Authorization": "Bearer wrong"}) == 401
+    assert get(keyed.url() + "/metrics", {"Authorization": f"Bearer {EDGE_ADMIN}"}) == 200
+
+
 def test_dashboard_models_pull_and_traffic(stack):
     # Some traffic for the charts: a chat completion by the n8n client through the edge.
     req = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST",

@@ -169,12 +169,15 @@ fn card(s: &ServiceStatus, readiness: Option<&ModelReadiness>, drift: bool, csrf
                     a.button href={ "/services/" (s.name) "/restart" } { "Restart" span.sr-only { " " (s.name) } }
                 }
                 a.button href={ "/services/" (s.name) "/logs" } { "Logs" span.sr-only { " of " (s.name) } }
-                @if allowed {
+                @if allowed && !locally_built(&s.image) {
                     form.inline method="post" action={ "/services/" (s.name) "/pull" } {
                         input type="hidden" name="csrf" value=(csrf);
                         button.secondary type="submit" { "Pull image" span.sr-only { " for " (s.name) } }
                     }
                 }
+            }
+            @if allowed && locally_built(&s.image) {
+                p.muted.local-image { (LOCAL_IMAGE_NOTE) }
             }
             @if !allowed { p.muted { "Read-only: outside the controller's service allowlist." } }
         }
@@ -375,6 +378,17 @@ pub struct PullForm {
     csrf: String,
 }
 
+const LOCAL_IMAGE_NOTE: &str = "Built locally (deploy/build-images.sh): no registry has this image, so there is nothing to pull. Rebuild it and recreate the service to update it.";
+
+/// Our own images (`aibox-edge:local`, `aibox-test/...`): no registry host in the reference and a
+/// repository starting with `aibox`. Pulling them can only fail.
+pub fn locally_built(image: &str) -> bool {
+    let first = image.split('/').next().unwrap_or("");
+    let has_registry =
+        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    !has_registry && first.starts_with("aibox")
+}
+
 pub async fn pull_image(
     State(state): State<SharedState>,
     viewer: Viewer,
@@ -388,6 +402,20 @@ pub async fn pull_image(
         return r;
     }
     let actor = Actor::new(&viewer.user);
+    let local = state.controller.services(&actor).await.ok().and_then(|l| {
+        l.services
+            .into_iter()
+            .find(|s| s.name == name)
+            .filter(|s| locally_built(&s.image))
+    });
+    if local.is_some() {
+        state.flashes.push(
+            &viewer,
+            FlashKind::Error,
+            format!("{name}: {LOCAL_IMAGE_NOTE}"),
+        );
+        return Redirect::to("/").into_response();
+    }
     match state
         .controller
         .pull_images(&actor, std::slice::from_ref(&name))
@@ -572,6 +600,25 @@ mod tests {
     use aibox_wire::edge::{
         EndpointReadiness as EndpointHealth, ProviderReadiness as ProviderHealth,
     };
+
+    #[test]
+    fn our_own_images_are_not_pullable() {
+        for local in [
+            "aibox-edge:local",
+            "aibox-test/busybox:1",
+            "aiboxdev-controller:1",
+        ] {
+            assert!(locally_built(local), "{local}");
+        }
+        for remote in [
+            "ollama/ollama:0.5",
+            "ghcr.io/open-webui/open-webui:v1",
+            "127.0.0.1:5000/aibox-test/app:1",
+            "busybox",
+        ] {
+            assert!(!locally_built(remote), "{remote}");
+        }
+    }
 
     #[test]
     fn readiness_matches_by_host_or_provider_name() {
