@@ -278,7 +278,11 @@ async fn audit_head(State(state): State<Shared>) -> Json<AuditHeadReport> {
 async fn list_services(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
     let services = state.engine.services().await?;
     Ok(Json(
-        json!({"project": state.engine.project(), "services": services}),
+        serde_json::to_value(aibox_wire::controller::ServiceList {
+            project: state.engine.project().to_string(),
+            services,
+        })
+        .expect("the service list serializes"),
     ))
 }
 

@@ -99,32 +99,8 @@ impl ServiceAction {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortView {
-    pub private: u16,
-    pub public: Option<u16>,
-    pub ip: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceView {
-    pub name: String,
-    pub allowed: bool,
-    pub state: String,
-    pub status: String,
-    pub health: String,
-    pub image: String,
-    pub image_id: String,
-    pub container: String,
-    pub container_id: String,
-    pub started_at: Option<String>,
-    pub uptime_seconds: Option<i64>,
-    pub restart_count: i64,
-    pub replicas: usize,
-    pub ports: Vec<PortView>,
-}
+/// The `GET /services` types, shared with the dashboard that reads them.
+pub use aibox_wire::controller::{PortBinding as PortView, ServiceStatus as ServiceView};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionOutcome {

@@ -192,42 +192,8 @@ fn lines_of(resp: reqwest::Response) -> LineStream {
 // ---------------------------------------------------------------------------------------------
 // Controller
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ServiceList {
-    pub project: String,
-    pub services: Vec<ServiceStatus>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub allowed: Option<bool>,
-    pub state: String,
-    pub status: String,
-    pub health: String,
-    pub image: String,
-    pub image_id: String,
-    pub container: String,
-    pub started_at: Option<String>,
-    pub uptime_seconds: Option<u64>,
-    pub restart_count: Option<u64>,
-    pub replicas: Option<u64>,
-    pub ports: Vec<PortBinding>,
-    /// Set by controllers that track drift themselves.
-    pub drift: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct PortBinding {
-    pub private: Option<u64>,
-    pub public: Option<u64>,
-    pub ip: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-}
+/// `GET /services`, the controller's own types.
+pub use aibox_wire::controller::{PortBinding, ServiceList, ServiceStatus};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

@@ -70,12 +70,19 @@ async fn serve(router: Router) -> String {
 fn fake_controller(rec: Recorder) -> Router {
     let services = json!({"project": "demo", "services": [
         {"name": "ollama", "allowed": true, "state": "running", "status": "Up 2 minutes (healthy)", "health": "healthy",
-         "image": "ollama/ollama:0.5", "image_id": "sha256:aaa", "container": "demo-ollama-1", "uptime_seconds": 125,
-         "restart_count": 0, "ports": [{"private": 11434, "public": 11434, "ip": "127.0.0.1", "type": "tcp"}]},
+         "image": "ollama/ollama:0.5", "image_id": "sha256:aaa", "container": "demo-ollama-1", "container_id": "c1",
+         "started_at": "2026-11-26T04:40:01.123Z", "uptime_seconds": 125, "restart_count": 0, "replicas": 1,
+         "ports": [{"private": 11434, "public": 11434, "ip": "127.0.0.1", "type": "tcp"}]},
         {"name": "web", "allowed": true, "state": "exited", "status": "Exited (0) 1 minute ago", "health": "none",
-         "image": "busybox:1", "image_id": "sha256:bbb", "container": "demo-web-1", "uptime_seconds": null, "ports": []},
-        {"name": "db", "allowed": false, "state": "running", "health": "unhealthy", "image": "postgres:16", "ports": []}
+         "image": "busybox:1", "image_id": "sha256:bbb", "container": "demo-web-1", "container_id": "c2",
+         "started_at": null, "uptime_seconds": null, "restart_count": 0, "replicas": 1, "ports": []},
+        {"name": "db", "allowed": false, "state": "running", "status": "Up", "health": "unhealthy", "image": "postgres:16",
+         "image_id": "sha256:ccc", "container": "demo-db-1", "container_id": "c3", "started_at": null,
+         "uptime_seconds": 5, "restart_count": 0, "replicas": 1, "ports": []}
     ]});
+    // The controller's own type reads it back: the fake answers what the controller would.
+    let _: aibox_wire::controller::ServiceList =
+        serde_json::from_value(services.clone()).expect("the fake matches the controller's type");
     Router::new()
         .route("/services", get(move || { let s = services.clone(); async move { Json(s) } }))
         .route(

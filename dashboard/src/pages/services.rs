@@ -117,18 +117,18 @@ fn readiness_cell(r: &ModelReadiness) -> Markup {
 
 fn card(s: &ServiceStatus, readiness: Option<&ModelReadiness>, drift: bool, csrf: &str) -> Markup {
     let id = format!("svc-{}", s.name);
-    let allowed = s.allowed != Some(false);
+    let allowed = s.allowed;
     let running = s.state == "running";
     let ports: Vec<String> = s
         .ports
         .iter()
-        .filter_map(|p| {
-            let private = p.private?;
-            Some(match (p.public, &p.ip) {
+        .map(|p| {
+            let private = p.private;
+            match (p.public, &p.ip) {
                 (Some(public), Some(ip)) if !ip.is_empty() => format!("{ip}:{public}→{private}"),
                 (Some(public), _) => format!("{public}→{private}"),
                 _ => format!("{private}"),
-            })
+            }
         })
         .collect();
     html! {
@@ -146,7 +146,7 @@ fn card(s: &ServiceStatus, readiness: Option<&ModelReadiness>, drift: bool, csrf
                     dd { (readiness_cell(r)) }
                 }
                 dt { "Uptime" }
-                dd { @match s.uptime_seconds { Some(u) => (human_duration(u)), None => span.muted { "—" } } }
+                dd { @match s.uptime_seconds { Some(u) => (human_duration(u.max(0) as u64)), None => span.muted { "—" } } }
                 dt { "Image" }
                 dd {
                     code.image { (s.image) }
@@ -154,7 +154,7 @@ fn card(s: &ServiceStatus, readiness: Option<&ModelReadiness>, drift: bool, csrf
                         " " span.badge.warn title="A newer image was pulled; recreate the service to run it" { "newer image pulled" }
                     }
                 }
-                @if let Some(n) = s.restart_count.filter(|n| *n > 0) {
+                @if let Some(n) = Some(s.restart_count).filter(|n| *n > 0) {
                     dt { "Restarts" } dd { (n) }
                 }
                 @if !ports.is_empty() {
@@ -209,7 +209,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                 Ok(list) => div.cards {
                     @for s in &list.services {
                         @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
-                        @let drift = s.drift == Some(true) || drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
+                        @let drift = drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
                         (card(s, r.as_ref(), drift, &viewer.csrf))
                     }
                 },
