@@ -108,18 +108,7 @@ pub struct ActionOutcome {
     pub containers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PullResult {
-    pub service: String,
-    pub image: String,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub container_image_id: Option<String>,
-    pub pulled_image_id: Option<String>,
-    pub drift: Option<bool>,
-    pub progress: Vec<String>,
-}
+pub use aibox_wire::controller::PullResult;
 
 /// A running container's log body, still to be decoded.
 pub struct LogSource {

@@ -193,7 +193,7 @@ fn lines_of(resp: reqwest::Response) -> LineStream {
 // Controller
 
 /// `GET /services`, the controller's own types.
-pub use aibox_wire::controller::{PortBinding, ServiceList, ServiceStatus};
+pub use aibox_wire::controller::{PortBinding, PullAnswer, ServiceList, ServiceStatus};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -387,7 +387,7 @@ impl ControllerClient {
         &self,
         actor: &Actor,
         services: &[String],
-    ) -> Result<Value, BackendError> {
+    ) -> Result<PullAnswer, BackendError> {
         let rb = self
             .request(reqwest::Method::POST, "/images/pull", actor)?
             .timeout(LONG_TIMEOUT)
@@ -398,7 +398,7 @@ impl ControllerClient {
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         // A failed pull still carries per-service results worth showing.
         if (200..300).contains(&status) || v.get("results").is_some() {
-            Ok(v)
+            parse(v)
         } else {
             Err(error_from_body(status, &text))
         }

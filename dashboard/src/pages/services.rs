@@ -421,47 +421,34 @@ pub async fn pull_image(
         .pull_images(&actor, std::slice::from_ref(&name))
         .await
     {
-        Ok(v) => {
-            for r in v
-                .get("results")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let service = r
-                    .get("service")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&name)
-                    .to_string();
-                let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                if r.get("ok").and_then(Value::as_bool) == Some(false) {
+        Ok(answer) => {
+            for r in answer.results {
+                let service = r.service.clone();
+                let image = r.image.clone();
+                if !r.ok {
                     state.flashes.push(
                         &viewer,
                         FlashKind::Error,
                         format!(
-                            "Pull of {} for {service} failed: {}",
-                            s("image"),
-                            s("error")
+                            "Pull of {image} for {service} failed: {}",
+                            r.error.as_deref().unwrap_or("")
                         ),
                     );
                     continue;
                 }
-                let drift = r.get("drift").and_then(Value::as_bool).unwrap_or(false);
+                let drift = r.drift.unwrap_or(false);
                 state.drift.lock().expect("drift lock").insert(
                     service.clone(),
                     DriftNote {
-                        container_image_id: s("container_image_id"),
-                        pulled_image_id: s("pulled_image_id"),
+                        container_image_id: r.container_image_id.clone().unwrap_or_default(),
+                        pulled_image_id: r.pulled_image_id.clone().unwrap_or_default(),
                         drift,
                     },
                 );
                 let text = if drift {
-                    format!("Pulled {} for {service}: a newer image is ready; recreate the service (docker compose up -d {service}) to run it.", s("image"))
+                    format!("Pulled {image} for {service}: a newer image is ready; recreate the service (docker compose up -d {service}) to run it.")
                 } else {
-                    format!(
-                        "Pulled {} for {service}: the running container already uses it.",
-                        s("image")
-                    )
+                    format!("Pulled {image} for {service}: the running container already uses it.")
                 };
                 state.flashes.push(&viewer, FlashKind::Ok, text);
             }

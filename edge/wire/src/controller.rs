@@ -7,7 +7,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -51,4 +51,33 @@ pub struct PortBinding {
     pub ip: Option<String>,
     #[serde(rename = "type")]
     pub kind: String,
+}
+
+/// The answer of `POST /images/pull` (and the last line of a streamed pull, plus `"done": true`):
+/// 200 when every pull worked, 502 `pull_failed` (with `error`) when one did not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PullAnswer {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub results: Vec<PullResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The pull of one service's image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PullResult {
+    pub service: String,
+    pub image: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub container_image_id: Option<String>,
+    pub pulled_image_id: Option<String>,
+    /// The container runs an older image than the one now pulled.
+    pub drift: Option<bool>,
+    /// Milestones of Docker's progress stream.
+    pub progress: Vec<String>,
 }
