@@ -82,10 +82,15 @@ impl ApiError {
 impl ApiError {
     /// The JSON body this error is answered with.
     fn body(&self) -> Value {
+        // `{"error": {"code", "message"}}` (aibox_wire::controller::ErrorBody), plus any extra fields.
         let mut body = self.extra.clone().unwrap_or_default();
+        let detail = aibox_wire::controller::ErrorDetail {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+        };
         body.insert(
             "error".into(),
-            json!({"code": self.code, "message": self.message}),
+            serde_json::to_value(detail).expect("an error serializes"),
         );
         Value::Object(body)
     }

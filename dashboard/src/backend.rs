@@ -94,6 +94,20 @@ fn transport_error(e: reqwest::Error) -> BackendError {
 /// Turn an error response into its message, whichever error shape the service uses
 /// (`{"error": {"code","message"}}`, `{"error": "..."}`, problem+json, OpenAI error object).
 fn error_from_body(status: u16, body: &str) -> BackendError {
+    // The controller's own error type first; the edge's shapes below.
+    if let Ok(aibox_wire::controller::ErrorBody { error }) = serde_json::from_str(body) {
+        if !error.code.is_empty() {
+            return BackendError::Status {
+                status,
+                code: error.code,
+                message: if error.message.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    error.message
+                },
+            };
+        }
+    }
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let (code, message) = match &v {
         Value::Object(o) => match o.get("error") {
