@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN
-from controller_fixtures import (BUSYBOX, ComposeFile, ComposeProject, LocalRegistry, busybox_image,
-                                 docker, require_docker, unique_name)
+from controller_fixtures import (BUSYBOX, ComposeFile, ComposeProject, LocalRegistry, _free_port,
+                                 busybox_image, docker, require_docker, unique_name)
 
 TOKEN = secrets.token_hex(24)  # 48 characters
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -80,10 +80,10 @@ def start_controller(procs, project: str, audit_dir: Path, env: dict | None = No
     return p, Api(p.url())
 
 
-def verify_cli(audit_dir: Path, env: dict | None = None):
+def verify_cli(audit_dir: Path, env: dict | None = None, args: tuple[str, ...] = ()):
     full = dict(os.environ, OPS_CONTROLLER_TOKEN=TOKEN)
     full.update(env or {})
-    return subprocess.run([str(BIN / "controller"), "audit", "verify", "--dir", str(audit_dir)],
+    return subprocess.run([str(BIN / "controller"), "audit", "verify", "--dir", str(audit_dir), *args],
                           capture_output=True, text=True, env=full, timeout=30)
 
 
@@ -94,6 +94,18 @@ def audit_lines(audit_dir: Path) -> list[dict]:
         if f.exists():
             events += [json.loads(line) for line in f.read_text().splitlines() if line]
     return events
+
+
+def outcomes(events: list[dict]) -> list[dict]:
+    """The outcome events of a list, each checked against the intent it names."""
+    by_seq = {e["seq"]: e for e in events}
+    out = [e for e in events if e["result"] != "intent"]
+    for e in out:
+        intent = by_seq.get(e["metadata"].get("intent_seq"))
+        if intent is not None:
+            assert intent["result"] == "intent" and intent["correlation_id"] == e["correlation_id"], (intent, e)
+    assert len(out) * 2 == len(events), f"an intent without its outcome: {events}"
+    return out
 
 
 def started_at(project: ComposeProject, service: str) -> str:
@@ -147,7 +159,8 @@ def test_health_is_open_everything_else_needs_the_token(procs, tmp_path, stack):
     p, _ = stack
     _, api = start_controller(procs, p.name, tmp_path / "audit")
     status, headers, body = api.get("/health", auth=False)
-    assert (status, body) == (200, {"ok": True})
+    assert status == 200 and body["ok"] is True, body
+    assert body["audit"] == {"head": {"seq": 0, "hash": "0" * 64}, "alarm": None}, body
     assert headers.get("x-request-id")
     assert_error(api.get("/services", auth=False), 401, "unauthorized")
     assert_error(api.get("/services", auth=False, headers={"Authorization": "Bearer " + "x" * 48}), 401, "unauthorized")
@@ -238,19 +251,25 @@ def test_actions_dry_run_confirm_and_audit(procs, tmp_path, stack):
     assert started_at(q, "web") == q_before
     assert q.inspect("web")["State"]["Running"] is True
 
-    # Exactly one event per performed action, newest first, with the caller's identity.
+    # Two events per performed action: the intent before it, the outcome after (naming the
+    # intent's seq), newest first, with the caller's identity.
     status, _, body = api.get("/audit?limit=50")
     assert status == 200
     events = body["events"]
     assert [(e["action"], e["resource"], e["result"]) for e in events] == [
-        ("start", "worker", "ok"), ("start", "worker", "ok"), ("stop", "worker", "ok"),
-        ("stop", "worker", "ok"), ("restart", "worker", "ok")]
-    assert [e["seq"] for e in events] == [5, 4, 3, 2, 1]
+        ("start", "worker", "ok"), ("start", "worker", "intent"),
+        ("start", "worker", "ok"), ("start", "worker", "intent"),
+        ("stop", "worker", "ok"), ("stop", "worker", "intent"),
+        ("stop", "worker", "ok"), ("stop", "worker", "intent"),
+        ("restart", "worker", "ok"), ("restart", "worker", "intent")]
+    assert [e["seq"] for e in events] == list(range(10, 0, -1))
     assert all(e["actor"] == "dashboard" and e["metadata"]["user"] == "alice" for e in events)
-    assert events[-1]["correlation_id"] == "req-restart-1"
-    assert events[0]["metadata"]["changed"] is False and events[1]["metadata"]["changed"] is True
+    assert all(e["metadata"]["intent_seq"] == e["seq"] - 1 for e in events if e["result"] != "intent")
+    assert [e["correlation_id"] for e in events[-2:]] == ["req-restart-1"] * 2
+    assert events[-1]["metadata"] == {"containers": [p.container_name("worker")], "user": "alice"}
+    assert events[0]["metadata"]["changed"] is False and events[2]["metadata"]["changed"] is True
     assert events[-1]["ts"].endswith("Z") and len(events[-1]["ts"]) == 24
-    assert len(audit_lines(audit_dir)) == 5
+    assert len(audit_lines(audit_dir)) == 10
 
     # Same service name in both projects: only this project's container restarts.
     web_before = started_at(p, "web")
@@ -259,7 +278,126 @@ def test_actions_dry_run_confirm_and_audit(procs, tmp_path, stack):
     assert started_at(p, "web") != web_before
     assert started_at(q, "web") == q_before
     res = verify_cli(audit_dir)
-    assert res.returncode == 0 and res.stdout.strip() == "ok: 6 events", res.stdout + res.stderr
+    assert res.returncode == 0 and res.stdout.strip() == "ok: 12 events", res.stdout + res.stderr
+
+
+# ---------- JSON bodies are objects ----------
+
+NOT_OBJECTS = {"array": b"[true]", "string": b'"confirm"', "number": b"1", "null": b"null"}
+
+
+@pytest.mark.parametrize("kind", NOT_OBJECTS)
+def test_json_bodies_must_be_objects(procs, tmp_path, stack, kind):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    _, api = start_controller(procs, p.name, audit_dir)
+    before = started_at(p, "web")
+    raw = NOT_OBJECTS[kind]
+    for path, body in (("/services/web/restart", raw),
+                       ("/images/pull", b'[["web"],false,true]' if kind == "array" else raw),
+                       ("/audit", b'["mcp_add","x"]' if kind == "array" else raw)):
+        status, _, answer = api.post(path, raw_body=body, headers={"Content-Type": "application/json"})
+        assert_error((status, None, answer), 400, "invalid_body")
+        assert "must be an object" in answer["error"]["message"], answer
+    assert started_at(p, "web") == before, "nothing was restarted"
+    assert audit_lines(audit_dir) == [], "nothing was recorded"
+
+
+# ---------- intent and outcome: the caller hangs up mid-action ----------
+
+SLOW_STOP_SCRIPT = "trap '' TERM; echo slow-up; while true; do sleep 1; done"  # ignores SIGTERM
+
+
+def hang_up_during(api: Api, path: str, body: dict, request_id: str, after: float = 0.3) -> None:
+    """Sends the request and drops the connection after `after` seconds, before any answer."""
+    conn = http.client.HTTPConnection(api.host, int(api.port), timeout=after)
+    try:
+        conn.request("POST", path, body=json.dumps(body).encode(),
+                     headers={**AUTH, "Content-Type": "application/json", "X-Request-ID": request_id})
+        with pytest.raises((TimeoutError, OSError, http.client.HTTPException)):
+            conn.getresponse()
+    finally:
+        conn.close()
+
+
+def events_of(events: list[dict], request_id: str) -> list[dict]:
+    return sorted((e for e in events if e["correlation_id"] == request_id), key=lambda e: e["seq"])
+
+
+def wait_for(pred, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = pred()
+        except (OSError, http.client.HTTPException):
+            got = None
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout}s")
+        time.sleep(0.2)
+
+
+def test_a_caller_that_hangs_up_mid_action_still_gets_intent_and_outcome(procs, tmp_path, stack):
+    project = ComposeProject(unique_name("aiboxhang"))
+    audit_dir = tmp_path / "audit"
+    try:
+        project.run("slow", SLOW_STOP_SCRIPT)  # a restart takes the 1 s stop timeout
+        _, api = start_controller(procs, project.name, audit_dir)
+        before = started_at(project, "slow")
+        hang_up_during(api, "/services/slow/restart", {"confirm": True}, "hangup-1")
+        pair = wait_for(lambda: len(events_of(audit_lines(audit_dir), "hangup-1")) == 2
+                        and events_of(audit_lines(audit_dir), "hangup-1"), what="intent and outcome")
+        intent, outcome = pair
+        assert (intent["action"], intent["resource"], intent["result"]) == ("restart", "slow", "intent")
+        assert (outcome["action"], outcome["result"]) == ("restart", "ok"), outcome
+        assert outcome["metadata"]["intent_seq"] == intent["seq"]
+        assert started_at(project, "slow") != before, "Docker acted: the container restarted"
+        assert verify_cli(audit_dir).returncode == 0
+    finally:
+        project.cleanup()
+
+
+def test_the_controller_restarting_itself_records_the_outcome_when_it_is_back(tmp_path):
+    """The controller in a container of its own project, restarting that very container: the
+    connection dies with the old process, and the new process closes the open intent."""
+    require_docker()
+    busybox_image()
+    project = ComposeProject(unique_name("aiboxself"))
+    audit_dir = tmp_path / "audit"
+    audit_dir.mkdir()
+    port = _free_port()
+    try:
+        docker("run", "-d", "--name", project.container_name("controller"), "--stop-timeout", "2",
+               "--label", f"com.docker.compose.project={project.name}",
+               "--label", "com.docker.compose.service=controller",
+               "--label", "com.docker.compose.container-number=1",
+               "--label", "com.docker.compose.oneoff=False",
+               "-p", f"127.0.0.1:{port}:9000",
+               # The debug binary and the host's libraries it links against, read-only.
+               "-v", f"{BIN / 'controller'}:/controller:ro", "-v", "/usr/lib:/lib:ro",
+               "-v", "/usr/lib64:/lib64:ro", "-v", "/var/run/docker.sock:/var/run/docker.sock",
+               "-v", f"{audit_dir}:/audit",
+               "-e", f"OPS_CONTROLLER_TOKEN={TOKEN}", "-e", f"COMPOSE_PROJECT_NAME={project.name}",
+               "-e", "CONTROLLER_LISTEN=0.0.0.0:9000", "-e", "CONTROLLER_AUDIT_DIR=/audit",
+               "--entrypoint", "/controller", BUSYBOX)
+        api = Api(f"http://127.0.0.1:{port}")
+        wait_for(lambda: api.get("/health", auth=False, timeout=2)[0] == 200, what="controller up")
+        first_start = started_at(project, "controller")
+        hang_up_during(api, "/services/controller/restart", {"confirm": True}, "self-restart-1", after=5)
+        wait_for(lambda: started_at(project, "controller") != first_start, what="the container restarted")
+        wait_for(lambda: api.get("/health", auth=False, timeout=2)[0] == 200, what="controller back")
+        status, _, body = api.get("/audit?limit=10")
+        assert status == 200, body
+        intent, outcome = events_of(body["events"], "self-restart-1")
+        assert (intent["action"], intent["resource"], intent["result"]) == ("restart", "controller", "intent")
+        assert (outcome["result"], outcome["metadata"]["intent_seq"]) == ("ok", intent["seq"]), outcome
+        assert outcome["metadata"]["recovered"] is True and outcome["metadata"]["state"] == "running"
+        assert verify_cli(audit_dir).returncode == 0
+    finally:
+        logs = docker("logs", project.container_name("controller"), check=False)
+        print(logs.stdout, logs.stderr)
+        project.cleanup()
 
 
 COMPOSE_YAML = f"""
@@ -437,7 +575,7 @@ def test_pull_through_a_loopback_registry_shows_drift(procs, tmp_path, stack):
         assert res["progress"], "progress before the failure is kept"
         assert app.inspect("corrupt")["State"]["Running"] is True
 
-        events = api.get("/audit?action=pull")[2]["events"]
+        events = outcomes(api.get("/audit?action=pull")[2]["events"])
         assert [(e["resource"], e["result"]) for e in events] == [
             ("corrupt", "error"), ("broken", "error"), ("app", "ok")]
         assert events[2]["metadata"]["drift"] is True and events[2]["actor"] == "dashboard"
@@ -508,7 +646,7 @@ def test_pull_streams_ndjson_progress_and_in_stream_errors(procs, tmp_path, stac
         assert last["error"]["code"] == "pull_failed", last
         assert last["results"][0]["error"] == errors[0]["error"], last
 
-        events = api.get("/audit?action=pull")[2]["events"]
+        events = outcomes(api.get("/audit?action=pull")[2]["events"])
         assert [(e["resource"], e["result"]) for e in events] == [("broken", "error"), ("app", "ok")]
         assert events[1]["metadata"]["drift"] is True and events[1]["actor"] == "dashboard"
     finally:
@@ -541,19 +679,28 @@ def test_post_audit_records_events_for_other_components(procs, tmp_path, stack):
     assert_error(api.post("/audit", {"action": "a", "resource": "x", "metadata": {"blob": "x" * 20000}}),
                  400, "invalid_body")
     assert_error(api.post("/audit", {"action": "a", "resource": "x", "metadata": [1]}), 400, "invalid_body")
+    # The controller's own actions are recorded only by the controller.
+    for own in ("restart", "pull", "audit_recovered"):
+        assert_error(api.post("/audit", {"action": own, "resource": "x"}), 400, "invalid_body")
+    # Another component's intent, then its outcome naming the intent.
+    status, _, intent = api.post("/audit", {"action": "model_delete", "resource": "m", "result": "intent"})
+    assert status == 201 and intent["result"] == "intent", intent
+    status, _, outcome = api.post("/audit", {"action": "model_delete", "resource": "m", "result": "ok",
+                                             "metadata": {"intent_seq": intent["seq"]}})
+    assert status == 201 and outcome["metadata"]["intent_seq"] == intent["seq"], outcome
     assert_error(api.post("/audit", {"action": "a", "resource": "x"}, auth=False), 401, "unauthorized")
 
     status, headers, text = api.get("/audit?format=jsonl")
     assert status == 200 and headers["content-type"] == "application/x-ndjson"
-    assert [json.loads(l)["seq"] for l in text.decode().splitlines()] == [2, 1]
+    assert [json.loads(l)["seq"] for l in text.decode().splitlines()] == [4, 3, 2, 1]
     assert api.get("/audit?since=2999-01-01T00:00:00Z")[2]["events"] == []
-    assert len(api.get("/audit?since=2000-01-01T00:00:00Z")[2]["events"]) == 2
+    assert len(api.get("/audit?since=2000-01-01T00:00:00Z")[2]["events"]) == 4
     assert api.get("/audit?actor=edge")[2]["count"] == 1
     assert_error(api.get("/audit?since=yesterday"), 400, "invalid_query")
     assert_error(api.get("/audit?limit=0"), 400, "invalid_query")
     assert_error(api.get("/audit?format=xml"), 400, "invalid_query")
     status, _, report = api.get("/audit/verify")
-    assert status == 200 and report["ok"] is True and report["events"] == 2 and report["last_seq"] == 2
+    assert status == 200 and report["ok"] is True and report["events"] == 4 and report["last_seq"] == 4
 
 
 def test_actions_are_refused_while_the_audit_log_cannot_be_written(procs, tmp_path, stack):
@@ -564,12 +711,11 @@ def test_actions_are_refused_while_the_audit_log_cannot_be_written(procs, tmp_pa
     # The next event must rotate audit.log, which needs audit.log.1 gone; a directory there blocks it.
     (audit_dir / "audit.log.1").mkdir()
     before = started_at(p, "worker")
-    # The first failure can only be found by writing: the action ran, and the caller is told so.
+    # The failure is found when the intent is written, before the action: nothing is done.
     status, _, body = api.post("/services/worker/restart", {"confirm": True})
-    assert_error((status, None, body), 500, "audit_write_failed")
-    assert started_at(p, "worker") != before
+    assert_error((status, None, body), 503, "audit_unavailable")
+    assert started_at(p, "worker") == before
     # From then on actions are refused (fail closed) and nothing is done.
-    before = started_at(p, "worker")
     assert_error(api.post("/services/worker/restart", {"confirm": True}), 503, "audit_unavailable")
     assert_error(api.get("/services/worker/logs"), 503, "audit_unavailable")
     assert_error(api.post("/audit", {"action": "mcp_add", "resource": "x"}), 503, "audit_unavailable")
@@ -579,8 +725,10 @@ def test_actions_are_refused_while_the_audit_log_cannot_be_written(procs, tmp_pa
     status, _, body = api.post("/services/worker/restart", {"confirm": True})
     assert status == 200, body
     events = api.get("/audit")[2]["events"]
-    assert [(e["seq"], e["action"]) for e in events] == [(3, "restart"), (2, "audit_recovered"), (1, "mcp_add")]
-    assert events[1]["actor"] == "controller" and events[1]["metadata"]["error"]
+    # (AUDIT_KEEP=1: the rotated file holding seq 1 may be gone by now.)
+    assert [(e["seq"], e["action"], e["result"]) for e in events][:3] == [
+        (4, "restart", "ok"), (3, "restart", "intent"), (2, "audit_recovered", "ok")]
+    assert events[2]["actor"] == "controller" and events[2]["metadata"]["error"]
     assert verify_cli(audit_dir).returncode == 0
 
 
@@ -610,6 +758,44 @@ def test_verifier_detects_tampering_in_the_middle(procs, tmp_path, stack, tamper
     assert res.stdout.startswith("broken:"), res.stdout
     for needle in (*expect, "audit.log"):
         assert needle in res.stdout, res.stdout
+
+
+def test_a_shortened_log_is_caught_against_the_head_anchor(procs, tmp_path, stack):
+    p, _ = stack
+    audit_dir = tmp_path / "audit"
+    ctl, api = start_controller(procs, p.name, audit_dir, env={"AUDIT_CHECK_INTERVAL_SECS": "1"})
+    for i in range(5):
+        assert api.post("/audit", {"action": "mcp_add", "resource": f"srv{i}"})[0] == 201
+    status, _, report = api.get("/audit/head")
+    head = report["head"]
+    assert status == 200 and head["seq"] == 5 and len(head["hash"]) == 64, report
+    assert api.get("/health", auth=False)[2]["audit"]["head"] == head
+    assert (audit_dir / "audit.head").read_text().strip() == f"{5:020}:{head['hash']}"
+    anchor = f"{head['seq']}:{head['hash']}"
+    assert verify_cli(audit_dir, args=("--expect-head", anchor)).returncode == 0
+    wait_for(lambda: api.get("/audit/head")[2]["check"], what="a first self-check")
+    assert api.get("/audit/head")[2]["check"]["ok"] is True
+
+    # An attacker with write access drops the last two events: the chain itself still verifies.
+    path = audit_dir / "audit.log"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:3]))
+    res = verify_cli(audit_dir)
+    assert res.returncode == 0 and res.stdout.strip() == "ok: 3 events", res.stdout
+    # ... but not against the head anchor,
+    res = verify_cli(audit_dir, args=("--expect-head", anchor))
+    assert res.returncode == 1 and "2 event(s) missing" in res.stdout, res.stdout + res.stderr
+    # ... and the running controller's self-check raises the alarm: an ERROR line and a flag.
+    check = wait_for(lambda: (c := api.get("/audit/head")[2]["check"]) and c["alarm"] and c, what="the alarm")
+    assert check["ok"] is False and "missing" in check["alarm"], check
+    assert "missing" in api.get("/health", auth=False)[2]["audit"]["alarm"]
+    ctl.wait_for_line(r"ERROR.*AUDIT ALARM")
+    ctl.stop()
+    # A new process refuses to continue a log shorter than its anchor.
+    env = dict(os.environ, OPS_CONTROLLER_TOKEN=TOKEN, COMPOSE_PROJECT_NAME=p.name,
+               CONTROLLER_LISTEN="127.0.0.1:0", CONTROLLER_AUDIT_DIR=str(audit_dir))
+    res = subprocess.run([str(BIN / "controller")], capture_output=True, text=True, env=env, timeout=30)
+    assert res.returncode != 0 and "head anchor" in res.stderr, res.stderr
+    assert verify_cli(audit_dir, args=("--expect-head", "5:nothex")).returncode == 2
 
 
 def test_kill_9_during_a_burst_loses_no_acknowledged_event(procs, tmp_path, stack):

@@ -5,18 +5,21 @@ page at 1280 and 375 px (artifacts/screenshots/).
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import subprocess
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 from selenium.webdriver.common.by import By
 
-from conftest import BIN
+from conftest import BIN, free_port, start_edge
 from controller_fixtures import ComposeProject, docker
-from dashboard_fixtures import (N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
+from dashboard_fixtures import (CONTROLLER_TOKEN, EDGE_ADMIN, N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
                                 wait_edge_ready, wait_until)
 
 PAGES = {
@@ -135,7 +138,7 @@ def test_dashboard_sign_in_restart_logs_and_audit_row(stack):
         # ... and the controller's log has it with the same correlation id.
         events = [e for e in stack.audit_events() if e.get("correlation_id") == request_id]
         assert [(e["action"], e["resource"], e["actor"], e["result"], e["metadata"].get("user")) for e in events] == \
-            [("restart", "web", "dashboard", "ok", "admin")]
+            [("restart", "web", "dashboard", "intent", "admin"), ("restart", "web", "dashboard", "ok", "admin")]
         assert any(e["action"] == "logs" and e["actor"] == "dashboard" for e in stack.audit_events()), \
             "reading logs is audited too"
     finally:
@@ -182,6 +185,187 @@ def test_dashboard_form_without_csrf_token_is_refused(stack):
     _, headers, _ = c.request("GET", "/")
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
+
+
+def test_a_user_who_leaves_mid_restart_still_leaves_intent_and_outcome(stack):
+    """The browser's connection drops while the dashboard waits for the controller: the restart
+    goes ahead and the audit log has both events under the edge's request id."""
+    stack.project.run("slow", "trap '' TERM; while true; do sleep 1; done")  # restart takes 1 s
+    try:
+        c = PlainClient(stack.url)
+        c.sign_in()
+        _, _, page = c.request("GET", "/")
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        before = stack.project.inspect("slow")["State"]["StartedAt"]
+        conn = http.client.HTTPConnection(c.host, c.port, timeout=0.3)
+        try:
+            conn.request("POST", "/services/slow/restart", body=urllib.parse.urlencode({"csrf": token, "confirm": "yes"}),
+                         headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": c.cookie,
+                                  "X-Request-ID": "dash-hangup-1"})
+            with pytest.raises((TimeoutError, OSError, http.client.HTTPException)):
+                conn.getresponse()
+        finally:
+            conn.close()
+        events = wait_until(lambda: len(mine := [e for e in stack.audit_events()
+                                                 if e["correlation_id"] == "dash-hangup-1"]) == 2 and mine,
+                            timeout=30, what="intent and outcome")
+        assert [(e["action"], e["resource"], e["actor"], e["result"]) for e in events] == [
+            ("restart", "slow", "dashboard", "intent"), ("restart", "slow", "dashboard", "ok")]
+        assert events[1]["metadata"]["intent_seq"] == events[0]["seq"]
+        assert stack.project.inspect("slow")["State"]["StartedAt"] != before
+    finally:
+        docker("rm", "-f", stack.project.container_name("slow"), check=False)
+
+
+NOT_OBJECTS = {"array": b"[true]", "string": b'"llama3:8b"', "number": b"1", "null": b"null"}
+
+
+def raw_request(base: str, method: str, path: str, body: bytes, headers: dict) -> tuple[int, str, str]:
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type", ""), resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", NOT_OBJECTS)
+def test_edge_admin_routes_take_json_objects_only(stack, kind):
+    """Each JSON route of the edge answers 400 in its own protocol's error shape."""
+    admin = {"Authorization": f"Bearer {EDGE_ADMIN}", "Content-Type": "application/json"}
+    raw = NOT_OBJECTS[kind]
+    status, ctype, body = raw_request(stack.url, "PUT", "/api/mcp/registry", raw, admin)
+    assert (status, ctype) == (400, "application/problem+json"), body
+    assert "must be an object" in json.loads(body)["detail"], body
+    for path in ("/api/pull", "/api/delete", "/api/copy", "/api/create", "/api/chat"):
+        method = "DELETE" if path == "/api/delete" else "POST"
+        status, _, body = raw_request(stack.url, method, path, raw, admin)
+        assert status == 400 and "must be a JSON object" in json.loads(body)["error"], (path, body)
+    status, _, body = raw_request(stack.url, "POST", "/v1/chat/completions", raw, admin)
+    assert status == 400 and "must be a JSON object" in json.loads(body)["error"]["message"], body
+    assert not [e for e in stack.audit_events() if e["actor"] == "edge"], "nothing was recorded"
+
+
+@pytest.mark.parametrize("kind", NOT_OBJECTS)
+def test_dashboard_actions_take_forms_not_json(stack, kind):
+    c = PlainClient(stack.url)
+    c.sign_in()
+    before = stack.project.inspect("web")["State"]["StartedAt"]
+    for path in ("/services/web/restart", "/services/web/pull", "/models/pull", "/tools/add"):
+        status, ctype, body = raw_request(stack.url, "POST", path, NOT_OBJECTS[kind],
+                                          {"Content-Type": "application/json", "Cookie": c.cookie})
+        assert status == 400 and ctype.startswith("text/html") and "forms only" in body, (path, status, body)
+    assert stack.project.inspect("web")["State"]["StartedAt"] == before, "nothing was restarted"
+
+
+def test_a_down_provider_shows_not_ready_instead_of_an_error(stack, module_procs, tmp_path):
+    """A real edge whose only provider is down answers /ready 503 with "models": null; the
+    dashboard reads that as "not ready", not as an error."""
+    closed = free_port()  # nothing listens there
+    edge = start_edge(module_procs, tmp_path, f"""
+admin_token_env = "AIBOX_ADMIN_TOKEN"
+
+[[providers]]
+name = "web"
+kind = "ollama"
+base_url = "http://127.0.0.1:{closed}"
+
+[egress]
+dns_servers = ["127.0.0.1:9"]
+""", env={"AIBOX_ADMIN_TOKEN": EDGE_ADMIN}, name="edge-down")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(edge.url() + "/ready", timeout=5)
+    assert e.value.code == 503
+    assert json.load(e.value)["providers"][0]["endpoints"][0]["models"] is None
+    dash = module_procs.start("dashboard-down", ["dashboard"], env={
+        "DASHBOARD_LISTEN": "127.0.0.1:0", "DASHBOARD_PASSWORD": PASSWORD,
+        "CONTROLLER_URL": stack.controller.url(), "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN,
+        "EDGE_URL": edge.url(), "EDGE_ADMIN_TOKEN": EDGE_ADMIN})
+    c = PlainClient(dash.url())
+    c.sign_in()
+    _, _, services = c.request("GET", "/")
+    assert "HTTP 503" not in services and "unavailable" not in services, services
+    card = re.search(r'id="svc-web".*?</article>', services, re.S).group(0)
+    assert "not ready" in card, card
+    _, _, models = c.request("GET", "/models")
+    assert "HTTP 503" not in models and "not ready" in models, models
+    assert "unknown (no answer yet)" in models
+
+
+def test_dashboard_refuses_mcp_server_names_the_edge_refuses(stack):
+    c = PlainClient(stack.url)
+    c.sign_in()
+    for name in ("a__b", "trailing_", "x" * 49):
+        _, _, page = c.request("GET", "/tools")
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        status, headers, _ = c.request("POST", "/tools/add", form={
+            "csrf": token, "name": name, "source": "url", "target": "http://127.0.0.1:9/mcp"})
+        assert status == 303, status
+        _, _, page = c.request("GET", headers["location"].split("#")[0])
+        assert "is not a server name" in page and "__" in page, page
+    assert not [e for e in stack.audit_events() if e["action"] == "mcp_add"], "nothing was added"
+
+
+def test_audit_page_shows_the_head_the_alarm_and_a_correct_plural(stack, module_procs, tmp_path):
+    audit_dir = tmp_path / "audit"
+    ctl = module_procs.start("controller-alarm", ["controller"], env={
+        "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN, "COMPOSE_PROJECT_NAME": stack.project.name,
+        "CONTROLLER_LISTEN": "127.0.0.1:0", "CONTROLLER_AUDIT_DIR": str(audit_dir),
+        "AUDIT_CHECK_INTERVAL_SECS": "1"})
+    dash = module_procs.start("dashboard-alarm", ["dashboard"], env={
+        "DASHBOARD_LISTEN": "127.0.0.1:0", "DASHBOARD_PASSWORD": PASSWORD,
+        "CONTROLLER_URL": ctl.url(), "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN})
+    for i in range(3):
+        req = urllib.request.Request(ctl.url() + "/audit", method="POST",
+                                     data=json.dumps({"action": "mcp_add", "resource": f"s{i}"}).encode(),
+                                     headers={"Authorization": f"Bearer {CONTROLLER_TOKEN}",
+                                              "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).close()
+    c = PlainClient(dash.url())
+    c.sign_in()
+    _, _, page = c.request("GET", "/audit?resource=s1")
+    assert "1 event, newest first" in page, page
+    assert "Head: seq 3" in page and "Audit alarm" not in page, page
+    log = audit_dir / "audit.log"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:1]))
+    page = wait_until(lambda: (p := c.request("GET", "/audit")[2]) and "Audit alarm" in p and p,
+                      timeout=15, what="the alarm on the Audit page")
+    assert "2 event(s) missing" in page, page
+
+
+def test_locally_built_images_are_not_offered_for_pulling(stack):
+    c = PlainClient(stack.url)
+    c.sign_in()
+    _, _, page = c.request("GET", "/")
+    card = re.search(r'id="svc-web".*?</article>', page, re.S).group(0)
+    assert "Pull image" not in card and "no registry has this image" in card, card
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    status, headers, _ = c.request("POST", "/services/web/pull", form={"csrf": token})
+    assert (status, headers["location"]) == (303, "/")
+    _, _, page = c.request("GET", "/")
+    assert "no registry has this image" in page
+    assert not [e for e in stack.audit_events() if e["action"] == "pull"], "nothing was pulled"
+
+
+def test_edge_metrics_are_open_on_internal_networks_and_keyed_elsewhere(module_procs, tmp_path):
+    def get(url: str, headers: dict | None = None) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    base = 'admin_token_env = "AIBOX_ADMIN_TOKEN"\n[egress]\ndns_servers = ["127.0.0.1:9"]\n'
+    open_edge = start_edge(module_procs, tmp_path, base, env={"AIBOX_ADMIN_TOKEN": EDGE_ADMIN},
+                           name="edge-metrics-default")
+    assert get(open_edge.url() + "/metrics") == 200, "loopback is open by default"
+    # Only 10.0.0.0/8 is open: a request from 127.0.0.1 now needs the admin key.
+    keyed = start_edge(module_procs, tmp_path, 'metrics_open_cidrs = ["10.0.0.0/8"]\n' + base,
+                       env={"AIBOX_ADMIN_TOKEN": EDGE_ADMIN}, name="edge-metrics-keyed")
+    assert get(keyed.url() + "/metrics") == 401
+    assert get(keyed.url() + "/metrics", {"Authorization": "Bearer wrong"}) == 401
+    assert get(keyed.url() + "/metrics", {"Authorization": f"Bearer {EDGE_ADMIN}"}) == 200
 
 
 def test_dashboard_models_pull_and_traffic(stack):

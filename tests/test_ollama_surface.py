@@ -35,12 +35,20 @@ class AuditRecorder:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 ok = self.path == "/audit" and self.headers.get("authorization") == "Bearer ctl-token-0123456789" \
                     and not recorder.fail
+                answer = b"{}"
                 if ok:
                     recorder.records.append(body)
+                    # The stored event, as the controller answers it.
+                    answer = json.dumps({
+                        "seq": len(recorder.records), "ts": "2026-01-01T00:00:00.000Z",
+                        "action": body["action"], "resource": body["resource"],
+                        "actor": body.get("actor", "edge"), "result": body.get("result", "ok"),
+                        "correlation_id": body.get("correlation_id", ""),
+                        "metadata": body.get("metadata", {}), "prev_hash": "0" * 64}).encode()
                 self.send_response(201 if ok else 500)
-                self.send_header("content-length", "2")
+                self.send_header("content-length", str(len(answer)))
                 self.end_headers()
-                self.wfile.write(b"{}")
+                self.wfile.write(answer)
 
             def log_message(self, *args):
                 pass
@@ -302,9 +310,17 @@ def test_pull_copy_create_delete_with_admin_key(stack):
         admin.delete("mistral-copy")
     assert e.value.status_code == 404
 
-    actions = [(r["action"], r["metadata"]["model"]) for r in audit.records]
-    assert ("model_pull", "mistral:7b") in actions and ("model_copy", "mistral:7b") in actions
-    assert ("model_create", "mine") in actions and ("model_delete", "mistral-copy") in actions
+    # Each action: an intent before it starts, an outcome naming the intent's seq after it ends.
+    actions = [(r["action"], r["metadata"]["model"], r["result"]) for r in audit.records]
+    for action, model in (("model_pull", "mistral:7b"), ("model_copy", "mistral:7b"),
+                          ("model_create", "mine"), ("model_delete", "mistral-copy")):
+        assert (action, model, "intent") in actions and (action, model, "ok") in actions, actions
+    assert ("model_delete", "mistral-copy", "error") in actions, "the refused second delete"
+    for seq, r in enumerate(audit.records, start=1):
+        if r["result"] != "intent":
+            intent = audit.records[r["metadata"]["intent_seq"] - 1]
+            assert intent["result"] == "intent" and intent["correlation_id"] == r["correlation_id"]
+            assert (intent["action"], intent["resource"]) == (r["action"], r["resource"])
     pull = next(r for r in audit.records if r["action"] == "model_pull")
     assert pull["actor"] == "edge" and pull["metadata"]["client"] == "admin"
     assert pull["resource"] == "model:ollama/mistral:7b" and pull["correlation_id"]

@@ -18,7 +18,10 @@ use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, NewEvent};
+use aibox_wire::audit::{AuditCheck, AuditHeadReport, AuditRecord};
+
+use crate::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, NewEvent, INTENT};
+use crate::audited::{self, AuditedError, Outcome};
 use crate::engine::{DockerError, Engine, ServiceAction};
 use crate::logstream::{LogDecoder, LogLine};
 
@@ -31,6 +34,17 @@ pub struct AppState {
     pub engine: Engine,
     pub audit: Arc<AuditLog>,
     pub token: String,
+    /// The last self-check of the log against its head anchor; an alarm stays until restart.
+    pub audit_check: std::sync::Mutex<Option<AuditCheck>>,
+}
+
+impl AppState {
+    pub fn last_check(&self) -> Option<AuditCheck> {
+        self.audit_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -68,10 +82,15 @@ impl ApiError {
 impl ApiError {
     /// The JSON body this error is answered with.
     fn body(&self) -> Value {
+        // `{"error": {"code", "message"}}` (aibox_wire::controller::ErrorBody), plus any extra fields.
         let mut body = self.extra.clone().unwrap_or_default();
+        let detail = aibox_wire::controller::ErrorDetail {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+        };
         body.insert(
             "error".into(),
-            json!({"code": self.code, "message": self.message}),
+            serde_json::to_value(detail).expect("an error serializes"),
         );
         Value::Object(body)
     }
@@ -123,6 +142,7 @@ pub fn router(state: Shared) -> Router {
         .route("/images/pull", post(pull_images))
         .route("/audit", get(audit_query).post(audit_record))
         .route("/audit/verify", get(audit_verify))
+        .route("/audit/head", get(audit_head))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -225,16 +245,15 @@ impl Caller {
     }
 }
 
-/// Audit writes fsync; keep them off the async workers.
 async fn append(state: &Shared, event: NewEvent) -> Result<AuditEvent, AuditError> {
-    let audit = state.audit.clone();
-    tokio::task::spawn_blocking(move || audit.append(event))
-        .await
-        .unwrap_or_else(|e| {
-            Err(AuditError::Unavailable(format!(
-                "audit writer panicked: {e}"
-            )))
-        })
+    audited::append(&state.audit, event).await
+}
+
+fn audited_error(e: AuditedError, what: &str) -> ApiError {
+    match e {
+        AuditedError::Refused(e) => audit_refused(e),
+        AuditedError::OutcomeLost(e) => audit_lost(e, what),
+    }
 }
 
 async fn ready(state: &Shared) -> Result<(), ApiError> {
@@ -245,14 +264,30 @@ async fn ready(state: &Shared) -> Result<(), ApiError> {
         .map_err(audit_refused)
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"ok": true}))
+/// Open (no token): liveness, and the audit head anchor so it can be copied elsewhere.
+async fn health(State(state): State<Shared>) -> Json<Value> {
+    let check = state.last_check();
+    Json(json!({"ok": true, "audit": {
+        "head": state.audit.head(),
+        "alarm": check.and_then(|c| c.alarm),
+    }}))
+}
+
+async fn audit_head(State(state): State<Shared>) -> Json<AuditHeadReport> {
+    Json(AuditHeadReport {
+        head: state.audit.head(),
+        check: state.last_check(),
+    })
 }
 
 async fn list_services(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
     let services = state.engine.services().await?;
     Ok(Json(
-        json!({"project": state.engine.project(), "services": services}),
+        serde_json::to_value(aibox_wire::controller::ServiceList {
+            project: state.engine.project().to_string(),
+            services,
+        })
+        .expect("the service list serializes"),
     ))
 }
 
@@ -276,9 +311,10 @@ fn object(value: Value) -> Map<String, Value> {
     }
 }
 
+/// JSON bodies are objects only (an array would otherwise fill a struct field by field).
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+    aibox_wire::body::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
 }
 
 async fn service_action(
@@ -309,24 +345,23 @@ async fn service_action(
     if !confirmation.confirm {
         return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
     }
-    ready(&state).await?;
-    let outcome = state.engine.act(&name, action).await;
-    let (result, metadata) = match &outcome {
-        Ok(o) => (
-            "ok",
-            json!({"containers": o.containers, "changed": o.changed}),
-        ),
-        Err(e) => (
-            "error",
-            json!({"containers": containers, "error": e.to_string()}),
-        ),
-    };
-    append(
-        &state,
-        caller.event(action.verb(), &name, result, object(metadata)),
-    )
+    let mut intent_meta = Map::new();
+    intent_meta.insert("containers".into(), json!(containers));
+    let intent = caller.event(action.verb(), &name, INTENT, intent_meta);
+    let task_state = state.clone();
+    let task_name = name.clone();
+    let outcome = audited::run(state.audit.clone(), intent, async move {
+        let outcome = task_state.engine.act(&task_name, action).await;
+        let audited = match &outcome {
+            Ok(o) => Outcome::ok(object(
+                json!({"containers": o.containers, "changed": o.changed}),
+            )),
+            Err(e) => Outcome::error(e, object(json!({"containers": containers}))),
+        };
+        (outcome, audited)
+    })
     .await
-    .map_err(|e| audit_lost(e, &format!("{} {name}", action.verb())))?;
+    .map_err(|e| audited_error(e, &format!("{} {name}", action.verb())))?;
     let outcome = outcome?;
     tracing::info!(service = %name, action = action.verb(), actor = %caller.actor, changed = outcome.changed, "service action");
     Ok(Json(json!({
@@ -536,15 +571,20 @@ async fn pull_images(
     }
     ready(&state).await?;
     if !stream {
-        return run_pulls(&state, &caller, &services, None)
+        // In a task of its own: a caller that hangs up does not stop the pulls or their audit.
+        let task = tokio::spawn(async move { run_pulls(&state, &caller, &services, None).await });
+        return task
             .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
             .map(|v| Json(v).into_response());
     }
     // The pulls run in their own task, so that every started pull is audited even when the client
     // goes away; the client going away closes the channel, which stops reading Docker's stream.
     let (tx, rx) = tokio::sync::mpsc::channel::<Value>(64);
     tokio::spawn(async move {
-        let outcome = run_pulls(&state, &caller, &services, Some(&tx)).await;
+        let outcome = run_pulls(&state, &caller, &services, Some(tx.clone())).await;
         let mut last = match outcome {
             Ok(v) => object(v),
             Err(e) => object(e.body()),
@@ -571,32 +611,42 @@ async fn run_pulls(
     state: &Shared,
     caller: &Caller,
     services: &[String],
-    events: Option<&tokio::sync::mpsc::Sender<Value>>,
+    events: Option<tokio::sync::mpsc::Sender<Value>>,
 ) -> Result<Value, ApiError> {
     let mut results = Vec::new();
     for service in services {
-        if events.is_some_and(|tx| tx.is_closed()) {
+        if events.as_ref().is_some_and(|tx| tx.is_closed()) {
             break; // the client is gone: start nothing more
         }
-        let outcome = state.engine.pull(service, events).await;
-        let (result, metadata) = match &outcome {
-            Ok(r) => (
-                if r.ok { "ok" } else { "error" },
-                json!({"image": r.image, "pulled_image_id": r.pulled_image_id,
-                       "container_image_id": r.container_image_id, "drift": r.drift, "error": r.error}),
-            ),
-            Err(e) => ("error", json!({"error": e.to_string()})),
-        };
-        match &outcome {
-            Ok(r) if r.ok => tracing::info!(%service, image = %r.image, drift = ?r.drift, "pulled"),
-            Ok(r) => tracing::warn!(%service, image = %r.image, error = ?r.error, "pull failed"),
-            Err(e) => tracing::warn!(%service, error = %e, "pull failed"),
-        }
-        let mut metadata = object(metadata);
-        metadata.retain(|_, v| !v.is_null());
-        append(state, caller.event("pull", service, result, metadata))
-            .await
-            .map_err(|e| audit_lost(e, &format!("pull {service}")))?;
+        let intent = caller.event("pull", service, INTENT, Map::new());
+        let (task_state, task_service, task_events) =
+            (state.clone(), service.clone(), events.clone());
+        let outcome = audited::run(state.audit.clone(), intent, async move {
+            let outcome = task_state
+                .engine
+                .pull(&task_service, task_events.as_ref())
+                .await;
+            let audited = match &outcome {
+                Ok(r) => {
+                    let mut metadata = object(json!({"image": r.image, "pulled_image_id": r.pulled_image_id,
+                        "container_image_id": r.container_image_id, "drift": r.drift, "error": r.error}));
+                    metadata.retain(|_, v| !v.is_null());
+                    Outcome {
+                        ok: r.ok,
+                        metadata,
+                    }
+                }
+                Err(e) => Outcome::error(e, Map::new()),
+            };
+            match &outcome {
+                Ok(r) if r.ok => tracing::info!(service = %task_service, image = %r.image, drift = ?r.drift, "pulled"),
+                Ok(r) => tracing::warn!(service = %task_service, image = %r.image, error = ?r.error, "pull failed"),
+                Err(e) => tracing::warn!(service = %task_service, error = %e, "pull failed"),
+            }
+            (outcome, audited)
+        })
+        .await
+        .map_err(|e| audited_error(e, &format!("pull {service}")))?;
         results.push(outcome?);
     }
     let failed: Vec<&str> = results
@@ -693,23 +743,12 @@ async fn audit_query(
     Ok(Json(json!({"events": list, "count": list.len()})).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordRequest {
-    action: String,
-    resource: String,
-    actor: Option<String>,
-    result: Option<String>,
-    correlation_id: Option<String>,
-    metadata: Option<Map<String, Value>>,
-}
-
 async fn audit_record(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: RecordRequest = parse_json(&body)?;
+    let req: AuditRecord = parse_json(&body)?;
     let action_ok = !req.action.is_empty()
         && req.action.len() <= 64
         && req
@@ -728,11 +767,20 @@ async fn audit_record(
             "resource must be 1-256 characters",
         ));
     }
-    let result = req.result.unwrap_or_else(|| "ok".into());
-    if result != "ok" && result != "error" {
+    if audited::OWN_ACTIONS.contains(&req.action.as_str()) || req.action == "audit_recovered" {
         return Err(ApiError::bad_request(
             "invalid_body",
-            "result must be \"ok\" or \"error\"",
+            format!(
+                "action {:?} is recorded by the controller itself",
+                req.action
+            ),
+        ));
+    }
+    let result = req.result.unwrap_or_else(|| "ok".into());
+    if !matches!(result.as_str(), "ok" | "error" | INTENT) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "result must be \"ok\", \"error\" or \"intent\"",
         ));
     }
     let mut caller = caller;

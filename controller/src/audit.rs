@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
@@ -43,6 +43,8 @@ pub enum AuditError {
     },
     #[error("audit log is not writable: {0}")]
     Unavailable(String),
+    #[error("audit log does not match its head anchor ({0}); events were removed or edited. Run `controller audit verify --expect-head SEQ:HASH` with the anchor from {HEAD_FILE}, and move {HEAD_FILE} aside to start anyway")]
+    HeadMismatch(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -52,27 +54,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     }
 }
 
-/// One stored event. Field order here is the canonical order on disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditEvent {
-    pub seq: u64,
-    pub ts: String,
-    pub action: String,
-    pub resource: String,
-    pub actor: String,
-    pub result: String,
-    pub correlation_id: String,
-    /// serde_json's map keeps keys sorted, which makes the canonical form deterministic.
-    pub metadata: Map<String, Value>,
-    pub prev_hash: String,
-}
+pub use aibox_wire::audit::{AuditEvent, AuditHead, INTENT, INTENT_SEQ};
 
-impl AuditEvent {
-    /// The canonical form: compact JSON, fields in schema order, metadata keys sorted.
-    pub fn canonical(&self) -> String {
-        serde_json::to_string(self).expect("an AuditEvent always serializes")
-    }
+/// The head anchor beside the log: `<seq>:<hash>` of the newest event written, fixed width.
+pub const HEAD_FILE: &str = "audit.head";
+
+/// The canonical form: compact JSON, fields in schema order, metadata keys sorted.
+pub fn canonical(event: &AuditEvent) -> String {
+    serde_json::to_string(event).expect("an AuditEvent always serializes")
 }
 
 /// What a caller asks to record; `seq`, `ts` and `prev_hash` are assigned by the log.
@@ -92,6 +81,8 @@ pub struct AuditConfig {
     pub key: Vec<u8>,
     pub max_bytes: u64,
     pub keep: usize,
+    /// How often the running controller compares the log with its head anchor.
+    pub check_interval: std::time::Duration,
 }
 
 /// The key used when `AUDIT_HMAC_KEY` is not set: HMAC-SHA256(token, "aibox-audit-hmac-v1").
@@ -103,7 +94,7 @@ pub fn derive_key(token: &str) -> Vec<u8> {
 
 pub fn event_hash(key: &[u8], event: &AuditEvent) -> String {
     let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key size");
-    mac.update(event.canonical().as_bytes());
+    mac.update(canonical(event).as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
@@ -119,6 +110,47 @@ pub fn now_ts() -> String {
         now.second(),
         now.millisecond()
     )
+}
+
+/// Why a log whose newest event is `found` cannot be the log anchored at `anchor`.
+pub fn head_mismatch(anchor: &AuditHead, found: &AuditHead) -> Option<String> {
+    if found.seq < anchor.seq {
+        Some(format!(
+            "the log ends at seq {} but its head anchor is seq {}: {} event(s) missing from the end",
+            found.seq,
+            anchor.seq,
+            anchor.seq - found.seq
+        ))
+    } else if found.seq == anchor.seq && found.hash != anchor.hash {
+        Some(format!(
+            "event seq {} does not hash to the anchor's hash (it was edited or replaced)",
+            anchor.seq
+        ))
+    } else {
+        None
+    }
+}
+
+fn read_head(dir: &Path) -> Option<AuditHead> {
+    let text = fs::read_to_string(dir.join(HEAD_FILE)).ok()?;
+    AuditHead::parse_arg(&text)
+}
+
+/// Overwrites the anchor in place (fixed width, one write). Not fsynced: the log line it follows
+/// is, so after a crash the anchor can only lag the log, which the checks allow.
+fn store_head(dir: &Path, head: &AuditHead) {
+    use std::os::unix::fs::FileExt;
+    let line = format!("{:020}:{}\n", head.seq, head.hash);
+    let path = dir.join(HEAD_FILE);
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .and_then(|f| f.write_all_at(line.as_bytes(), 0));
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "could not update the audit head anchor");
+    }
 }
 
 /// `audit.log.N` paths that exist, oldest (highest N) first, then `audit.log`.
@@ -245,6 +277,16 @@ impl AuditLog {
             Some(ev) => (ev.seq, event_hash(&cfg.key, &ev)),
             None => (0, GENESIS_HASH.to_string()),
         };
+        // The anchor is written after each event, so it may lag the log but never lead it.
+        if let Some(anchor) = read_head(&cfg.dir) {
+            let found = AuditHead {
+                seq: last_seq,
+                hash: last_hash.clone(),
+            };
+            if let Some(why) = head_mismatch(&anchor, &found) {
+                return Err(AuditError::HeadMismatch(why));
+            }
+        }
         Ok(Writer {
             file: Some(file),
             size: complete as u64,
@@ -313,11 +355,18 @@ impl AuditLog {
             metadata: new.metadata,
             prev_hash: w.last_hash.clone(),
         };
-        let mut line = event.canonical();
+        let mut line = canonical(&event);
         line.push('\n');
         self.write_line(w, line.as_bytes())?;
         w.last_seq = event.seq;
         w.last_hash = event_hash(&self.cfg.key, &event);
+        store_head(
+            &self.cfg.dir,
+            &AuditHead {
+                seq: w.last_seq,
+                hash: w.last_hash.clone(),
+            },
+        );
         Ok(event)
     }
 
@@ -414,6 +463,77 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// The newest event written: the anchor a shortened log is caught against.
+    pub fn head(&self) -> AuditHead {
+        let w = self.lock();
+        AuditHead {
+            seq: w.last_seq,
+            hash: w.last_hash.clone(),
+        }
+    }
+
+    /// Compares the newest event on disk with the head this process wrote; `Some(why)` when the
+    /// log was cut short or its last event edited behind the controller's back.
+    pub fn self_check(&self) -> Result<Option<String>, AuditError> {
+        let w = self.lock();
+        let anchor = AuditHead {
+            seq: w.last_seq,
+            hash: w.last_hash.clone(),
+        };
+        let mut found = AuditHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+        };
+        for path in log_files(&self.cfg.dir)?.iter().rev() {
+            let buf = read_all(path)?;
+            let last = complete_lines(&buf).next_back().map(<[u8]>::to_vec);
+            if let Some(last) = last {
+                match parse_event(&last) {
+                    Ok(ev) => {
+                        found = AuditHead {
+                            seq: ev.seq,
+                            hash: event_hash(&self.cfg.key, &ev),
+                        }
+                    }
+                    Err(e) => {
+                        return Ok(Some(format!(
+                            "the last line of {} is not an event: {e}",
+                            path.display()
+                        )))
+                    }
+                }
+                break;
+            }
+        }
+        Ok(head_mismatch(&anchor, &found))
+    }
+
+    /// Intent events that no outcome event names (by `metadata.intent_seq`), oldest first: actions
+    /// whose outcome was never written because the process stopped mid-action.
+    pub fn open_intents(&self) -> Result<Vec<AuditEvent>, AuditError> {
+        let mut open = std::collections::BTreeMap::new();
+        for (path, mut file) in self.snapshot()? {
+            let mut buf = Vec::new();
+            file.read_to_end(&mut buf).map_err(io_err(&path))?;
+            for line in complete_lines(&buf) {
+                // Most lines are neither; skip parsing them.
+                let text = String::from_utf8_lossy(line);
+                if !text.contains("\"result\":\"intent\"") && !text.contains(INTENT_SEQ) {
+                    continue;
+                }
+                let Ok(event) = parse_event(line) else {
+                    continue;
+                };
+                if event.result == INTENT {
+                    open.insert(event.seq, event);
+                } else if let Some(seq) = event.metadata.get(INTENT_SEQ).and_then(Value::as_u64) {
+                    open.remove(&seq);
+                }
+            }
+        }
+        Ok(open.into_values().collect())
+    }
+
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
         let files = self
             .snapshot()?
@@ -464,6 +584,38 @@ pub struct VerifyReport {
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broken: Option<BrokenLink>,
+}
+
+/// Whether the log in `dir` can be the log anchored at `expected`: it must reach seq
+/// `expected.seq` and that event must hash to `expected.hash`. `Some(why)` when not.
+pub fn head_in_dir(
+    dir: &Path,
+    key: &[u8],
+    expected: &AuditHead,
+) -> Result<Option<String>, AuditError> {
+    let mut last = AuditHead {
+        seq: 0,
+        hash: GENESIS_HASH.to_string(),
+    };
+    for path in log_files(dir)? {
+        let buf = read_all(&path)?;
+        for line in complete_lines(&buf) {
+            let Ok(event) = parse_event(line) else {
+                continue;
+            };
+            let found = AuditHead {
+                seq: event.seq,
+                hash: event_hash(key, &event),
+            };
+            if found.seq == expected.seq {
+                return Ok(head_mismatch(expected, &found));
+            }
+            last = found;
+        }
+    }
+    Ok(head_mismatch(expected, &last).or_else(|| {
+        (expected.seq > 0).then(|| format!("no event with seq {} in the log", expected.seq))
+    }))
 }
 
 /// Verifies the chain in a directory (used by `controller audit verify`, without a running server).
@@ -613,6 +765,7 @@ mod tests {
             key: b"test-key".to_vec(),
             max_bytes,
             keep,
+            check_interval: std::time::Duration::from_secs(60),
         }
     }
 

@@ -123,6 +123,7 @@ impl ControllerConfig {
         }
         let max_bytes = env_number("AUDIT_MAX_BYTES", 10 * 1024 * 1024, 1024)?;
         let keep = env_number("AUDIT_KEEP", 5, 1)? as usize;
+        let check_secs = env_number("AUDIT_CHECK_INTERVAL_SECS", 60, 1)?;
         let key = audit_key_from_env()?;
         Ok(ControllerConfig {
             listen: args.listen,
@@ -134,6 +135,7 @@ impl ControllerConfig {
                 key,
                 max_bytes,
                 keep,
+                check_interval: std::time::Duration::from_secs(check_secs),
             },
         })
     }

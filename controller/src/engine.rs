@@ -99,32 +99,8 @@ impl ServiceAction {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortView {
-    pub private: u16,
-    pub public: Option<u16>,
-    pub ip: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceView {
-    pub name: String,
-    pub allowed: bool,
-    pub state: String,
-    pub status: String,
-    pub health: String,
-    pub image: String,
-    pub image_id: String,
-    pub container: String,
-    pub container_id: String,
-    pub started_at: Option<String>,
-    pub uptime_seconds: Option<i64>,
-    pub restart_count: i64,
-    pub replicas: usize,
-    pub ports: Vec<PortView>,
-}
+/// The `GET /services` types, shared with the dashboard that reads them.
+pub use aibox_wire::controller::{PortBinding as PortView, ServiceStatus as ServiceView};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionOutcome {
@@ -132,18 +108,7 @@ pub struct ActionOutcome {
     pub containers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PullResult {
-    pub service: String,
-    pub image: String,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub container_image_id: Option<String>,
-    pub pulled_image_id: Option<String>,
-    pub drift: Option<bool>,
-    pub progress: Vec<String>,
-}
+pub use aibox_wire::controller::PullResult;
 
 /// A running container's log body, still to be decoded.
 pub struct LogSource {
@@ -362,6 +327,17 @@ impl Engine {
             .map(|s| s.to_string())
             .unwrap_or_else(|| "unknown".into());
         Ok((group.iter().map(container_name).collect(), state))
+    }
+
+    /// The state of the service's first container and the ids of all its containers (to tell
+    /// whether the controller itself is one of them).
+    pub async fn observe(&self, service: &str) -> Result<(String, Vec<String>), DockerError> {
+        let group = self.resolve(service).await?;
+        let state = group[0]
+            .state
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Ok((state, group.iter().filter_map(|c| c.id.clone()).collect()))
     }
 
     pub async fn act(

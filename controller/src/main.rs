@@ -2,6 +2,7 @@
 
 mod api;
 mod audit;
+mod audited;
 mod config;
 mod engine;
 mod logstream;
@@ -49,6 +50,10 @@ enum AuditCommand {
             default_value = "data/ops-controller"
         )]
         dir: std::path::PathBuf,
+        /// The head anchor recorded elsewhere (`GET /audit/head`): `SEQ:HASH`. A log that ends
+        /// before it, or whose event SEQ does not hash to HASH, fails.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
     },
 }
 
@@ -56,8 +61,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Audit {
-            command: AuditCommand::Verify { dir },
-        }) => verify(&dir),
+            command: AuditCommand::Verify { dir, expect_head },
+        }) => verify(&dir, expect_head.as_deref()),
         None => match serve(cli.serve, cli.log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -68,7 +73,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn verify(dir: &std::path::Path) -> ExitCode {
+fn verify(dir: &std::path::Path, expect_head: Option<&str>) -> ExitCode {
     let key = match config::audit_key_from_env() {
         Ok(k) => k,
         Err(e) => {
@@ -76,8 +81,29 @@ fn verify(dir: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let expected = match expect_head.map(aibox_wire::audit::AuditHead::parse_arg) {
+        None => None,
+        Some(Some(h)) => Some(h),
+        Some(None) => {
+            eprintln!("controller audit verify: --expect-head must be SEQ:HASH (64 hex digits), as GET /audit/head reports it");
+            return ExitCode::from(2);
+        }
+    };
     match audit::verify_dir(dir, &key) {
         Ok(report) if report.ok => {
+            if let Some(expected) = expected {
+                match audit::head_in_dir(dir, &key, &expected) {
+                    Ok(None) => {}
+                    Ok(Some(why)) => {
+                        println!("broken: {why} ({} events verified)", report.events);
+                        return ExitCode::from(1);
+                    }
+                    Err(e) => {
+                        eprintln!("controller audit verify: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             println!("ok: {} events", report.events);
             if let Some(note) = report.note {
                 println!("note: {note}");
@@ -107,11 +133,20 @@ fn serve(args: ServeArgs, log_format: aibox_log::LogFormat) -> anyhow::Result<()
         .with_context(|| format!("opening the audit log in {}", cfg.audit.dir.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let audit = Arc::new(audit);
+        let engine = engine::Engine::new(cfg.project.clone(), cfg.allow.clone());
+        // Actions left open by the previous process (its own restart, a crash) get their outcome
+        // before anything new is done.
+        audited::close_open_intents(&audit, &engine)
+            .await
+            .context("closing actions left open in the audit log")?;
         let state = Arc::new(api::AppState {
-            engine: engine::Engine::new(cfg.project.clone(), cfg.allow.clone()),
-            audit: Arc::new(audit),
+            engine,
+            audit,
             token: cfg.token.clone(),
+            audit_check: std::sync::Mutex::new(None),
         });
+        tokio::spawn(self_check_loop(state.clone(), cfg.audit.check_interval));
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
@@ -126,6 +161,32 @@ fn serve(args: ServeArgs, log_format: aibox_log::LogFormat) -> anyhow::Result<()
     // Followed log streams never end on their own; do not let them hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// Compares the log with the head anchor every `interval`. A mismatch is an ERROR log line and a
+/// flag in `/health`, `GET /audit/head` and the dashboard's Audit page, kept until restart.
+async fn self_check_loop(state: Arc<api::AppState>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let audit = state.audit.clone();
+        let found = tokio::task::spawn_blocking(move || audit.self_check())
+            .await
+            .unwrap_or_else(|e| Err(audit::AuditError::Unavailable(e.to_string())));
+        let alarm = match found {
+            Ok(alarm) => alarm,
+            Err(e) => Some(format!("the log could not be read: {e}")),
+        };
+        if let Some(why) = &alarm {
+            tracing::error!(alarm = %why, head = %state.audit.head().to_arg(), "AUDIT ALARM: the audit log does not match its head anchor");
+        }
+        let mut check = state.audit_check.lock().unwrap_or_else(|p| p.into_inner());
+        let sticky = check.as_ref().and_then(|c| c.alarm.clone());
+        *check = Some(aibox_wire::audit::AuditCheck {
+            ok: alarm.is_none() && sticky.is_none(),
+            at: audit::now_ts(),
+            alarm: alarm.or(sticky),
+        });
+    }
 }
 
 async fn shutdown_signal() {

@@ -51,6 +51,19 @@ impl Actor {
             request_id: uuid::Uuid::new_v4().to_string(),
         }
     }
+
+    /// With the request's `X-Request-ID` (set by the edge) when it is 1-128 visible ASCII characters.
+    pub fn for_request(user: &str, headers: &axum::http::HeaderMap) -> Self {
+        let mut actor = Self::new(user);
+        if let Some(id) = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            actor.request_id = id.to_string();
+        }
+        actor
+    }
 }
 
 fn http_client() -> reqwest::Client {
@@ -81,6 +94,20 @@ fn transport_error(e: reqwest::Error) -> BackendError {
 /// Turn an error response into its message, whichever error shape the service uses
 /// (`{"error": {"code","message"}}`, `{"error": "..."}`, problem+json, OpenAI error object).
 fn error_from_body(status: u16, body: &str) -> BackendError {
+    // The controller's own error type first; the edge's shapes below.
+    if let Ok(aibox_wire::controller::ErrorBody { error }) = serde_json::from_str(body) {
+        if !error.code.is_empty() {
+            return BackendError::Status {
+                status,
+                code: error.code,
+                message: if error.message.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    error.message
+                },
+            };
+        }
+    }
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let (code, message) = match &v {
         Value::Object(o) => match o.get("error") {
@@ -179,42 +206,8 @@ fn lines_of(resp: reqwest::Response) -> LineStream {
 // ---------------------------------------------------------------------------------------------
 // Controller
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ServiceList {
-    pub project: String,
-    pub services: Vec<ServiceStatus>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub allowed: Option<bool>,
-    pub state: String,
-    pub status: String,
-    pub health: String,
-    pub image: String,
-    pub image_id: String,
-    pub container: String,
-    pub started_at: Option<String>,
-    pub uptime_seconds: Option<u64>,
-    pub restart_count: Option<u64>,
-    pub replicas: Option<u64>,
-    pub ports: Vec<PortBinding>,
-    /// Set by controllers that track drift themselves.
-    pub drift: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct PortBinding {
-    pub private: Option<u64>,
-    pub public: Option<u64>,
-    pub ip: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-}
+/// `GET /services`, the controller's own types.
+pub use aibox_wire::controller::{PortBinding, PullAnswer, ServiceList, ServiceStatus};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -233,18 +226,8 @@ pub struct LogLine {
     pub ts: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct AuditEvent {
-    pub seq: Option<u64>,
-    pub ts: String,
-    pub action: String,
-    pub resource: String,
-    pub actor: String,
-    pub result: String,
-    pub correlation_id: String,
-    pub metadata: Value,
-}
+/// An audit event as the controller stores and answers it (the controller's own type).
+pub use aibox_wire::audit::{AuditEvent, AuditHeadReport};
 
 /// Filters of the audit page, passed through to the controller's `GET /audit`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -418,7 +401,7 @@ impl ControllerClient {
         &self,
         actor: &Actor,
         services: &[String],
-    ) -> Result<Value, BackendError> {
+    ) -> Result<PullAnswer, BackendError> {
         let rb = self
             .request(reqwest::Method::POST, "/images/pull", actor)?
             .timeout(LONG_TIMEOUT)
@@ -429,7 +412,7 @@ impl ControllerClient {
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         // A failed pull still carries per-service results worth showing.
         if (200..300).contains(&status) || v.get("results").is_some() {
-            Ok(v)
+            parse(v)
         } else {
             Err(error_from_body(status, &text))
         }
@@ -449,6 +432,14 @@ impl ControllerClient {
             .timeout(CALL_TIMEOUT);
         let v = self.send(rb).await?;
         parse(v.get("events").cloned().unwrap_or(Value::Array(vec![])))
+    }
+
+    /// The head anchor and the last self-check of the log against it (`GET /audit/head`).
+    pub async fn audit_head(&self, actor: &Actor) -> Result<AuditHeadReport, BackendError> {
+        let rb = self
+            .request(reqwest::Method::GET, "/audit/head", actor)?
+            .timeout(CALL_TIMEOUT);
+        parse(self.send(rb).await?)
     }
 
     /// The controller's own JSON export (`format=json`), passed through unchanged.
@@ -539,30 +530,8 @@ pub struct ModelEntry {
     pub owned_by: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Readiness {
-    pub ready: bool,
-    pub providers: Vec<ProviderHealth>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ProviderHealth {
-    pub name: String,
-    pub kind: String,
-    pub endpoints: Vec<EndpointHealth>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct EndpointHealth {
-    pub url: String,
-    pub healthy: bool,
-    pub models: Vec<String>,
-    pub in_flight: u64,
-    pub last_error: Option<String>,
-}
+/// The edge's `/ready` body, the type the edge itself answers with.
+pub use aibox_wire::edge::Readiness;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

@@ -100,6 +100,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/egress", get(pages::egress::page))
         .route("/audit/export", get(audit::export))
         .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn(pages::forms_only))
         .layer(axum::middleware::from_fn(auth::security_headers))
         .with_state(state)
 }

@@ -70,12 +70,19 @@ async fn serve(router: Router) -> String {
 fn fake_controller(rec: Recorder) -> Router {
     let services = json!({"project": "demo", "services": [
         {"name": "ollama", "allowed": true, "state": "running", "status": "Up 2 minutes (healthy)", "health": "healthy",
-         "image": "ollama/ollama:0.5", "image_id": "sha256:aaa", "container": "demo-ollama-1", "uptime_seconds": 125,
-         "restart_count": 0, "ports": [{"private": 11434, "public": 11434, "ip": "127.0.0.1", "type": "tcp"}]},
+         "image": "ollama/ollama:0.5", "image_id": "sha256:aaa", "container": "demo-ollama-1", "container_id": "c1",
+         "started_at": "2026-11-26T04:40:01.123Z", "uptime_seconds": 125, "restart_count": 0, "replicas": 1,
+         "ports": [{"private": 11434, "public": 11434, "ip": "127.0.0.1", "type": "tcp"}]},
         {"name": "web", "allowed": true, "state": "exited", "status": "Exited (0) 1 minute ago", "health": "none",
-         "image": "busybox:1", "image_id": "sha256:bbb", "container": "demo-web-1", "uptime_seconds": null, "ports": []},
-        {"name": "db", "allowed": false, "state": "running", "health": "unhealthy", "image": "postgres:16", "ports": []}
+         "image": "busybox:1", "image_id": "sha256:bbb", "container": "demo-web-1", "container_id": "c2",
+         "started_at": null, "uptime_seconds": null, "restart_count": 0, "replicas": 1, "ports": []},
+        {"name": "db", "allowed": false, "state": "running", "status": "Up", "health": "unhealthy", "image": "postgres:16",
+         "image_id": "sha256:ccc", "container": "demo-db-1", "container_id": "c3", "started_at": null,
+         "uptime_seconds": 5, "restart_count": 0, "replicas": 1, "ports": []}
     ]});
+    // The controller's own type reads it back: the fake answers what the controller would.
+    let _: aibox_wire::controller::ServiceList =
+        serde_json::from_value(services.clone()).expect("the fake matches the controller's type");
     Router::new()
         .route("/services", get(move || { let s = services.clone(); async move { Json(s) } }))
         .route(
@@ -108,8 +115,8 @@ fn fake_controller(rec: Recorder) -> Router {
             "/audit",
             get(|| async {
                 Json(json!({"count": 2, "events": [
-                    {"seq": 2, "ts": "2026-11-26T05:10:00.000Z", "action": "restart", "resource": "web", "actor": "dashboard", "result": "ok", "correlation_id": "rid-2", "metadata": {"user": "admin"}},
-                    {"seq": 1, "ts": "2026-11-26T04:10:00.000Z", "action": "logs", "resource": "web", "actor": "cli", "result": "error", "correlation_id": "rid-1", "metadata": {}}
+                    {"seq": 2, "ts": "2026-11-26T05:10:00.000Z", "action": "restart", "resource": "web", "actor": "dashboard", "result": "ok", "correlation_id": "rid-2", "metadata": {"user": "admin"}, "prev_hash": "ab".repeat(32)},
+                    {"seq": 1, "ts": "2026-11-26T04:10:00.000Z", "action": "logs", "resource": "web", "actor": "cli", "result": "error", "correlation_id": "rid-1", "metadata": {}, "prev_hash": "0".repeat(64)}
                 ]}))
             })
             .post(|body: Json<Value>| async move { (StatusCode::CREATED, Json(body.0)) }),
@@ -131,10 +138,7 @@ fn fake_edge(rec: Recorder, registry: Arc<Mutex<Value>>) -> Router {
         .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": [
             {"id": "ollama/llama3:8b", "object": "model", "owned_by": "ollama"},
             {"id": "vllm/qwen2.5", "object": "model", "owned_by": "vllm"}]})) }))
-        .route("/ready", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "providers": [
-            {"name": "ollama", "kind": "ollama", "endpoints": [{"url": "http://ollama:11434", "healthy": true, "models": ["llama3:8b"], "in_flight": 1, "last_error": null}]},
-            {"name": "vllm", "kind": "openai", "endpoints": [{"url": "http://vllm:8000/v1", "healthy": false, "models": ["qwen2.5"], "in_flight": 0, "last_error": "connection refused"}]}
-        ]}))) }))
+        .route("/ready", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, Json(fake_readiness())) }))
         .route("/api/ps", get(|| async { Json(json!({"models": [
             {"name": "llama3:8b", "model": "llama3:8b", "size": 6_000_000_000u64, "size_vram": 4_500_000_000u64, "expires_at": "2099-01-01T00:00:00Z"}]})) }))
         .route("/api/edge/stats", get(|| async { Json(json!({"window_minutes": 60, "series": [
@@ -1124,4 +1128,37 @@ async fn a_legacy_password_file_is_upgraded_to_argon2id_at_the_first_sign_in() {
         StatusCode::UNAUTHORIZED
     );
     std::fs::remove_dir_all(dir).unwrap();
+/// The edge's `/ready` body, built from the type the edge answers with.
+fn fake_readiness() -> aibox_wire::edge::Readiness {
+    use aibox_wire::edge::{EndpointReadiness, ProviderReadiness, Readiness};
+    Readiness {
+        ready: false,
+        providers: vec![
+            ProviderReadiness {
+                name: "ollama".into(),
+                kind: "ollama".into(),
+                healthy: true,
+                endpoints: vec![EndpointReadiness {
+                    url: "http://ollama:11434".into(),
+                    healthy: true,
+                    models: Some(vec!["llama3:8b".into()]),
+                    in_flight: 1,
+                    weight: 1,
+                    ..Default::default()
+                }],
+            },
+            ProviderReadiness {
+                name: "vllm".into(),
+                kind: "openai".into(),
+                healthy: false,
+                endpoints: vec![EndpointReadiness {
+                    url: "http://vllm:8000/v1".into(),
+                    models: Some(vec!["qwen2.5".into()]),
+                    weight: 1,
+                    last_error: Some("connection refused".into()),
+                    ..Default::default()
+                }],
+            },
+        ],
+    }
 }

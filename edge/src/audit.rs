@@ -1,5 +1,6 @@
 //! Admin actions taken at the edge (model pull/delete, MCP registry edits) are recorded in the
-//! controller's audit log through its `POST /audit`. Fail closed: no record, no action.
+//! controller's audit log through its `POST /audit`: an intent before acting, an outcome after
+//! (`aibox_mcp::audited`). Fail closed: no intent on record, no action.
 use std::time::Duration;
 
 use aibox_mcp::{AuditRecord, AuditSink};
@@ -23,13 +24,16 @@ impl ControllerAudit {
 
 #[async_trait::async_trait]
 impl AuditSink for ControllerAudit {
-    async fn record(&self, record: AuditRecord) -> Result<(), String> {
+    async fn record(&self, record: AuditRecord) -> Result<u64, String> {
         let resp = self
             .http
             .post(format!("{}/audit", self.url))
             .bearer_auth(&self.token)
             .header("x-actor", "edge")
-            .header("x-request-id", &record.correlation_id)
+            .header(
+                "x-request-id",
+                record.correlation_id.clone().unwrap_or_default(),
+            )
             .json(&record)
             .send()
             .await
@@ -40,7 +44,11 @@ impl AuditSink for ControllerAudit {
                 )
             })?;
         if resp.status().is_success() {
-            Ok(())
+            let stored: aibox_wire::audit::AuditEvent = resp
+                .json()
+                .await
+                .map_err(|e| format!("the controller's answer is not an audit event: {e}"))?;
+            Ok(stored.seq)
         } else {
             Err(format!(
                 "controller refused the audit event: HTTP {}",

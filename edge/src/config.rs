@@ -263,6 +263,9 @@ pub struct FileConfig {
     /// Peers allowed to assert a user through `Tailscale-User-*` headers (Tailscale Serve).
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Peers that may read `/metrics` without a key; everyone else needs the admin key.
+    /// Default: loopback and the private ranges compose networks use.
+    pub metrics_open_cidrs: Option<Vec<ipnet::IpNet>>,
     pub controller: Option<ControllerLink>,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
@@ -320,6 +323,7 @@ pub struct EdgeConfig {
     pub service_names: HashSet<String>,
     pub dashboard_url: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub metrics_open_cidrs: Vec<ipnet::IpNet>,
     pub controller: Option<(String, String)>,
     pub timeouts: TimeoutConfig,
     pub health: HealthConfig,
@@ -348,6 +352,34 @@ impl TimeoutConfig {
     }
     pub fn total(&self) -> Duration {
         Duration::from_millis(self.total_ms)
+    }
+}
+
+/// Loopback and the private ranges Docker gives compose networks.
+pub fn default_metrics_open_cidrs() -> Vec<ipnet::IpNet> {
+    [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    ]
+    .iter()
+    .map(|c| c.parse().expect("static CIDRs parse"))
+    .collect()
+}
+
+impl EdgeConfig {
+    /// Whether `peer` may read `/metrics` without the admin key.
+    pub fn metrics_open_to(&self, peer: Option<std::net::IpAddr>) -> bool {
+        peer.is_some_and(|ip| {
+            let ip = match ip {
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+                v4 => v4,
+            };
+            self.metrics_open_cidrs.iter().any(|n| n.contains(&ip))
+        })
     }
 }
 
@@ -589,6 +621,10 @@ impl EdgeConfig {
                 .or(file.dashboard_url.clone())
                 .map(|u| u.trim_end_matches('/').to_owned()),
             trusted_proxies: file.trusted_proxies.clone(),
+            metrics_open_cidrs: file
+                .metrics_open_cidrs
+                .clone()
+                .unwrap_or_else(default_metrics_open_cidrs),
             controller,
             timeouts: file.timeouts.clone(),
             health: file.health.clone(),

@@ -150,6 +150,12 @@ impl EdgeGateway {
                 admitted = governed && !mcp_stream;
                 _admission = slot;
                 parts.extensions.insert(rc.clone());
+                parts.extensions.insert(api::ops::Peer(
+                    session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip()),
+                ));
                 parts.extensions.insert(aibox_mcp::Caller {
                     client: client.name.clone(),
                     admin: client.admin,

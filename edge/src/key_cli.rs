@@ -128,8 +128,10 @@ pub fn run(command: KeyCommand) -> anyhow::Result<()> {
             }
             let metadata = serde_json::json!({"models": entry.models, "mcp_servers": entry.mcp_servers,
                 "rpm": entry.rpm, "tpm": entry.tpm, "concurrency": entry.concurrency});
-            let audited = audit("key_create", &name, metadata)?;
-            let key = keys::add(&path, entry, given.clone())?;
+            let audit = audit("key_create", &name, metadata)?;
+            let added = keys::add(&path, entry, given.clone());
+            let audited = audit.finish(added.is_ok());
+            let key = added?;
             if given.is_some() {
                 println!(
                     "registered client {name:?} (key from {}) in {}",
@@ -234,8 +236,10 @@ pub fn run(command: KeyCommand) -> anyhow::Result<()> {
             if !keys::read(&path)?.clients.iter().any(|c| c.name == name) {
                 bail!(keys::KeysError::Unknown(name));
             }
-            let audited = audit("key_revoke", &name, serde_json::json!({}))?;
-            keys::revoke(&path, &name)?;
+            let audit = audit("key_revoke", &name, serde_json::json!({}))?;
+            let revoked = keys::revoke(&path, &name);
+            let audited = audit.finish(revoked.is_ok());
+            revoked?;
             println!("revoked client {name:?} in {}", path.display());
             println!("{audited}");
         }
@@ -243,31 +247,64 @@ pub fn run(command: KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records the change in the controller's audit log, or says why it is not recorded.
-fn audit(action: &str, name: &str, metadata: serde_json::Value) -> anyhow::Result<String> {
+/// A key change from the CLI under the audit rule (docs/audit/SCHEMA.md, "Intent and outcome"):
+/// the intent is recorded before the file changes, the outcome after; without a controller the
+/// change is made and the output says it is not audited.
+struct CliAudit {
+    runtime: tokio::runtime::Runtime,
+    intent: Option<aibox_mcp::audited::OpenIntent>,
+    what: String,
+}
+
+fn audit(action: &str, name: &str, metadata: serde_json::Value) -> anyhow::Result<CliAudit> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let what = format!("{action} key:{name}");
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (Some(url), Some(token)) = (var("CONTROLLER_URL"), var("OPS_CONTROLLER_TOKEN")) else {
-        return Ok(
-            "not audited: CONTROLLER_URL and OPS_CONTROLLER_TOKEN are not set (the bundle's \
-             `./aibox key` sets them by running this inside the edge container)"
-                .into(),
-        );
+        return Ok(CliAudit {
+            runtime,
+            intent: None,
+            what,
+        });
     };
-    let sink = crate::audit::ControllerAudit::new(url.trim_end_matches('/').to_owned(), token);
+    let sink: std::sync::Arc<dyn AuditSink> = std::sync::Arc::new(
+        crate::audit::ControllerAudit::new(url.trim_end_matches('/').to_owned(), token),
+    );
     let record = aibox_mcp::AuditRecord {
         action: action.to_owned(),
         resource: format!("key:{name}"),
-        actor: "cli".to_owned(),
-        correlation_id: uuid::Uuid::new_v4().to_string(),
-        metadata,
+        actor: Some("cli".to_owned()),
+        correlation_id: Some(uuid::Uuid::new_v4().to_string()),
+        metadata: metadata.as_object().cloned(),
+        ..Default::default()
     };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(sink.record(record))
+    let intent = runtime
+        .block_on(aibox_mcp::audited::begin(sink, record))
         .map_err(anyhow::Error::msg)
         .context("the key was not changed because the change could not be audited")?;
-    Ok(format!(
-        "audited: {action} key:{name} in the controller's audit log"
-    ))
+    Ok(CliAudit {
+        runtime,
+        intent: Some(intent),
+        what,
+    })
+}
+
+impl CliAudit {
+    /// Writes the outcome (and waits for it); says what was recorded.
+    fn finish(self, ok: bool) -> String {
+        let Some(intent) = self.intent else {
+            return "not audited: CONTROLLER_URL and OPS_CONTROLLER_TOKEN are not set (the bundle's \
+                    `./aibox key` sets them by running this inside the edge container)"
+                .into();
+        };
+        let outcome = self
+            .runtime
+            .block_on(async { intent.finish(ok, serde_json::json!({})).await });
+        match outcome {
+            Ok(()) => format!("audited: {} in the controller's audit log", self.what),
+            Err(e) => format!("audited: the intent of {}; its outcome: {e}", self.what),
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::{EdgeConfig, HealthConfig, ProviderKind, TimeoutConfig};
 use crate::metrics::Metrics;
@@ -116,21 +116,28 @@ impl Endpoint {
         }
     }
 
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> aibox_wire::edge::EndpointReadiness {
         let s = self.lock();
         let ejected = s.ejected_until.is_some_and(|u| u > Instant::now());
-        json!({
-            "url": self.url,
-            "healthy": !ejected && s.consecutive_failures == 0 && s.models.is_some(),
-            "ejected": ejected,
-            "weight": self.weight,
-            "in_flight": self.in_flight(),
-            "consecutive_failures": s.consecutive_failures,
-            "latency_ms": s.latency_ewma_ms.map(|l| (l * 100.0).round() / 100.0),
-            "models": s.models.as_ref().map(|ms| ms.iter().map(|m| m.id.clone()).collect::<Vec<_>>()),
-            "loaded": s.loaded.as_ref().map(|l| { let mut v: Vec<_> = l.iter().cloned().collect(); v.sort(); v }),
-            "last_error": s.last_error,
-        })
+        aibox_wire::edge::EndpointReadiness {
+            url: self.url.clone(),
+            healthy: !ejected && s.consecutive_failures == 0 && s.models.is_some(),
+            ejected,
+            weight: self.weight,
+            in_flight: u64::from(self.in_flight()),
+            consecutive_failures: s.consecutive_failures,
+            latency_ms: s.latency_ewma_ms.map(|l| (l * 100.0).round() / 100.0),
+            models: s
+                .models
+                .as_ref()
+                .map(|ms| ms.iter().map(|m| m.id.clone()).collect()),
+            loaded: s.loaded.as_ref().map(|l| {
+                let mut v: Vec<_> = l.iter().cloned().collect();
+                v.sort();
+                v
+            }),
+            last_error: s.last_error.clone(),
+        }
     }
 }
 
@@ -647,18 +654,25 @@ impl ProviderSet {
         }
     }
 
-    pub fn status(&self) -> Value {
-        let providers: Vec<Value> = self
+    /// The body of `/ready` (its type is shared with the dashboard, which reads it).
+    pub fn status(&self) -> aibox_wire::edge::Readiness {
+        let providers: Vec<aibox_wire::edge::ProviderReadiness> = self
             .providers
             .iter()
             .map(|p| {
-                let endpoints: Vec<Value> = p.endpoints.iter().map(|e| e.status()).collect();
-                let healthy = endpoints.iter().any(|e| e["healthy"] == true);
-                json!({"name": p.name, "kind": p.kind.as_str(), "healthy": healthy, "endpoints": endpoints})
+                let endpoints: Vec<_> = p.endpoints.iter().map(|e| e.status()).collect();
+                aibox_wire::edge::ProviderReadiness {
+                    name: p.name.clone(),
+                    kind: p.kind.as_str().to_owned(),
+                    healthy: endpoints.iter().any(|e| e.healthy),
+                    endpoints,
+                }
             })
             .collect();
-        let ready = providers.iter().any(|p| p["healthy"] == true);
-        json!({"ready": ready, "providers": providers})
+        aibox_wire::edge::Readiness {
+            ready: providers.iter().any(|p| p.healthy),
+            providers,
+        }
     }
 }
 

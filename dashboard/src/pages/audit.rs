@@ -3,12 +3,14 @@
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use maud::html;
+use maud::{html, Markup};
 use serde_json::Value;
 
 use super::{layout, unavailable, Nav, PageContext};
 use crate::auth::Viewer;
-use crate::backend::{normalize_time, Actor, AuditEvent, AuditQuery};
+use crate::backend::{
+    normalize_time, Actor, AuditEvent, AuditHeadReport, AuditQuery, BackendError,
+};
 use crate::SharedState;
 
 const ACTIONS: [&str; 12] = [
@@ -65,17 +67,51 @@ fn export_query(q: &AuditQuery) -> String {
     parts.join("&")
 }
 
+/// "1 event", "2 events".
+pub fn count_phrase(n: usize) -> String {
+    if n == 1 {
+        "1 event".to_string()
+    } else {
+        format!("{n} events")
+    }
+}
+
+/// The head anchor (copy it elsewhere to check the log later) and the self-check's alarm.
+fn head_section(head: &Result<AuditHeadReport, BackendError>) -> Markup {
+    html! {
+        @match head {
+            Err(e) => p.muted #audit-head { "The audit head is unavailable (" (e) ")." },
+            Ok(r) => {
+                @if let Some(alarm) = r.check.as_ref().and_then(|c| c.alarm.as_ref()) {
+                    div.notice.bad #audit-alarm role="alert" {
+                        strong { "Audit alarm" } " — the log does not match its head anchor: " (alarm)
+                    }
+                }
+                p.muted #audit-head {
+                    "Head: seq " (r.head.seq) " · "
+                    code.rid title="controller audit verify --expect-head SEQ:HASH" { (r.head.to_arg()) }
+                    @match &r.check {
+                        Some(c) if c.ok => { " · self-check ok at " (c.at) },
+                        Some(_) => { " · self-check failed" },
+                        None => { " · no self-check yet" },
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub async fn page(
     State(state): State<SharedState>,
     viewer: Viewer,
     Query(q): Query<AuditQuery>,
 ) -> Response {
     let actor = Actor::new(&viewer.user);
-    let events = state
-        .controller
-        .audit(&actor, &q)
-        .await
-        .map(|e| before_until(e, &q.until));
+    let (events, head) = tokio::join!(
+        state.controller.audit(&actor, &q),
+        state.controller.audit_head(&actor)
+    );
+    let events = events.map(|e| before_until(e, &q.until));
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let body = html! {
         h1 { "Audit trail" }
@@ -97,11 +133,12 @@ pub async fn page(
             }
         }
         div #audit-live data-refresh="15" {
+            (head_section(&head))
             @match &events {
                 Err(e) => (unavailable("Operations", e)),
                 Ok(list) if list.is_empty() => p { "No audit events match." },
                 Ok(list) => {
-                    p.muted { (list.len()) " events, newest first." }
+                    p.muted { (count_phrase(list.len())) ", newest first." }
                     div.table-wrap tabindex="0" role="region" aria-label="Audit events" {
                         table.responsive #audit {
                             thead {
@@ -118,7 +155,13 @@ pub async fn page(
                                         td data-label="Resource" { (e.resource) }
                                         td data-label="Actor" { (e.actor) }
                                         td data-label="User" { (e.metadata.get("user").and_then(Value::as_str).unwrap_or("")) }
-                                        td data-label="Result" { @if e.result == "ok" { span.badge.good { "ok" } } @else { span.badge.bad { (e.result) } } }
+                                        td data-label="Result" {
+                                            @match e.result.as_str() {
+                                                "ok" => span.badge.good { "ok" },
+                                                "intent" => span.badge.neutral title="recorded before the action; its outcome follows" { "intent" },
+                                                other => span.badge.bad { (other) },
+                                            }
+                                        }
                                         td data-label="Request ID" { code.rid { (e.correlation_id) } }
                                     }
                                 }

@@ -176,6 +176,40 @@ pub fn unavailable(what: &str, err: &BackendError) -> Markup {
     }
 }
 
+/// Every action of the dashboard is an HTML form: a request body of any other type (a JSON array
+/// posing as a confirmation, say) is refused with 400 before any handler reads it.
+pub async fn forms_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let has_body = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() != "0");
+    let form = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let refused = req.method() == axum::http::Method::POST
+        && has_body
+        && form
+            .as_deref()
+            .is_some_and(|t| t != "application/x-www-form-urlencoded");
+    if refused {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Not a form",
+            "The dashboard takes HTML forms only (application/x-www-form-urlencoded).",
+        );
+    }
+    next.run(req).await
+}
+
 pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     let body = html! {
         h1 { (title) }

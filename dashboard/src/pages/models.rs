@@ -54,7 +54,13 @@ fn provider_section(ready: &Result<Readiness, BackendError>) -> Markup {
                                                 @if let Some(err) = &e.last_error { br; span.err-text { (err) } }
                                             }
                                             td data-label="In flight" { (e.in_flight) }
-                                            td data-label="Models" { @if e.models.is_empty() { span.muted { "none" } } @else { (e.models.join(", ")) } }
+                                            td data-label="Models" {
+                                                @match &e.models {
+                                                    None => span.muted { "unknown (no answer yet)" },
+                                                    Some(ms) if ms.is_empty() => span.muted { "none" },
+                                                    Some(ms) => (ms.join(", ")),
+                                                }
+                                            }
                                         }
                                     }
                                 }
@@ -112,7 +118,7 @@ fn models_section(
         let mut listed = false;
         for p in &r.providers {
             for e in &p.endpoints {
-                if e.models.iter().any(|m| {
+                if e.models.iter().flatten().any(|m| {
                     m == id
                         || format!("{}/{m}", p.name) == id
                         || (p.name == owner && id.ends_with(&format!("/{m}")))

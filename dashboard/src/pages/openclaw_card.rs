@@ -13,7 +13,7 @@ pub fn ui_url(s: &ServiceStatus) -> Option<String> {
     let p = s
         .ports
         .iter()
-        .find(|p| p.public.is_some() && p.private == Some(18789))?;
+        .find(|p| p.public.is_some() && p.private == 18789)?;
     let ip =
         p.ip.as_deref()
             .filter(|ip| !ip.is_empty() && *ip != "0.0.0.0")

@@ -65,7 +65,7 @@ pub fn model_readiness(service: &str, ready: &Readiness) -> Option<ModelReadines
             {
                 out.endpoints += 1;
                 out.healthy += usize::from(e.healthy);
-                out.models += e.models.len();
+                out.models += e.models.as_ref().map_or(0, Vec::len);
                 if out.last_error.is_none() {
                     out.last_error.clone_from(&e.last_error);
                 }
@@ -125,18 +125,18 @@ fn card(
     extra: Option<Markup>,
 ) -> Markup {
     let id = format!("svc-{}", s.name);
-    let allowed = s.allowed != Some(false);
+    let allowed = s.allowed;
     let running = s.state == "running";
     let ports: Vec<String> = s
         .ports
         .iter()
-        .filter_map(|p| {
-            let private = p.private?;
-            Some(match (p.public, &p.ip) {
+        .map(|p| {
+            let private = p.private;
+            match (p.public, &p.ip) {
                 (Some(public), Some(ip)) if !ip.is_empty() => format!("{ip}:{public}→{private}"),
                 (Some(public), _) => format!("{public}→{private}"),
                 _ => format!("{private}"),
-            })
+            }
         })
         .collect();
     html! {
@@ -154,7 +154,7 @@ fn card(
                     dd { (readiness_cell(r)) }
                 }
                 dt { "Uptime" }
-                dd { @match s.uptime_seconds { Some(u) => (human_duration(u)), None => span.muted { "—" } } }
+                dd { @match s.uptime_seconds { Some(u) => (human_duration(u.max(0) as u64)), None => span.muted { "—" } } }
                 dt { "Image" }
                 dd {
                     code.image { (s.image) }
@@ -162,7 +162,7 @@ fn card(
                         " " span.badge.warn title="A newer image was pulled; recreate the service to run it" { "newer image pulled" }
                     }
                 }
-                @if let Some(n) = s.restart_count.filter(|n| *n > 0) {
+                @if let Some(n) = Some(s.restart_count).filter(|n| *n > 0) {
                     dt { "Restarts" } dd { (n) }
                 }
                 @if !ports.is_empty() {
@@ -178,12 +178,15 @@ fn card(
                     a.button href={ "/services/" (s.name) "/restart" } { "Restart" span.sr-only { " " (s.name) } }
                 }
                 a.button href={ "/services/" (s.name) "/logs" } { "Logs" span.sr-only { " of " (s.name) } }
-                @if allowed {
+                @if allowed && !locally_built(&s.image) {
                     form.inline method="post" action={ "/services/" (s.name) "/pull" } {
                         input type="hidden" name="csrf" value=(csrf);
                         button.secondary type="submit" { "Pull image" span.sr-only { " for " (s.name) } }
                     }
                 }
+            }
+            @if allowed && locally_built(&s.image) {
+                p.muted.local-image { (LOCAL_IMAGE_NOTE) }
             }
             @if !allowed { p.muted { "Read-only: outside the controller's service allowlist." } }
         }
@@ -215,7 +218,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                 Ok(list) => div.cards {
                     @for s in &list.services {
                         @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
-                        @let drift = s.drift == Some(true) || drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
+                        @let drift = drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
                         @let extra = if s.name == super::openclaw_card::SERVICE {
                             Some(super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)))
                         } else if s.name == super::openclaw_card::BROWSER_SERVICE {
@@ -338,6 +341,7 @@ pub struct ActionForm {
 pub async fn act(
     State(state): State<SharedState>,
     viewer: Viewer,
+    headers: axum::http::HeaderMap,
     Path((name, action)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Response {
@@ -350,7 +354,8 @@ pub async fn act(
     if f.confirm != "yes" {
         return Redirect::to(&format!("/services/{name}/{action}")).into_response();
     }
-    let actor = Actor::new(&viewer.user);
+    // The edge's request id, so the audit events join the edge's and the dashboard's log lines.
+    let actor = Actor::for_request(&viewer.user, &headers);
     match state.controller.act(&actor, &name, &action, false).await {
         Ok(v) => {
             let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
@@ -389,6 +394,17 @@ pub struct PullForm {
     csrf: String,
 }
 
+const LOCAL_IMAGE_NOTE: &str = "Built locally (deploy/build-images.sh): no registry has this image, so there is nothing to pull. Rebuild it and recreate the service to update it.";
+
+/// Our own images (`aibox-edge:local`, `aibox-test/...`): no registry host in the reference and a
+/// repository starting with `aibox`. Pulling them can only fail.
+pub fn locally_built(image: &str) -> bool {
+    let first = image.split('/').next().unwrap_or("");
+    let has_registry =
+        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    !has_registry && first.starts_with("aibox")
+}
+
 pub async fn pull_image(
     State(state): State<SharedState>,
     viewer: Viewer,
@@ -402,52 +418,53 @@ pub async fn pull_image(
         return r;
     }
     let actor = Actor::new(&viewer.user);
+    let local = state.controller.services(&actor).await.ok().and_then(|l| {
+        l.services
+            .into_iter()
+            .find(|s| s.name == name)
+            .filter(|s| locally_built(&s.image))
+    });
+    if local.is_some() {
+        state.flashes.push(
+            &viewer,
+            FlashKind::Error,
+            format!("{name}: {LOCAL_IMAGE_NOTE}"),
+        );
+        return Redirect::to("/").into_response();
+    }
     match state
         .controller
         .pull_images(&actor, std::slice::from_ref(&name))
         .await
     {
-        Ok(v) => {
-            for r in v
-                .get("results")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let service = r
-                    .get("service")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&name)
-                    .to_string();
-                let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                if r.get("ok").and_then(Value::as_bool) == Some(false) {
+        Ok(answer) => {
+            for r in answer.results {
+                let service = r.service.clone();
+                let image = r.image.clone();
+                if !r.ok {
                     state.flashes.push(
                         &viewer,
                         FlashKind::Error,
                         format!(
-                            "Pull of {} for {service} failed: {}",
-                            s("image"),
-                            s("error")
+                            "Pull of {image} for {service} failed: {}",
+                            r.error.as_deref().unwrap_or("")
                         ),
                     );
                     continue;
                 }
-                let drift = r.get("drift").and_then(Value::as_bool).unwrap_or(false);
+                let drift = r.drift.unwrap_or(false);
                 state.drift.lock().expect("drift lock").insert(
                     service.clone(),
                     DriftNote {
-                        container_image_id: s("container_image_id"),
-                        pulled_image_id: s("pulled_image_id"),
+                        container_image_id: r.container_image_id.clone().unwrap_or_default(),
+                        pulled_image_id: r.pulled_image_id.clone().unwrap_or_default(),
                         drift,
                     },
                 );
                 let text = if drift {
-                    format!("Pulled {} for {service}: a newer image is ready; recreate the service (docker compose up -d {service}) to run it.", s("image"))
+                    format!("Pulled {image} for {service}: a newer image is ready; recreate the service (docker compose up -d {service}) to run it.")
                 } else {
-                    format!(
-                        "Pulled {} for {service}: the running container already uses it.",
-                        s("image")
-                    )
+                    format!("Pulled {image} for {service}: the running container already uses it.")
                 };
                 state.flashes.push(&viewer, FlashKind::Ok, text);
             }
@@ -604,7 +621,28 @@ fn with_html(s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{EndpointHealth, ProviderHealth};
+    use aibox_wire::edge::{
+        EndpointReadiness as EndpointHealth, ProviderReadiness as ProviderHealth,
+    };
+
+    #[test]
+    fn our_own_images_are_not_pullable() {
+        for local in [
+            "aibox-edge:local",
+            "aibox-test/busybox:1",
+            "aiboxdev-controller:1",
+        ] {
+            assert!(locally_built(local), "{local}");
+        }
+        for remote in [
+            "ollama/ollama:0.5",
+            "ghcr.io/open-webui/open-webui:v1",
+            "127.0.0.1:5000/aibox-test/app:1",
+            "busybox",
+        ] {
+            assert!(!locally_built(remote), "{remote}");
+        }
+    }
 
     #[test]
     fn readiness_matches_by_host_or_provider_name() {
@@ -613,11 +651,12 @@ mod tests {
             providers: vec![ProviderHealth {
                 name: "local".into(),
                 kind: "ollama".into(),
+                healthy: true,
                 endpoints: vec![
                     EndpointHealth {
                         url: "http://ollama:11434".into(),
                         healthy: true,
-                        models: vec!["a".into()],
+                        models: Some(vec!["a".into()]),
                         ..Default::default()
                     },
                     EndpointHealth {

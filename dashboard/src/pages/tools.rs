@@ -23,13 +23,8 @@ pub fn health_colour(state: &str) -> &'static str {
     }
 }
 
-pub fn valid_server_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
+/// Exactly the names the edge's registry accepts (one rule, in aibox-wire).
+pub use aibox_wire::names::mcp_server_name_ok as valid_server_name;
 
 fn valid_client(s: &str) -> bool {
     s == "*"
@@ -586,7 +581,10 @@ pub async fn add(
         state.flashes.push(
             &viewer,
             FlashKind::Error,
-            format!("{name:?} is not a server name (letters, digits, - and _)."),
+            format!(
+                "{name:?} is not a server name: {}.",
+                aibox_wire::names::MCP_SERVER_NAME_RULE
+            ),
         );
         return Redirect::to("/tools#add-title").into_response();
     }

@@ -8,6 +8,7 @@ use axum::Extension;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::audited;
 use crate::hub::HubCore;
 use crate::registry::{self, RegistryFile, Sources, Transport};
 use crate::{AuditRecord, Caller};
@@ -134,6 +135,17 @@ pub async fn put_registry(
         Ok(c) => c,
         Err(r) => return *r,
     };
+    // An array is not a registry, even though serde would build one from it.
+    if let Some(what) = aibox_wire::body::non_object_kind(&body) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid registry",
+            format!(
+                "registry.json: {}",
+                aibox_wire::body::BodyError::NotAnObject { what }
+            ),
+        );
+    }
     let Ok(text) = std::str::from_utf8(&body) else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -158,28 +170,55 @@ pub async fn put_registry(
     };
     let old_file: RegistryFile = core.snapshot().file.clone().unwrap_or_default();
     let changes = diff(&old_file, &new_file);
-    // Fail closed: an admin change that cannot be audited is not made.
+    // Fail closed: an admin change whose intent cannot be audited is not made.
+    let mut intents = Vec::new();
     if let Some(audit) = &core.audit {
         for (action, server) in &changes {
             let record = AuditRecord {
                 action: action.to_string(),
                 resource: format!("mcp:{server}"),
-                actor: caller.client.clone(),
-                correlation_id: caller.request_id.clone(),
-                metadata: json!({"server": server, "registry": core.config.registry_path()}),
+                actor: Some(caller.client.clone()),
+                correlation_id: Some(caller.request_id.clone()),
+                metadata: Some(
+                    json!({"server": server, "registry": core.config.registry_path()})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                ..Default::default()
             };
-            if let Err(e) = audit.record(record).await {
-                return problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Audit unavailable",
-                    format!("the change was not made because it could not be audited: {e}"),
-                );
+            match audited::begin(audit.clone(), record).await {
+                Ok(intent) => intents.push(intent),
+                Err(e) => {
+                    // The intents already written get their outcome (error) as they drop.
+                    return problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Audit unavailable",
+                        format!("the change was not made because it could not be audited: {e}"),
+                    );
+                }
             }
         }
     }
-    let path = core.config.registry_path();
-    let pretty = match serde_json::to_string_pretty(&new_file) {
-        Ok(s) => s + "\n",
+    // Written and applied in a task of its own: a client that hangs up cancels neither the
+    // change nor the outcome events.
+    let task_core = core.clone();
+    let applied = tokio::spawn(async move {
+        let result = apply_registry(&task_core, &new_file).await;
+        for intent in intents {
+            let detail = match &result {
+                Ok(()) => json!({}),
+                Err(r) => json!({"error": r.1}),
+            };
+            // Awaited here, inside the task: the answer follows the outcome events.
+            let _ = intent.finish(result.is_ok(), detail).await;
+        }
+        result
+    })
+    .await;
+    match applied {
+        Ok(Ok(())) => {}
+        Ok(Err((status, title, detail))) => return problem(status, title, detail),
         Err(e) => {
             return problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -187,18 +226,7 @@ pub async fn put_registry(
                 e.to_string(),
             )
         }
-    };
-    if let Err(e) = write_atomically(&path, pretty.as_bytes()) {
-        return problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Registry not written",
-            format!("{}: {e}", path.display()),
-        );
     }
-    if let Err(e) = core.reload_from_disk().await {
-        return problem(StatusCode::CONFLICT, "Registry not applied", e);
-    }
-    core.remember_stamps();
     tracing::info!(actor = %caller.client, changes = changes.len(), "mcp registry updated");
     let list = |a: &str| -> Vec<String> {
         changes
@@ -214,6 +242,35 @@ pub async fn put_registry(
         "updated": list("mcp_update"),
     }))
     .into_response()
+}
+
+/// Writes the registry file and loads it; Err is (status, title, detail) of the problem answer.
+async fn apply_registry(
+    core: &Arc<HubCore>,
+    new_file: &RegistryFile,
+) -> Result<(), (StatusCode, &'static str, String)> {
+    let path = core.config.registry_path();
+    let pretty = serde_json::to_string_pretty(new_file)
+        .map(|s| s + "\n")
+        .map_err(|e| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                e.to_string(),
+            )
+        })?;
+    write_atomically(&path, pretty.as_bytes()).map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Registry not written",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    core.reload_from_disk()
+        .await
+        .map_err(|e| (StatusCode::CONFLICT, "Registry not applied", e.to_string()))?;
+    core.remember_stamps();
+    Ok(())
 }
 
 fn diff(old: &RegistryFile, new: &RegistryFile) -> Vec<(&'static str, String)> {

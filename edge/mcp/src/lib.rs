@@ -23,6 +23,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 mod admin;
+pub mod audited;
 mod config;
 mod downstream;
 mod envelope;
@@ -88,19 +89,13 @@ impl Caller {
 }
 
 /// An admin action to record in the controller's audit log (the edge posts it to `POST /audit`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AuditRecord {
-    pub action: String,
-    pub resource: String,
-    pub actor: String,
-    pub correlation_id: String,
-    pub metadata: serde_json::Value,
-}
+pub use aibox_wire::audit::AuditRecord;
 
 #[async_trait::async_trait]
 pub trait AuditSink: Send + Sync {
-    /// Err means the record was not written; the caller refuses the action (fail closed).
-    async fn record(&self, record: AuditRecord) -> Result<(), String>;
+    /// Writes one event and returns its `seq`. Err means the record was not written; the caller
+    /// refuses the action (fail closed). Use [`audited::begin`] for an action's intent and outcome.
+    async fn record(&self, record: AuditRecord) -> Result<u64, String>;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -298,16 +298,8 @@ pub fn load(src: &Sources) -> Result<Snapshot, String> {
     Ok(Snapshot { servers, file })
 }
 
-fn server_name_ok(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 48
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
-        && !name.contains("__")
-        && !name.ends_with('_')
-}
+/// The rule lives in aibox-wire: the dashboard checks names with the same function.
+use aibox_wire::names::mcp_server_name_ok as server_name_ok;
 
 fn env_name_ok(name: &str) -> bool {
     let b = name.as_bytes();

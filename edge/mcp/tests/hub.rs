@@ -226,12 +226,13 @@ struct RecordingAudit {
 
 #[async_trait::async_trait]
 impl aibox_mcp::AuditSink for RecordingAudit {
-    async fn record(&self, record: aibox_mcp::AuditRecord) -> Result<(), String> {
+    async fn record(&self, record: aibox_mcp::AuditRecord) -> Result<u64, String> {
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("controller unreachable".into());
         }
-        self.records.lock().unwrap().push(record);
-        Ok(())
+        let mut records = self.records.lock().unwrap();
+        records.push(record);
+        Ok(records.len() as u64)
     }
 }
 
@@ -289,22 +290,30 @@ async fn registry_put_is_validated_audited_and_fails_closed() {
     assert_eq!(body["added"], serde_json::json!(["c"]));
     assert_eq!(body["removed"], serde_json::json!(["b"]));
     assert_eq!(body["updated"], serde_json::json!(["a"]));
-    let mut actions: Vec<(String, String)> = audit
+    // Each change: an intent before the file is written, an outcome after.
+    let mut actions: Vec<(String, String, String)> = audit
         .records
         .lock()
         .unwrap()
         .iter()
-        .map(|r| (r.action.clone(), r.resource.clone()))
+        .map(|r| {
+            let result = r.result.clone().unwrap_or_default();
+            (r.action.clone(), r.resource.clone(), result)
+        })
         .collect();
     actions.sort();
-    assert_eq!(
-        actions,
-        vec![
-            ("mcp_add".into(), "mcp:c".into()),
-            ("mcp_remove".into(), "mcp:b".into()),
-            ("mcp_update".into(), "mcp:a".into()),
-        ]
-    );
+    let expected: Vec<(String, String, String)> = [
+        ("mcp_add", "mcp:c", "intent"),
+        ("mcp_add", "mcp:c", "ok"),
+        ("mcp_remove", "mcp:b", "intent"),
+        ("mcp_remove", "mcp:b", "ok"),
+        ("mcp_update", "mcp:a", "intent"),
+        ("mcp_update", "mcp:a", "ok"),
+    ]
+    .iter()
+    .map(|(a, r, x)| (a.to_string(), r.to_string(), x.to_string()))
+    .collect();
+    assert_eq!(actions, expected);
     let health: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{}/api/mcp/health", s.addr))
         .header("x-test-client", "admin")

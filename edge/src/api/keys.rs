@@ -118,10 +118,15 @@ pub async fn create(
     }
     let metadata = json!({"models": entry.models, "mcp_servers": entry.mcp_servers,
         "rpm": entry.rpm, "tpm": entry.tpm, "concurrency": entry.concurrency});
-    if let Err(r) = audit(&state, &ctx, &headers, "key_create", &new.name, metadata).await {
-        return *r;
+    let intent = match audit(&state, &ctx, &headers, "key_create", &new.name, metadata).await {
+        Ok(intent) => intent,
+        Err(r) => return *r,
+    };
+    let added = keys::add(&path, entry, None);
+    if let Some(intent) = intent {
+        intent.finish(added.is_ok(), json!({}));
     }
-    match keys::add(&path, entry, None) {
+    match added {
         Ok(key) => {
             state.clients.reload_if_changed();
             tracing::info!(request_id = %ctx.id, client = %new.name, "key created");
@@ -160,10 +165,15 @@ pub async fn revoke(
     if !known {
         return keys_problem(KeysError::Unknown(name));
     }
-    if let Err(r) = audit(&state, &ctx, &headers, "key_revoke", &name, json!({})).await {
-        return *r;
+    let intent = match audit(&state, &ctx, &headers, "key_revoke", &name, json!({})).await {
+        Ok(intent) => intent,
+        Err(r) => return *r,
+    };
+    let revoked = keys::revoke(&path, &name);
+    if let Some(intent) = intent {
+        intent.finish(revoked.is_ok(), json!({}));
     }
-    match keys::revoke(&path, &name) {
+    match revoked {
         Ok(()) => {
             state.clients.reload_if_changed();
             tracing::info!(request_id = %ctx.id, client = %name, "key revoked");
@@ -183,7 +193,8 @@ fn keys_problem(e: KeysError) -> Response {
     problem(status, &e.to_string())
 }
 
-/// Fail closed: a change that cannot be recorded is not made. Without a controller the change
+/// The intent of a key change (docs/audit/SCHEMA.md, "Intent and outcome"); the caller writes the
+/// outcome. Fail closed: a change whose intent cannot be recorded is not made. Without a controller the change
 /// is made and the log says it is not audited (as for the other admin calls).
 async fn audit(
     state: &EdgeState,
@@ -192,7 +203,7 @@ async fn audit(
     action: &str,
     name: &str,
     mut metadata: serde_json::Value,
-) -> Result<(), Box<Response>> {
+) -> Result<Option<aibox_mcp::audited::OpenIntent>, Box<Response>> {
     metadata["client"] = json!(ctx.client.name);
     // The signed-in dashboard user, as the dashboard names them to the controller too.
     if let Some(user) = headers
@@ -203,27 +214,29 @@ async fn audit(
         metadata["user"] = json!(user);
     }
     match &state.audit {
-        Some(audit) => audit
-            .record(aibox_mcp::AuditRecord {
+        Some(audit) => aibox_mcp::audited::begin(
+            audit.clone(),
+            aibox_mcp::AuditRecord {
                 action: action.to_owned(),
                 resource: format!("key:{name}"),
-                actor: "edge".to_owned(),
-                correlation_id: ctx.id.clone(),
-                metadata,
-            })
-            .await
-            .map_err(|e| {
-                Box::new(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "the key was not changed because the change could not be audited: {e}"
-                    ),
-                ))
-            }),
+                actor: Some("edge".to_owned()),
+                correlation_id: Some(ctx.id.clone()),
+                metadata: metadata.as_object().cloned(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(Some)
+        .map_err(|e| {
+            Box::new(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the key was not changed because the change could not be audited: {e}"),
+            ))
+        }),
         None => {
             tracing::warn!(request_id = %ctx.id, action, client = name,
                 "no controller is configured, so this key change is not in the audit log");
-            Ok(())
+            Ok(None)
         }
     }
 }

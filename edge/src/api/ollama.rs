@@ -163,19 +163,16 @@ fn parse_body(raw: &Bytes) -> Result<Value> {
             "missing request body",
         ));
     }
-    let v: Value = serde_json::from_slice(raw).map_err(|e| {
-        OllamaError::new(
+    aibox_wire::body::from_slice::<Value>(raw).map_err(|e| match e {
+        aibox_wire::body::BodyError::NotAnObject { what } => OllamaError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the request body must be a JSON object, not {what}"),
+        ),
+        aibox_wire::body::BodyError::Invalid(e) => OllamaError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid JSON in request body: {e}"),
-        )
-    })?;
-    if !v.is_object() {
-        return Err(OllamaError::new(
-            StatusCode::BAD_REQUEST,
-            "the request body must be a JSON object",
-        ));
-    }
-    Ok(v)
+        ),
+    })
 }
 
 /// The model a request names: `model`, or the older `name` field.
@@ -981,7 +978,7 @@ pub async fn pull(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, admin(state.clone(), &ctx, &raw, AdminAction::Pull)).await
+    answer(&ctx, admin_task(state, ctx.clone(), raw, AdminAction::Pull)).await
 }
 
 pub async fn delete_model(
@@ -989,7 +986,11 @@ pub async fn delete_model(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, admin(state.clone(), &ctx, &raw, AdminAction::Delete)).await
+    answer(
+        &ctx,
+        admin_task(state, ctx.clone(), raw, AdminAction::Delete),
+    )
+    .await
 }
 
 pub async fn copy(
@@ -997,7 +998,7 @@ pub async fn copy(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, admin(state.clone(), &ctx, &raw, AdminAction::Copy)).await
+    answer(&ctx, admin_task(state, ctx.clone(), raw, AdminAction::Copy)).await
 }
 
 pub async fn create(
@@ -1005,7 +1006,11 @@ pub async fn create(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, admin(state.clone(), &ctx, &raw, AdminAction::Create)).await
+    answer(
+        &ctx,
+        admin_task(state, ctx.clone(), raw, AdminAction::Create),
+    )
+    .await
 }
 
 /// The Ollama provider an admin call is for, and the model name that provider knows. A model
@@ -1154,30 +1159,78 @@ async fn admin(
     metadata["model"] = json!(asked);
     metadata["provider"] = json!(provider.name);
     metadata["endpoints"] = json!(targets.iter().map(|e| e.url.clone()).collect::<Vec<_>>());
-    match &state.audit {
+    // The intent is on record before anything is asked upstream (fail closed); the outcome is
+    // written when the action ends, or as "interrupted" if the client leaves a streamed pull.
+    let mut intent = match &state.audit {
         Some(audit) => {
             let record = aibox_mcp::AuditRecord {
                 action: action.audit_name().to_owned(),
                 resource: format!("model:{}/{}", provider.name, model),
-                actor: "edge".to_owned(),
-                correlation_id: ctx.id.clone(),
-                metadata,
+                actor: Some("edge".to_owned()),
+                correlation_id: Some(ctx.id.clone()),
+                metadata: metadata.as_object().cloned(),
+                ..Default::default()
             };
-            if let Err(e) = audit.record(record).await {
-                return Err(OllamaError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the action was not taken because it could not be audited: {e}"),
-                ));
+            match aibox_mcp::audited::begin(audit.clone(), record).await {
+                Ok(intent) => Some(intent),
+                Err(e) => {
+                    return Err(OllamaError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the action was not taken because it could not be audited: {e}"),
+                    ))
+                }
             }
         }
-        None => tracing::warn!(
-            request_id = %ctx.id,
-            action = action.audit_name(),
-            model = %asked,
-            "no controller is configured, so this admin call is not in the audit log"
-        ),
+        None => {
+            tracing::warn!(
+                request_id = %ctx.id,
+                action = action.audit_name(),
+                model = %asked,
+                "no controller is configured, so this admin call is not in the audit log"
+            );
+            None
+        }
+    };
+    let result = admin_act(state, ctx, body, action, provider, targets, &mut intent).await;
+    if let Some(intent) = intent {
+        let detail = match &result {
+            Ok(_) => json!({}),
+            Err(e) => json!({"error": e.message}),
+        };
+        // Inside the admin task: the answer follows the outcome event.
+        let _ = intent.finish(result.is_ok(), detail).await;
     }
+    result
+}
 
+/// The admin call in a task of its own: a client that hangs up cancels neither the upstream
+/// delete/copy nor the audit outcome (a streamed pull stops with its stream, recorded as such).
+async fn admin_task(
+    state: Arc<EdgeState>,
+    ctx: RequestContext,
+    raw: Bytes,
+    action: AdminAction,
+) -> Result<Response> {
+    tokio::spawn(async move { admin(state, &ctx, &raw, action).await })
+        .await
+        .unwrap_or_else(|e| {
+            Err(OllamaError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the admin call failed: {e}"),
+            ))
+        })
+}
+
+/// Sends the admin call to its endpoints; a streamed answer takes over `intent` and finishes it.
+async fn admin_act(
+    state: Arc<EdgeState>,
+    ctx: &RequestContext,
+    mut body: Value,
+    action: AdminAction,
+    provider: Arc<Provider>,
+    targets: Vec<Arc<Endpoint>>,
+    intent: &mut Option<aibox_mcp::audited::OpenIntent>,
+) -> Result<Response> {
     let streams = action.streams(&body);
     let progress = matches!(action, AdminAction::Pull | AdminAction::Create);
     if progress {
@@ -1218,6 +1271,8 @@ async fn admin(
             pending: VecDeque::new(),
             ctx: ctx.clone(),
             done: false,
+            intent: intent.take(),
+            failure: None,
         };
         if streams {
             return Ok(ndjson_response(Body::from_stream(futures::stream::unfold(
@@ -1301,6 +1356,10 @@ struct AdminStream {
     pending: VecDeque<Bytes>,
     ctx: RequestContext,
     done: bool,
+    /// Finished when the stream ends; dropped with the stream (client gone) it records "interrupted".
+    intent: Option<aibox_mcp::audited::OpenIntent>,
+    /// The first error seen in the stream, for the audit outcome.
+    failure: Option<String>,
 }
 
 impl AdminStream {
@@ -1312,6 +1371,13 @@ impl AdminStream {
                 return Some((Ok(b), self));
             }
             if self.done {
+                if let Some(intent) = self.intent.take() {
+                    let detail = match &self.failure {
+                        None => json!({}),
+                        Some(e) => json!({"error": e}),
+                    };
+                    let _ = intent.finish(self.failure.is_none(), detail).await;
+                }
                 return None;
             }
             let Some(current) = self.current.as_mut() else {
@@ -1364,7 +1430,9 @@ impl AdminStream {
             return;
         }
         let parsed = serde_json::from_slice::<Value>(&line).ok();
-        if parsed.as_ref().is_some_and(|v| v.get("error").is_some()) {
+        if let Some(e) = parsed.as_ref().and_then(|v| v.get("error")) {
+            self.failure
+                .get_or_insert_with(|| e.as_str().map_or_else(|| e.to_string(), String::from));
             self.ctx.update(|m| m.error = Some("upstream_error"));
             self.done = true;
             self.current = None;
@@ -1381,6 +1449,7 @@ impl AdminStream {
     }
 
     fn fail(&mut self, msg: &str) {
+        self.failure.get_or_insert_with(|| msg.to_owned());
         self.ctx
             .update(|m| m.error = Some("upstream_stream_failed"));
         self.pending.push_back(ndjson(&json!({"error": msg})));

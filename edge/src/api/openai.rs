@@ -137,20 +137,17 @@ fn parse_body(body: &Bytes) -> Result<Value> {
             "The request body is empty; send a JSON object",
         ));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        OpenAiError::new(
+    aibox_wire::body::from_slice::<Value>(body).map_err(|e| match e {
+        aibox_wire::body::BodyError::NotAnObject { what } => OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("The request body must be a JSON object, not {what}"),
+        ),
+        aibox_wire::body::BodyError::Invalid(e) => OpenAiError::new(
             StatusCode::BAD_REQUEST,
             format!("The request body is not valid JSON: {e}"),
         )
-        .code("invalid_json")
-    })?;
-    if !v.is_object() {
-        return Err(OpenAiError::new(
-            StatusCode::BAD_REQUEST,
-            "The request body must be a JSON object",
-        ));
-    }
-    Ok(v)
+        .code("invalid_json"),
+    })
 }
 
 fn requested_model(body: &Value) -> Result<String> {

@@ -17,7 +17,7 @@ pub async fn health() -> Response {
 /// Readiness: which providers and endpoints answer, as the probes last saw them.
 pub async fn ready(State(state): State<Arc<EdgeState>>) -> Response {
     let status = state.providers.status();
-    let code = if status["ready"] == true {
+    let code = if status.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -25,7 +25,23 @@ pub async fn ready(State(state): State<Arc<EdgeState>>) -> Response {
     (code, Json(status)).into_response()
 }
 
-pub async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
+/// The address the request came from, as the gateway saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+/// Open to `metrics_open_cidrs` (loopback and internal networks by default); the admin key elsewhere.
+pub async fn metrics(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+    peer: Option<Extension<Peer>>,
+) -> Response {
+    let peer = peer.and_then(|Extension(p)| p.0);
+    if !ctx.client.admin && !state.config.metrics_open_to(peer) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "/metrics from this network needs the admin key (Authorization: Bearer <admin token>); see metrics_open_cidrs",
+        );
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
