@@ -1128,6 +1128,8 @@ async fn a_legacy_password_file_is_upgraded_to_argon2id_at_the_first_sign_in() {
         StatusCode::UNAUTHORIZED
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// The edge's `/ready` body, built from the type the edge answers with.
 fn fake_readiness() -> aibox_wire::edge::Readiness {
     use aibox_wire::edge::{EndpointReadiness, ProviderReadiness, Readiness};

@@ -93,7 +93,7 @@ mod tests {
         let mut s = svc("openclaw", "running", "Up 2 minutes");
         assert_eq!(ui_url(&s), None);
         s.ports = vec![PortBinding {
-            private: Some(18789),
+            private: 18789,
             public: Some(6666),
             ip: Some("127.0.0.1".into()),
             ..Default::default()
