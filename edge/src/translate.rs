@@ -5,6 +5,8 @@
 //! edge speaks `/api/chat` and `/api/embed` instead.
 use serde_json::{json, Map, Value};
 
+pub mod anthropic;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct TranslateError {
@@ -585,6 +587,7 @@ mod golden {
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
             .collect();
         paths.sort();
         for path in paths {

@@ -1,9 +1,9 @@
 //! Page layout and the pieces every page shares.
 pub mod assets;
 pub mod audit;
+pub mod egress;
 pub mod keys;
 pub mod log_line;
-pub mod egress;
 pub mod login;
 pub mod models;
 pub mod openclaw_card;

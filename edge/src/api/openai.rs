@@ -124,7 +124,7 @@ impl From<UpstreamError> for OpenAiError {
 
 type Result<T> = std::result::Result<T, OpenAiError>;
 
-fn fail(ctx: &RequestContext, e: OpenAiError) -> Response {
+pub fn fail(ctx: &RequestContext, e: OpenAiError) -> Response {
     let kind = e.kind();
     ctx.update(|m| m.error = Some(kind));
     e.into_response()
@@ -169,7 +169,7 @@ fn requested_model(body: &Value) -> Result<String> {
     }
 }
 
-fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
+pub fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
     let route = state.providers.route(model)?;
     ctx.update(|m| {
         m.provider = Some(route.provider.name.clone());
@@ -273,7 +273,19 @@ pub async fn chat_completions(
 }
 
 async fn chat(state: &EdgeState, ctx: &RequestContext, raw: &Bytes) -> Result<Response> {
-    let body = parse_body(raw)?;
+    chat_parsed(state, ctx, parse_body(raw)?).await
+}
+
+/// The chat path for a body another surface translated (Anthropic Messages): the same
+/// routing, policy, failover and usage accounting; errors come back in OpenAI's shape, for
+/// the caller to reshape.
+pub async fn chat_translated(state: &EdgeState, ctx: &RequestContext, body: Value) -> Response {
+    chat_parsed(state, ctx, body)
+        .await
+        .unwrap_or_else(|e| fail(ctx, e))
+}
+
+async fn chat_parsed(state: &EdgeState, ctx: &RequestContext, body: Value) -> Result<Response> {
     let model = requested_model(&body)?;
     if body.get("messages").is_none() {
         return Err(OpenAiError::new(
@@ -355,7 +367,7 @@ fn log_stream_failure(ctx: &RequestContext, msg: &str) {
     tracing::warn!(request_id = %ctx.id, endpoint = %endpoint, error = msg, "upstream stream failed");
 }
 
-fn event_stream(body: Body) -> Response {
+pub fn event_stream(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
