@@ -121,6 +121,18 @@ def test_streamed_tool_use(stack, model):
         {"location": "Paris"}, {"location": "Berlin"}]
 
 
+@pytest.mark.parametrize("model", ["ollama/fake-midstream-error", "ollama/fake-drop", "vllm/fake-drop"])
+def test_a_stream_that_breaks_ends_with_an_error_event(stack, model):
+    got = ""
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with claude(stack).messages.stream(model=model, max_tokens=64,
+                                           messages=[{"role": "user", "content": "x"}]) as stream:
+            for text in stream.text_stream:
+                got += text
+    assert got.startswith("partial")
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "api_error"
+
+
 def test_count_tokens(stack):
     r = claude(stack).messages.count_tokens(
         model="ollama/llama3:8b", system="x" * 40,
