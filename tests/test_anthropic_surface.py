@@ -7,6 +7,7 @@ the real `edge` binary translating Messages to each provider's chat and back.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import anthropic
@@ -209,3 +210,22 @@ rpm = 1
         ask(api_key="tiny-key-0001")
     assert e.value.body["error"]["type"] == "rate_limit_error"
     assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def test_models_in_anthropic_shape(stack):
+    c = claude(stack)
+    ids = [m.id for m in c.models.list()]
+    assert "ollama/llama3:8b" in ids and "vllm/Qwen/Qwen2.5-0.5B-Instruct" in ids
+    m = c.models.retrieve("llama3:8b")
+    assert m.type == "model" and m.id == "ollama/llama3:8b"
+    with pytest.raises(anthropic.NotFoundError):
+        c.models.retrieve("ollama/no-such-model")
+
+
+def test_requests_are_counted_under_the_anthropic_surface(stack):
+    claude(stack, api_key=CLIENT_KEY).messages.create(
+        model="ollama/llama3:8b", max_tokens=8, messages=[{"role": "user", "content": "count me"}])
+    with urllib.request.urlopen(stack["edge"].url() + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'aibox_requests_total{client="n8n",provider="ollama",status="200",surface="anthropic"}' in metrics
+    assert 'aibox_tokens_total{client="n8n",direction="out",provider="ollama"}' in metrics

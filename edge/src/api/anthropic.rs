@@ -286,3 +286,52 @@ pub async fn count_tokens(
     .await;
     result.unwrap_or_else(|e| fail(&ctx, e))
 }
+
+/// Anthropic's SDKs send `anthropic-version` on every call; `GET /v1/models` then answers in
+/// Anthropic's list shape instead of OpenAI's.
+pub fn wants_anthropic(headers: &http::HeaderMap) -> bool {
+    headers.contains_key("anthropic-version")
+}
+
+fn model_info(id: &str, created: i64) -> Value {
+    let created_at = time::OffsetDateTime::from_unix_timestamp(created)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned());
+    json!({"type": "model", "id": id, "display_name": id, "created_at": created_at})
+}
+
+/// The OpenAI model entries (`id`, `created`) the OpenAI surface listed, as Anthropic's page.
+pub fn model_list(openai_entries: &[Value]) -> Value {
+    let data: Vec<Value> = openai_entries
+        .iter()
+        .map(|m| {
+            model_info(
+                m["id"].as_str().unwrap_or_default(),
+                m["created"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    json!({"data": data, "has_more": false,
+           "first_id": data.first().map(|m| m["id"].clone()),
+           "last_id": data.last().map(|m| m["id"].clone())})
+}
+
+/// `GET /v1/models/{id}` for Anthropic's SDKs: the model resolved as for messages.
+pub async fn get_model(state: &EdgeState, ctx: &RequestContext, id: &str) -> Response {
+    match state.providers.route(id) {
+        Ok(r) if r.provider.find_model(&r.model).is_none() => {
+            AnthropicError::new(StatusCode::NOT_FOUND, format!("model: {id}")).into_response()
+        }
+        Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => AnthropicError::new(
+            StatusCode::FORBIDDEN,
+            Refusal::ModelForbidden(id.to_owned()).message(&ctx.client.name),
+        )
+        .into_response(),
+        Ok(r) => Json(model_info(&format!("{}/{}", r.provider.name, r.model), 0)).into_response(),
+        Err(e) => AnthropicError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
+    }
+}

@@ -218,6 +218,7 @@ fn unix_now() -> i64 {
 pub async fn list_models(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
+    headers: http::HeaderMap,
 ) -> Response {
     // A provider never listed yet is asked now, for at most 2 s; a slow one never delays more.
     if state
@@ -241,6 +242,9 @@ pub async fn list_models(
             );
         }
     }
+    if super::anthropic::wants_anthropic(&headers) {
+        return Json(super::anthropic::model_list(&data)).into_response();
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -248,7 +252,11 @@ pub async fn get_model(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
     Path(id): Path<String>,
+    headers: http::HeaderMap,
 ) -> Response {
+    if super::anthropic::wants_anthropic(&headers) {
+        return super::anthropic::get_model(&state, &ctx, &id).await;
+    }
     match state.providers.route(&id) {
         Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => {
             forbidden_model(&ctx.client.name, &id).into_response()
