@@ -71,6 +71,9 @@ pub fn messages_to_chat(req: &Value) -> Result<Value, TranslateError> {
         if let Some(choice) = tool_choice_to_chat(obj.get("tool_choice"))? {
             body.insert("tool_choice".into(), choice);
         }
+        if req.pointer("/tool_choice/disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+            body.insert("parallel_tool_calls".into(), json!(false));
+        }
     }
     Ok(Value::Object(body))
 }
