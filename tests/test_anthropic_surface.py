@@ -78,7 +78,7 @@ def test_a_streamed_message(stack, model):
     assert text == ""
     assert final.content[0].text == "You said: one two three"
     assert final.stop_reason == "end_turn"
-    assert final.usage.output_tokens == 5
+    assert final.usage.output_tokens == 5 and final.usage.input_tokens > 0
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert events.count("text") >= 3  # the SDK's per-delta event: it arrived in pieces
 
@@ -229,3 +229,11 @@ def test_requests_are_counted_under_the_anthropic_surface(stack):
         metrics = r.read().decode()
     assert 'aibox_requests_total{client="n8n",provider="ollama",status="200",surface="anthropic"}' in metrics
     assert 'aibox_tokens_total{client="n8n",direction="out",provider="ollama"}' in metrics
+
+
+def test_a_body_over_the_limit_is_413_in_anthropic_shape(stack):
+    with pytest.raises(anthropic.APIStatusError) as e:
+        claude(stack).messages.create(model="ollama/llama3:8b", max_tokens=8,
+                                      messages=[{"role": "user", "content": "x" * 70_000}])
+    assert e.value.status_code == 413
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "request_too_large"
