@@ -237,3 +237,18 @@ def test_a_body_over_the_limit_is_413_in_anthropic_shape(stack):
                                       messages=[{"role": "user", "content": "x" * 70_000}])
     assert e.value.status_code == 413
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "request_too_large"
+
+
+def test_extended_thinking_comes_back_as_a_thinking_block(stack):
+    msg = claude(stack).messages.create(
+        model="ollama/llama3:8b", max_tokens=64, thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "think first"}])
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert msg.content[0].thinking == "Let me think."
+    assert last_upstream_request(stack["ollama"])["body"]["think"] is True
+    with claude(stack).messages.stream(
+            model="ollama/llama3:8b", max_tokens=64, thinking={"type": "enabled", "budget_tokens": 1024},
+            messages=[{"role": "user", "content": "think first"}]) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[1].text == "You said: think first"

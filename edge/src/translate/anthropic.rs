@@ -59,6 +59,12 @@ pub fn messages_to_chat(req: &Value) -> Result<Value, TranslateError> {
             ))
         }
     }
+    if let Some(effort) = reasoning_effort(obj.get("thinking")) {
+        body.insert("reasoning_effort".into(), json!(effort));
+        // Ollama takes `think` as it is (levels only for some models, a bool for all);
+        // OpenAI-compatible servers ignore it and read `reasoning_effort`.
+        body.insert("think".into(), json!(true));
+    }
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     body.insert("stream".into(), json!(stream));
     if stream {
@@ -76,6 +82,23 @@ pub fn messages_to_chat(req: &Value) -> Result<Value, TranslateError> {
         }
     }
     Ok(Value::Object(body))
+}
+
+/// Extended thinking as OpenAI's `reasoning_effort` (which the Ollama translation turns into
+/// `think`): the budget picks the level.
+fn reasoning_effort(thinking: Option<&Value>) -> Option<&'static str> {
+    let thinking = thinking?;
+    match thinking.get("type").and_then(Value::as_str)? {
+        "enabled" => Some(
+            match thinking.get("budget_tokens").and_then(Value::as_u64) {
+                Some(b) if b < 4096 => "low",
+                Some(b) if b >= 16384 => "high",
+                _ => "medium",
+            },
+        ),
+        "adaptive" => Some("medium"),
+        _ => None,
+    }
 }
 
 fn system_to_chat(system: Option<&Value>) -> Result<Vec<Value>, TranslateError> {
@@ -227,10 +250,14 @@ fn assistant_to_chat(content: &Value, i: usize) -> Result<Value, TranslateError>
         return Ok(json!({"role": "assistant", "content": s}));
     }
     let mut text = Vec::new();
+    let mut thinking = Vec::new();
     let mut calls = Vec::new();
     for b in blocks(content, i)? {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push(b["text"].as_str().unwrap_or_default().to_owned()),
+            Some("thinking") => {
+                thinking.push(b["thinking"].as_str().unwrap_or_default().to_owned())
+            }
             Some("tool_use") => {
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
                 calls.push(json!({"id": b["id"], "type": "function", "function": {
@@ -240,6 +267,9 @@ fn assistant_to_chat(content: &Value, i: usize) -> Result<Value, TranslateError>
         }
     }
     let mut m = json!({"role": "assistant", "content": text.join("")});
+    if !thinking.is_empty() {
+        m["reasoning_content"] = json!(thinking.join(""));
+    }
     if !calls.is_empty() {
         m["tool_calls"] = Value::Array(calls);
     }
@@ -325,11 +355,23 @@ fn tool_input(arguments: &Value) -> Value {
     }
 }
 
+fn reasoning(message_or_delta: &Value) -> Option<&str> {
+    message_or_delta["reasoning_content"]
+        .as_str()
+        .or_else(|| message_or_delta["reasoning"].as_str())
+        .filter(|t| !t.is_empty())
+}
+
 /// OpenAI chat completion to an Anthropic `message`. `model` is the name the client asked for.
 pub fn chat_response_to_message(resp: &Value, id: &str, model: &str) -> Value {
     let choice = &resp["choices"][0];
     let message = &choice["message"];
     let mut content = Vec::new();
+    // Reasoning models' thoughts (Ollama `thinking`, vLLM `reasoning_content`) as a thinking
+    // block; there is no signature to give, and no one to verify it.
+    if let Some(t) = reasoning(message) {
+        content.push(json!({"type": "thinking", "thinking": t, "signature": ""}));
+    }
     if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -371,6 +413,7 @@ pub fn error_type(status: u16) -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Block {
     None,
+    Thinking,
     Text,
     /// A tool call, by its OpenAI `index`.
     Tool(u64),
@@ -461,6 +504,20 @@ impl MessagesStreamTranslator {
             return out;
         };
         let delta = &choice["delta"];
+        if let Some(t) = reasoning(delta) {
+            if self.block != Block::Thinking {
+                self.open_block(
+                    Block::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    &mut out,
+                );
+            }
+            out.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": self.next_index - 1,
+                       "delta": {"type": "thinking_delta", "thinking": t}}),
+            ));
+        }
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             if self.block != Block::Text {
                 self.open_block(Block::Text, json!({"type": "text", "text": ""}), &mut out);
