@@ -53,6 +53,7 @@ def test_a_plain_message(stack, model):
     assert msg.content[0].text == "You said: hello claude code"
     assert msg.stop_reason == "end_turn"
     assert msg.usage.output_tokens == 5 and msg.usage.input_tokens > 0
+    assert msg._request_id and msg.id == "msg_" + msg._request_id.replace("-", "")
 
 
 def test_system_and_sampling_reach_ollama_natively(stack):

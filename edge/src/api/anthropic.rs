@@ -127,10 +127,20 @@ pub async fn messages(
     body: Bytes,
 ) -> Response {
     ctx.update(|m| m.surface = "anthropic");
-    match create(&state, &ctx, &body).await {
+    let resp = match create(&state, &ctx, &body).await {
         Ok(r) => r,
         Err(e) => fail(&ctx, e),
+    };
+    with_request_id(resp, &ctx)
+}
+
+/// Anthropic's SDKs read the id from `request-id` (`message._request_id`); the gateway adds
+/// `X-Request-ID` to every response as well.
+fn with_request_id(mut resp: Response, ctx: &RequestContext) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        resp.headers_mut().insert("request-id", v);
     }
+    resp
 }
 
 async fn create(
@@ -284,7 +294,7 @@ pub async fn count_tokens(
         Ok(Json(json!({"input_tokens": tr::estimate_input_tokens(&chat)})).into_response())
     }
     .await;
-    result.unwrap_or_else(|e| fail(&ctx, e))
+    with_request_id(result.unwrap_or_else(|e| fail(&ctx, e)), &ctx)
 }
 
 /// Anthropic's SDKs send `anthropic-version` on every call; `GET /v1/models` then answers in
