@@ -328,7 +328,7 @@ impl ClientDirectory {
     }
 
     pub fn identify(&self, headers: &HeaderMap) -> ClientIdentity {
-        let presented = bearer(headers).map(|k| sha256(k.as_bytes()));
+        let presented = presented_key(headers).map(|k| sha256(k.as_bytes()));
         let mut dir = self.snapshot();
         let mut found = presented.and_then(|d| self.match_key(&dir, &d));
         if found.is_none() && presented.is_some() && self.file.is_some() {
@@ -457,6 +457,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The key a client presents: `Authorization: Bearer` (OpenAI and Ollama clients), else
+/// `x-api-key` (Anthropic's SDKs and Claude Code send the key there).
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| header(headers, "x-api-key"))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = header(headers, "authorization")?;
     let (scheme, token) = value.split_once(' ')?;
@@ -502,6 +508,12 @@ mod tests {
     #[test]
     fn a_key_names_the_client() {
         let id = dir(false).identify(&headers(&[("authorization", "Bearer n8n-secret-key")]));
+        assert_eq!((id.name.as_str(), id.admin), ("n8n", false));
+    }
+
+    #[test]
+    fn an_anthropic_x_api_key_names_the_client() {
+        let id = dir(false).identify(&headers(&[("x-api-key", "n8n-secret-key")]));
         assert_eq!((id.name.as_str(), id.admin), ("n8n", false));
     }
 

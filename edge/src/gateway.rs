@@ -270,7 +270,9 @@ impl EdgeGateway {
 
 /// The surface a refused request is counted under in the metrics (MCP counts its own).
 fn surface_of(path: &str) -> &'static str {
-    if path.starts_with("/v1") {
+    if api::is_anthropic(path) {
+        "anthropic"
+    } else if path.starts_with("/v1") {
         "openai"
     } else if path.starts_with("/mcp") {
         ""

@@ -5,6 +5,9 @@
 //! edge speaks `/api/chat` and `/api/embed` instead.
 use serde_json::{json, Map, Value};
 
+pub mod anthropic;
+pub mod completions;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct TranslateError {
@@ -385,6 +388,34 @@ pub fn chat_response_to_openai(resp: &Value, ids: &ChatIds) -> Value {
     })
 }
 
+/// An Ollama NDJSON stream turned into OpenAI SSE payloads, one line at a time (chat and
+/// legacy completions share the relay that drives it).
+pub trait NdjsonTranslator: Send {
+    /// One NDJSON line from Ollama in; the SSE `data:` payloads to send out.
+    fn on_line(&mut self, line: &Value) -> Vec<Value>;
+    /// The last line (`done`, or an error) was seen.
+    fn finished(&self) -> bool;
+    /// The stream is over (it failed); nothing more is translated.
+    fn mark_finished(&mut self);
+    /// `(prompt, completion)` tokens, known once finished.
+    fn usage(&self) -> (u64, u64);
+}
+
+impl NdjsonTranslator for ChatStreamTranslator {
+    fn on_line(&mut self, line: &Value) -> Vec<Value> {
+        ChatStreamTranslator::on_line(self, line)
+    }
+    fn finished(&self) -> bool {
+        self.finished
+    }
+    fn mark_finished(&mut self) {
+        self.finished = true;
+    }
+    fn usage(&self) -> (u64, u64) {
+        self.usage
+    }
+}
+
 /// Turns Ollama's NDJSON chat stream into OpenAI SSE chunks, one line at a time.
 pub struct ChatStreamTranslator {
     ids: ChatIds,
@@ -585,6 +616,7 @@ mod golden {
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
             .collect();
         paths.sort();
         for path in paths {

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::policy::Refusal;
 use crate::providers::ProviderSet;
 
+pub mod anthropic;
 pub mod keys;
 pub mod ollama;
 pub mod openai;
@@ -71,7 +72,10 @@ pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{*id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .merge(ollama::routes())
         .fallback(fallback)
         .with_state(state);
@@ -95,7 +99,9 @@ async fn fallback(method: http::Method, uri: http::Uri) -> Response {
 /// `413` in the shape of the surface the path belongs to.
 pub fn too_large(path: &str, limit: usize) -> Response {
     let msg = format!("Request body is larger than the limit of {limit} bytes");
-    if path.starts_with("/v1/") {
+    if is_anthropic(path) {
+        anthropic::AnthropicError::new(StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
+    } else if path.starts_with("/v1/") {
         openai::OpenAiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
             .code("request_too_large")
             .into_response()
@@ -109,6 +115,11 @@ pub fn too_large(path: &str, limit: usize) -> Response {
     } else {
         ollama::OllamaError::new(StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
     }
+}
+
+/// Anthropic's Messages API, which answers in its own error shape.
+pub fn is_anthropic(path: &str) -> bool {
+    path == "/v1/messages" || path.starts_with("/v1/messages/")
 }
 
 /// Paths held to the caller's policy: the model surfaces and MCP. The edge's admin routes
@@ -127,6 +138,9 @@ pub fn governed(path: &str) -> bool {
 /// A refusal (401, 403, 429) in the shape of the surface the path belongs to. On `/mcp` it is
 /// a JSON-RPC error answering the request's own `id` when the body has one.
 pub fn refused(path: &str, client: &str, refusal: &Refusal, body: &[u8]) -> Response {
+    if is_anthropic(path) {
+        return anthropic::refused(client, refusal);
+    }
     if path.starts_with("/v1/") || path == "/v1" {
         return openai::refused(client, refusal);
     }

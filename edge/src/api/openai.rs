@@ -1,4 +1,4 @@
-//! The OpenAI surface: `/v1/models`, `/v1/chat/completions`, `/v1/embeddings`.
+//! The OpenAI surface: `/v1/models`, `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
 //!
 //! Request path: parse the body → route by model name → Ollama (translated) or an
 //! OpenAI-compatible server (passed through, only `model` rewritten) → stream back.
@@ -21,7 +21,8 @@ use crate::policy::Refusal;
 use crate::providers::{
     retry_after_secs, InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse,
 };
-use crate::translate::{self, ChatIds, ChatStreamTranslator};
+use crate::translate::completions::{self as legacy, CompletionStreamTranslator};
+use crate::translate::{self, ChatIds, ChatStreamTranslator, NdjsonTranslator};
 
 /// `{"error": {"message", "type", "param", "code"}}` with its HTTP status.
 #[derive(Debug)]
@@ -124,7 +125,7 @@ impl From<UpstreamError> for OpenAiError {
 
 type Result<T> = std::result::Result<T, OpenAiError>;
 
-fn fail(ctx: &RequestContext, e: OpenAiError) -> Response {
+pub fn fail(ctx: &RequestContext, e: OpenAiError) -> Response {
     let kind = e.kind();
     ctx.update(|m| m.error = Some(kind));
     e.into_response()
@@ -166,7 +167,7 @@ fn requested_model(body: &Value) -> Result<String> {
     }
 }
 
-fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
+pub fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
     let route = state.providers.route(model)?;
     ctx.update(|m| {
         m.provider = Some(route.provider.name.clone());
@@ -214,6 +215,7 @@ fn unix_now() -> i64 {
 pub async fn list_models(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
+    headers: http::HeaderMap,
 ) -> Response {
     // A provider never listed yet is asked now, for at most 2 s; a slow one never delays more.
     if state
@@ -237,6 +239,9 @@ pub async fn list_models(
             );
         }
     }
+    if super::anthropic::wants_anthropic(&headers) {
+        return Json(super::anthropic::model_list(&data)).into_response();
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -244,7 +249,11 @@ pub async fn get_model(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
     Path(id): Path<String>,
+    headers: http::HeaderMap,
 ) -> Response {
+    if super::anthropic::wants_anthropic(&headers) {
+        return super::anthropic::get_model(&state, &ctx, &id).await;
+    }
     match state.providers.route(&id) {
         Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => {
             forbidden_model(&ctx.client.name, &id).into_response()
@@ -270,7 +279,19 @@ pub async fn chat_completions(
 }
 
 async fn chat(state: &EdgeState, ctx: &RequestContext, raw: &Bytes) -> Result<Response> {
-    let body = parse_body(raw)?;
+    chat_parsed(state, ctx, parse_body(raw)?).await
+}
+
+/// The chat path for a body another surface translated (Anthropic Messages): the same
+/// routing, policy, failover and usage accounting; errors come back in OpenAI's shape, for
+/// the caller to reshape.
+pub async fn chat_translated(state: &EdgeState, ctx: &RequestContext, body: Value) -> Response {
+    chat_parsed(state, ctx, body)
+        .await
+        .unwrap_or_else(|e| fail(ctx, e))
+}
+
+async fn chat_parsed(state: &EdgeState, ctx: &RequestContext, body: Value) -> Result<Response> {
     let model = requested_model(&body)?;
     if body.get("messages").is_none() {
         return Err(OpenAiError::new(
@@ -319,6 +340,16 @@ async fn ollama_chat(
         return Ok(Json(out).into_response());
     }
     let translator = ChatStreamTranslator::new(ids, include_usage);
+    Ok(sse_from_ndjson(state, ctx, up, translator))
+}
+
+/// An Ollama NDJSON stream relayed as OpenAI SSE through `translator`.
+fn sse_from_ndjson<T: NdjsonTranslator + 'static>(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    up: UpstreamResponse,
+    translator: T,
+) -> Response {
     let timed = TimedBody::new(
         up.response,
         state.config.timeouts.idle(),
@@ -337,7 +368,69 @@ async fn ollama_chat(
         },
         SseFromNdjson::step,
     ));
-    Ok(event_stream(body))
+    event_stream(body)
+}
+
+pub async fn completions(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+    body: Bytes,
+) -> Response {
+    ctx.update(|m| m.surface = "openai");
+    let result = async {
+        let body = parse_body(&body)?;
+        let model = requested_model(&body)?;
+        if body.get("prompt").is_none() {
+            return Err(OpenAiError::new(
+                StatusCode::BAD_REQUEST,
+                "Missing required parameter: 'prompt'",
+            )
+            .param("prompt"));
+        }
+        let route = route(&state, &ctx, &model)?;
+        match route.provider.kind {
+            ProviderKind::Openai => passthrough(&state, &ctx, body, &route, "/completions").await,
+            ProviderKind::Ollama => ollama_completion(&state, &ctx, &body, &route, model).await,
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| fail(&ctx, e))
+}
+
+/// Legacy completions on Ollama: `/api/generate`, translated both ways.
+async fn ollama_completion(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    body: &Value,
+    route: &ProviderRoute,
+    model: String,
+) -> Result<Response> {
+    let upstream_body = legacy::completion_to_generate(body, &route.model)?;
+    let stream = upstream_body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let ids = ChatIds {
+        id: format!("cmpl-{}", ctx.id.replace('-', "")),
+        created: unix_now(),
+        model,
+    };
+    let up = send(state, ctx, route, "/api/generate", &upstream_body).await?;
+    if !up.response.status().is_success() {
+        return Err(ollama_status_error(up.response).await);
+    }
+    if !stream {
+        let v = read_json(state, up).await?;
+        let (tin, tout) = translate::ollama_usage(&v);
+        ctx.update(|m| {
+            m.tokens_in = tin;
+            m.tokens_out = tout;
+        });
+        return Ok(Json(legacy::generate_response_to_completion(&v, &ids)).into_response());
+    }
+    let translator = CompletionStreamTranslator::new(ids, include_usage);
+    Ok(sse_from_ndjson(state, ctx, up, translator))
 }
 
 /// A stream that broke after its headers went out, logged with the endpoint that sent it (as
@@ -352,7 +445,7 @@ fn log_stream_failure(ctx: &RequestContext, msg: &str) {
     tracing::warn!(request_id = %ctx.id, endpoint = %endpoint, error = msg, "upstream stream failed");
 }
 
-fn event_stream(body: Body) -> Response {
+pub fn event_stream(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -364,17 +457,17 @@ fn event_stream(body: Body) -> Response {
 }
 
 /// Ollama NDJSON in, OpenAI SSE out, one upstream chunk at a time.
-struct SseFromNdjson {
+struct SseFromNdjson<T> {
     timed: TimedBody,
     lines: LineBuffer,
-    translator: ChatStreamTranslator,
+    translator: T,
     pending: VecDeque<Bytes>,
     done: bool,
     ctx: RequestContext,
     _in_flight: InFlight,
 }
 
-impl SseFromNdjson {
+impl<T: NdjsonTranslator> SseFromNdjson<T> {
     async fn step(
         mut self,
     ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
@@ -395,7 +488,7 @@ impl SseFromNdjson {
                     if let Some(line) = self.lines.finish() {
                         self.translate_line(&line);
                     }
-                    if !self.translator.finished {
+                    if !self.translator.finished() {
                         self.fail("upstream closed the stream before it was done");
                     }
                     self.finish();
@@ -409,7 +502,7 @@ impl SseFromNdjson {
     }
 
     fn translate_line(&mut self, line: &[u8]) {
-        if self.done || self.translator.finished {
+        if self.done || self.translator.finished() {
             return;
         }
         match serde_json::from_slice::<Value>(line) {
@@ -427,10 +520,10 @@ impl SseFromNdjson {
     }
 
     fn fail(&mut self, msg: &str) {
-        if !self.translator.finished {
+        if !self.translator.finished() {
             log_stream_failure(&self.ctx, msg);
             self.pending.push_back(sse(&translate::stream_error(msg)));
-            self.translator.finished = true;
+            self.translator.mark_finished();
             self.ctx
                 .update(|m| m.error = Some("upstream_stream_failed"));
         }
@@ -447,7 +540,7 @@ impl SseFromNdjson {
             self.pending
                 .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
         }
-        let (tin, tout) = self.translator.usage;
+        let (tin, tout) = self.translator.usage();
         self.ctx.update(|m| {
             m.tokens_in = tin;
             m.tokens_out = tout;

@@ -229,6 +229,11 @@ async fn main() -> Result<()> {
             r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hello bench"}}]}}"#
         )
     };
+    let messages = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"hello bench"}}]}}"#
+        )
+    };
     let scenarios = vec![
         Scenario {
             name: "openai passthrough, chat",
@@ -293,6 +298,38 @@ async fn main() -> Result<()> {
             direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", true),
             edge_path: "/api/chat",
             edge_body: chat("vllm/Qwen/Qwen2.5-0.5B-Instruct", true),
+        },
+        Scenario {
+            name: "anthropic → ollama, chat",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", false),
+            edge_path: "/v1/messages",
+            edge_body: messages("ollama/llama3:8b", false),
+        },
+        Scenario {
+            name: "anthropic → ollama, stream",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", true),
+            edge_path: "/v1/messages",
+            edge_body: messages("ollama/llama3:8b", true),
+        },
+        Scenario {
+            name: "anthropic → openai, chat",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", false),
+            edge_path: "/v1/messages",
+            edge_body: messages("vllm/Qwen/Qwen2.5-0.5B-Instruct", false),
+        },
+        Scenario {
+            name: "anthropic → openai, stream",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", true),
+            edge_path: "/v1/messages",
+            edge_body: messages("vllm/Qwen/Qwen2.5-0.5B-Instruct", true),
         },
     ];
 

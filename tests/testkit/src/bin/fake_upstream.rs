@@ -685,6 +685,50 @@ async fn v_chat(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
     with_type(stream_body(items, delay, false), "text/event-stream")
 }
 
+/// Legacy completions (`POST /v1/completions`), as vLLM and llama.cpp still serve them.
+async fn v_completions(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.enter(&headers, &body).await;
+    if let Some(r) = check_key(&f, &headers) {
+        return r;
+    }
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    if f.has(&model).is_none() {
+        return openai_err(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist."),
+            "NotFoundError",
+        );
+    }
+    let words = reply_words(&body);
+    let prompt_tokens = last_user_text(&body).split_whitespace().count() as u64 + 5;
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": words.len(),
+                       "total_tokens": prompt_tokens + words.len() as u64});
+    let id = "cmpl-fake0001";
+    let choice = |text: &str, finish: Value| {
+        json!({"id": id, "object": "text_completion", "created": 1_764_000_000, "model": model,
+               "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]})
+    };
+    if body["stream"] != true {
+        let mut out = choice(&words.concat(), json!("stop"));
+        out["usage"] = usage;
+        return Json(out).into_response();
+    }
+    let mut items: Vec<Bytes> = words
+        .iter()
+        .map(|w| sse_line(&choice(w, Value::Null)))
+        .collect();
+    items.push(sse_line(&choice("", json!("stop"))));
+    if body["stream_options"]["include_usage"] == true {
+        items.push(sse_line(
+            &json!({"id": id, "object": "text_completion", "created": 1_764_000_000,
+                    "model": model, "choices": [], "usage": usage}),
+        ));
+    }
+    items.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let delay = Duration::from_millis(f.args.chunk_delay_ms);
+    with_type(stream_body(items, delay, false), "text/event-stream")
+}
+
 async fn v_embeddings(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     f.enter(&headers, &body).await;
     if let Some(r) = check_key(&f, &headers) {
@@ -765,6 +809,7 @@ async fn main() -> anyhow::Result<()> {
         Router::new()
             .route("/v1/models", get(v_models))
             .route("/v1/chat/completions", post(v_chat))
+            .route("/v1/completions", post(v_completions))
             .route("/v1/embeddings", post(v_embeddings))
     };
     let name = args.name.clone();
