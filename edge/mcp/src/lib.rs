@@ -28,10 +28,10 @@ mod downstream;
 mod hub;
 mod metrics;
 pub mod naming;
-pub mod registry;
 mod sse_client;
 mod upstream;
 
+pub use aibox_mcp_registry as registry;
 pub use config::McpConfig;
 pub use upstream::HealthState;
 

@@ -261,7 +261,7 @@ async fn registry_put_is_validated_audited_and_fails_closed() {
     let (status, body) = put(
         s.addr,
         "admin",
-        r#"{"servers": {"a": {"image": "x", "port": 1}}}"#,
+        r#"{"servers": {"a": {"image": "x", "colour": 1}}}"#,
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -269,7 +269,7 @@ async fn registry_put_is_validated_audited_and_fails_closed() {
         body["detail"]
             .as_str()
             .unwrap()
-            .contains("servers.a: unknown field `port`"),
+            .contains("servers.a: unknown field `colour`"),
         "{body}"
     );
 
