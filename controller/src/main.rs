@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod engine;
 mod logstream;
+mod tools;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,10 +112,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the audit log in {}", cfg.audit.dir.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let audit = Arc::new(audit);
+        let tools = match cfg.tools.clone() {
+            Some(tc) => {
+                let tools = tools::Tools::new(tc, cfg.project.clone(), audit.clone())
+                    .context("connecting to Docker for tool containers")?;
+                tokio::spawn(tools.clone().run());
+                Some(tools)
+            }
+            None => None,
+        };
         let state = Arc::new(api::AppState {
             engine: engine::Engine::new(cfg.project.clone(), cfg.allow.clone()),
-            audit: Arc::new(audit),
+            audit,
             token: cfg.token.clone(),
+            tools,
         });
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
