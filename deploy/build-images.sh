@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build the aibox images (edge, controller, dashboard) offline from already-built binaries.
+# The controller image also carries mcp-bridge (with its libraries) for MCP tool containers.
 #
 #   deploy/build-images.sh                  # images from target/release (cargo build --release first)
 #   AIBOX_PROFILE=debug deploy/build-images.sh   # from target/debug (what the tests use: no extra build)
@@ -22,8 +23,8 @@ UID_GID=65532
 
 die() { echo "build-images: $*" >&2; exit 1; }
 
-for b in "${BINS[@]}"; do
-  [ -x "$TARGET_DIR/$PROFILE/$b" ] || die "missing $TARGET_DIR/$PROFILE/$b (run: cargo build $( [ "$PROFILE" = release ] && echo --release ) -p edge -p controller -p dashboard)"
+for b in "${BINS[@]}" mcp-bridge; do
+  [ -x "$TARGET_DIR/$PROFILE/$b" ] || die "missing $TARGET_DIR/$PROFILE/$b (run: cargo build $( [ "$PROFILE" = release ] && echo --release ) -p edge -p controller -p dashboard -p mcp-bridge)"
 done
 command -v docker >/dev/null || die "docker is not installed"
 BUSYBOX=${AIBOX_BUSYBOX:-/bin/busybox}
@@ -59,6 +60,22 @@ for b in "${BINS[@]}"; do
     $2 == "=>" && $3 ~ /^\// { print $3 }
     $1 ~ /^\// { print $1 }' 
 done | sort -u | while read -r lib; do copy_lib "$lib"; done
+
+# The MCP bridge travels in the controller image, which places it into each tool container
+# (docs/mcp.md). Tool images carry whatever C library they like, so the bridge brings its own:
+# the libraries ldd names, flat in lib/, run through the loader among them.
+mkdir -p "$CTX/bridge/lib"
+if command -v objcopy >/dev/null; then
+  objcopy --strip-all "$TARGET_DIR/$PROFILE/mcp-bridge" "$CTX/bridge/mcp-bridge"
+else
+  cp "$TARGET_DIR/$PROFILE/mcp-bridge" "$CTX/bridge/mcp-bridge"
+fi
+ldd "$TARGET_DIR/$PROFILE/mcp-bridge" 2>/dev/null | awk '
+  $2 == "=>" && $3 ~ /^\// { print $3 }
+  $1 ~ /^\// { print $1 }' | sort -u | while read -r lib; do
+  cp "$(readlink -f "$lib")" "$CTX/bridge/lib/$(basename "$lib")"
+done
+chmod 0755 "$CTX/bridge/mcp-bridge" "$CTX/bridge/lib/"*
 
 cp "$BUSYBOX" "$CTX/rootfs/bin/busybox"
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
