@@ -270,11 +270,17 @@ def test_disabling_an_entry_removes_its_container_and_is_audited(box):
     assert status == 200, body
     s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["git", "time"]
                       and all(c["State"]["Running"] for c in cs), "git's container back")
-    log = (s.data_dir / "ops-controller" / "audit.log").read_text()
-    events = [json.loads(line) for line in log.splitlines() if line.strip()]
-    mine = [(e["action"], e["resource"]) for e in events if e["correlation_id"] == "req-mcpbox-1"]
-    assert ("mcp_container_remove", "mcp/git") in mine, mine
-    assert ("mcp_container_create", "mcp/git") in mine, mine
+    # Recorded under the request id of the PUT that caused them (written right after the act).
+    want = {("mcp_container_remove", "mcp/git"), ("mcp_container_create", "mcp/git")}
+    deadline = time.monotonic() + 10
+    while True:
+        log = (s.data_dir / "ops-controller" / "audit.log").read_text()
+        events = [json.loads(line) for line in log.splitlines() if line.strip()]
+        mine = {(e["action"], e["resource"]) for e in events if e["correlation_id"] == "req-mcpbox-1"}
+        if want <= mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert want <= mine, mine
 
 
 def test_kill_9_of_the_controller_while_creating_leaves_exactly_one(box):

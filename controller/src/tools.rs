@@ -29,6 +29,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditLog, NewEvent};
 use crate::engine::{DockerError, PROJECT_LABEL};
@@ -74,6 +75,10 @@ pub struct Tools {
     correlation: Mutex<Option<(String, Instant)>>,
     /// The populated bridge volume (name) once checked in this process.
     bridge_volume: tokio::sync::Mutex<Option<String>>,
+    /// Restarts per server: (how many in a row, when the last one was).
+    restarts: Mutex<HashMap<String, (u32, Instant)>>,
+    /// The bridge's files and their digest, read once.
+    bridge_files: tokio::sync::OnceCell<(BridgeFiles, String)>,
 }
 
 /// What one server's container should be.
@@ -111,6 +116,8 @@ impl Tools {
             run_lock: tokio::sync::Mutex::new(()),
             correlation: Mutex::new(None),
             bridge_volume: tokio::sync::Mutex::new(None),
+            bridge_files: tokio::sync::OnceCell::new(),
+            restarts: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -264,6 +271,10 @@ impl Tools {
             match kept.get(&server) {
                 Some(c) if c.state.map(|s| s.to_string()).as_deref() == Some("running") => {}
                 Some(c) => {
+                    // A server that keeps exiting is started again after a growing pause.
+                    if !self.may_restart(&server) {
+                        continue;
+                    }
                     let state = c.state.map(|s| s.to_string()).unwrap_or_default();
                     let id = c.id.clone().unwrap_or_default();
                     self.act(
@@ -287,6 +298,27 @@ impl Tools {
             }
         }
         Ok(())
+    }
+
+    /// Restart back-off per server: 0 s for the first restart, then 2, 4, … up to 60 s; a
+    /// server that stayed up for a minute starts from zero again.
+    fn may_restart(&self, server: &str) -> bool {
+        let mut map = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let entry = map.entry(server.to_string()).or_insert((0, now));
+        if now.duration_since(entry.1) > Duration::from_secs(60 + (1u64 << entry.0.min(6))) {
+            *entry = (0, now);
+        }
+        let wait = if entry.0 == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs((1u64 << entry.0.min(6)).min(60))
+        };
+        if entry.0 > 0 && now.duration_since(entry.1) < wait {
+            return false;
+        }
+        *entry = (entry.0 + 1, now);
+        true
     }
 
     /// Acts only when the audit log is writable, then records the outcome (fail closed).
@@ -545,14 +577,31 @@ impl Tools {
 
     /// The bridge volume (filled on first use) and the entrypoint prefix that runs the bridge.
     async fn bridge(&self, carrier_image: &str) -> Result<(String, Vec<String>), DockerError> {
-        let files = bridge_files(&self.cfg.bridge_dir).map_err(|e| DockerError::Api {
-            status: 500,
-            message: format!(
-                "AIBOX_MCP_BRIDGE_DIR {}: {e}",
-                self.cfg.bridge_dir.display()
-            ),
-        })?;
-        let digest = registry::digest(&files);
+        let (files, digest) = self
+            .bridge_files
+            .get_or_try_init(|| async {
+                let dir = self.cfg.bridge_dir.clone();
+                let read = tokio::task::spawn_blocking(move || bridge_files(&dir))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                let files = read.map_err(|e| DockerError::Api {
+                    status: 500,
+                    message: format!(
+                        "AIBOX_MCP_BRIDGE_DIR {}: {e}",
+                        self.cfg.bridge_dir.display()
+                    ),
+                })?;
+                let mut h = Sha256::new();
+                for (path, data) in &files {
+                    h.update(path.as_bytes());
+                    h.update((data.len() as u64).to_le_bytes());
+                    h.update(data);
+                }
+                let digest = hex::encode(&h.finalize()[..8]);
+                Ok::<_, DockerError>((files, digest))
+            })
+            .await?;
         let loader = files
             .iter()
             .map(|(p, _)| p.as_str())
@@ -646,7 +695,7 @@ impl Tools {
                             path: BRIDGE_MOUNT.into(),
                             ..Default::default()
                         }),
-                        bollard::body_full(tar_of(&files).into()),
+                        bollard::body_full(tar_of(files).into()),
                     )
                     .await?;
                 tracing::info!(volume = %name, "tool containers: bridge volume filled");
@@ -686,8 +735,11 @@ fn container_name(c: &ContainerSummary) -> String {
         .unwrap_or_default()
 }
 
-/// The bridge's files (relative path, bytes), sorted, with the completion marker last.
-fn bridge_files(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+/// (relative path, bytes) of each file of the bridge.
+type BridgeFiles = Vec<(String, Vec<u8>)>;
+
+/// The bridge's files, sorted, with the completion marker last.
+fn bridge_files(dir: &Path) -> std::io::Result<BridgeFiles> {
     let mut out = vec![(
         "mcp-bridge".to_string(),
         std::fs::read(dir.join("mcp-bridge"))?,

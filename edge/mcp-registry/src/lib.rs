@@ -600,8 +600,23 @@ impl Snapshot {
 
 /// A short stable digest of a value's JSON form (which container settings a tool container
 /// was made from, so a change is seen after a restart too).
+/// Object keys are sorted first, so maps with no fixed order (HashMap) give one digest.
 pub fn digest<T: Serialize>(value: &T) -> String {
-    let json = serde_json::to_vec(value).expect("settings serialize");
+    fn canonical(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: BTreeMap<String, serde_json::Value> =
+                    m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().collect())
+            }
+            serde_json::Value::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(canonical).collect())
+            }
+            other => other,
+        }
+    }
+    let value = canonical(serde_json::to_value(value).expect("settings serialize"));
+    let json = serde_json::to_vec(&value).expect("settings serialize");
     hex::encode(&Sha256::digest(&json)[..8])
 }
 
@@ -798,6 +813,14 @@ mod tests {
         assert_eq!(s.servers["a"].status, SpecStatus::Enabled);
         assert_eq!(s.servers["b"].status, SpecStatus::Disabled);
         assert_eq!(s.servers["img"].status, SpecStatus::Enabled);
+    }
+
+    #[test]
+    fn digests_do_not_depend_on_map_order() {
+        let a: HashMap<String, u32> = (0..50).map(|i| (format!("k{i}"), i)).collect();
+        let b: HashMap<String, u32> = (0..50).rev().map(|i| (format!("k{i}"), i)).collect();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&1));
     }
 
     #[test]
