@@ -113,7 +113,9 @@ class ToolBox(CoreStack):
 
     @property
     def env(self) -> dict[str, str]:
-        return {**super().env, "AIBOX_EDGE_CONFIG": str(self.workdir / "edge.toml")}
+        # `command` servers run in the runner image: here the same offline python image.
+        return {**super().env, "AIBOX_EDGE_CONFIG": str(self.workdir / "edge.toml"),
+                "AIBOX_MCP_RUNNER_IMAGE": f"{self.prefix}-mcp-time:ci"}
 
     def tool_containers(self, server: str | None = None, running_only: bool = False) -> list[dict]:
         args = ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
@@ -164,6 +166,7 @@ def registry(images: dict[str, str], git_enabled: bool = True) -> dict:
         "time": {"image": images["time"], "allow_clients": ["*"], "rate_limit_rpm": 600, "timeout_sec": 10},
         "git": {"image": images["git"], "enabled": git_enabled},
         "gh": {"image": images["time"], "env_schema": {"GH_TOKEN": "required"}},
+        "clock": {"command": "python3.11", "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
     }}
 
 
@@ -190,7 +193,7 @@ def call_time_v2(url: str) -> str:
     async def body():
         async with v2_client(url, None) as client:
             names = [t.name for t in (await client.list_tools()).tools]
-            assert {"time__get_current_time", "git__git_status"} <= set(names), names
+            assert {"time__get_current_time", "git__git_status", "clock__get_current_time"} <= set(names), names
             r = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
             assert not r.is_error, r
             return r.content[0].text
@@ -201,6 +204,7 @@ def test_image_servers_are_hardened_containers_served_through_the_edge(box):
     s, images = box
     s.wait_served("time")
     s.wait_served("git")
+    s.wait_served("clock")
     url = f"http://127.0.0.1:{s.port}/mcp"
     assert '"timezone": "UTC"' in call_time_v2(url)
     report = v1_run(url, None, [["list"], ["call", "time__get_current_time", {"timezone": "UTC"}]])
@@ -210,7 +214,10 @@ def test_image_servers_are_hardened_containers_served_through_the_edge(box):
     # One container per enabled server; `gh` lacks its required secret, so it has none.
     containers = s.tool_containers()
     by_server = {c["Config"]["Labels"][SERVER_LABEL]: c for c in containers}
-    assert sorted(by_server) == ["git", "time"] and len(containers) == 2, by_server.keys()
+    assert sorted(by_server) == ["clock", "git", "time"] and len(containers) == 3, by_server.keys()
+    assert by_server["clock"]["Config"]["Labels"]["io.aibox.mcp.kind"] == "command"
+    assert by_server["clock"]["Config"]["Entrypoint"][-5:] == ["python3.11", "-m", "mcp_server_time",
+                                                              "--local-timezone", "UTC"]
     network = f"{s.project}_tools"
     assert json.loads(run(["docker", "network", "inspect", network]).stdout)[0]["Internal"] is True
     for server, c in by_server.items():
@@ -231,8 +238,11 @@ def test_image_servers_are_hardened_containers_served_through_the_edge(box):
         assert cfg["Labels"]["io.aibox.mcp.settings"], cfg["Labels"]
         # The bridge wraps the image's own entrypoint and command.
         assert "/aibox/mcp-bridge" in cfg["Entrypoint"], cfg["Entrypoint"]
-        own = "mcp_server_time" if server == "time" else "mcp_server_git"
-        assert cfg["Entrypoint"][-1] == "UTC" if server == "time" else cfg["Entrypoint"][-1] == own
+        if server == "git":
+            assert cfg["Entrypoint"][-3:] == ["/usr/bin/python3.11", "-m", "mcp_server_git"], cfg["Entrypoint"]
+        elif server == "time":
+            assert cfg["Entrypoint"][-5:] == ["/usr/bin/python3.11", "-m", "mcp_server_time",
+                                              "--local-timezone", "UTC"], cfg["Entrypoint"]
         # Only env_schema variables (none here) plus HOME; nothing of the controller's or edge's.
         env = [e.split("=", 1)[0] for e in cfg["Env"]]
         assert not {"OPS_CONTROLLER_TOKEN", "AIBOX_ADMIN_TOKEN", "AUDIT_HMAC_KEY"} & set(env), env
@@ -264,11 +274,11 @@ def test_disabling_an_entry_removes_its_container_and_is_audited(box):
     s, images = box
     status, body = s.admin("PUT", "/api/mcp/registry", registry(images, git_enabled=False))
     assert status == 200, body
-    s.wait_containers(lambda cs: [c["Config"]["Labels"][SERVER_LABEL] for c in cs] == ["time"],
+    s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "time"],
                       "git's container removed")
     status, body = s.admin("PUT", "/api/mcp/registry", registry(images, git_enabled=True))
     assert status == 200, body
-    s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["git", "time"]
+    s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "git", "time"]
                       and all(c["State"]["Running"] for c in cs), "git's container back")
     # Recorded under the request id of the PUT that caused them (written right after the act).
     want = {("mcp_container_remove", "mcp/git"), ("mcp_container_create", "mcp/git")}
@@ -294,10 +304,10 @@ def test_kill_9_of_the_controller_while_creating_leaves_exactly_one(box):
     time.sleep(1.5)
     run(["docker", "kill", "-s", "KILL", controller])
     run(["docker", "start", controller])
-    cs = s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["git", "time", "time2"]
+    cs = s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "git", "time", "time2"]
                            and all(c["State"]["Running"] for c in cs), "exactly one container per server")
     time.sleep(3)  # another reconcile round changes nothing
-    assert sorted(c["Config"]["Labels"][SERVER_LABEL] for c in s.tool_containers()) == ["git", "time", "time2"]
+    assert sorted(c["Config"]["Labels"][SERVER_LABEL] for c in s.tool_containers()) == ["clock", "git", "time", "time2"]
     assert {c["Id"] for c in s.tool_containers()} == {c["Id"] for c in cs}
 
 
