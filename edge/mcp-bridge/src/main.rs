@@ -132,6 +132,11 @@ async fn run(args: Args) -> u8 {
         "mcp-bridge: serving {:?} on http://{}/mcp",
         args.program, args.listen
     );
+    // Small JSON-RPC frames in several writes: without TCP_NODELAY, Nagle and delayed ACKs add
+    // ~40 ms to every answer.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, relay::router(relay));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -307,6 +307,11 @@ async fn notification(relay: &Arc<Relay>, mut msg: Value, method: &str) {
 
 async fn request(relay: Arc<Relay>, headers: HeaderMap, msg: Value, method: &str) -> Response {
     let client_id = msg["id"].clone();
+    // An event stream only when something may come before the answer (progress, a listen);
+    // a plain JSON answer is cheaper for both sides.
+    let stream = accepts_sse(&headers)
+        && (msg.pointer("/params/_meta/progressToken").is_some()
+            || method == "subscriptions/listen");
     if method == "initialize" {
         if let InitState::Done(result) = &relay.lock().init {
             let answer = json!({"jsonrpc": "2.0", "id": client_id, "result": result});
@@ -322,7 +327,7 @@ async fn request(relay: Arc<Relay>, headers: HeaderMap, msg: Value, method: &str
         Err(why) => return rpc_error(StatusCode::BAD_GATEWAY, client_id, -32603, why),
     };
     let guard = Abandon { relay, id };
-    if accepts_sse(&headers) {
+    if stream {
         return Sse::new(events(rx, guard))
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();
