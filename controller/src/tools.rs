@@ -75,6 +75,10 @@ pub struct Tools {
     correlation: Mutex<Option<(String, Instant)>>,
     /// The populated bridge volume (name) once checked in this process.
     bridge_volume: tokio::sync::Mutex<Option<String>>,
+    /// The last planning error per server (to log each once).
+    plan_errors: Mutex<HashMap<String, String>>,
+    /// Whether the bridge leftovers were swept in this process.
+    swept: std::sync::atomic::AtomicBool,
     /// Restarts per server: (how many in a row, when the last one was).
     restarts: Mutex<HashMap<String, (u32, Instant)>>,
     /// The bridge's files and their digest, read once.
@@ -118,6 +122,8 @@ impl Tools {
             bridge_volume: tokio::sync::Mutex::new(None),
             bridge_files: tokio::sync::OnceCell::new(),
             restarts: Mutex::new(HashMap::new()),
+            plan_errors: Mutex::new(HashMap::new()),
+            swept: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -224,10 +230,20 @@ impl Tools {
         for spec in &specs {
             match self.plan(spec).await {
                 Ok(p) => {
+                    self.plan_errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&p.server);
                     plans.insert(p.server.clone(), p);
                 }
                 Err(e) => {
-                    tracing::error!(server = %spec.name, error = %e, "tool container: cannot plan")
+                    // Logged when it first happens or changes, not every round.
+                    let e = e.to_string();
+                    let mut seen = self.plan_errors.lock().unwrap_or_else(|p| p.into_inner());
+                    if seen.get(&spec.name) != Some(&e) {
+                        tracing::error!(server = %spec.name, error = %e, "tool container: cannot plan");
+                        seen.insert(spec.name.clone(), e);
+                    }
                 }
             }
         }
@@ -297,7 +313,55 @@ impl Tools {
                 }
             }
         }
+        if !self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.sweep_bridge_leftovers().await;
+        }
         Ok(())
+    }
+
+    /// Once per process: carrier containers left by a controller killed while filling the
+    /// bridge volume, and bridge volumes of older bridges no container uses any more.
+    async fn sweep_bridge_leftovers(&self) {
+        let current = self.bridge_volume.lock().await.clone();
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{PROJECT_LABEL}={}", self.project),
+                BRIDGE_LABEL.to_string(),
+            ],
+        )]);
+        let carriers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_default();
+        for c in carriers {
+            let _ = self.remove(&c).await;
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map(|v| v.volumes.unwrap_or_default())
+            .unwrap_or_default();
+        for v in volumes {
+            if Some(&v.name) != current.as_ref() {
+                // In use (a container not yet recreated) is refused by Docker: tried next start.
+                let _ = self
+                    .docker
+                    .remove_volume(
+                        &v.name,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await;
+            }
+        }
     }
 
     /// Restart back-off per server: 0 s for the first restart, then 2, 4, … up to 60 s; a
