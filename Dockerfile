@@ -66,6 +66,8 @@ FROM controller-meta AS controller-host
 COPY --from=host /ctx/rootfs/ /
 COPY --from=host --chown=65532:65532 /ctx/data/ /data/
 COPY --from=host /ctx/bin/controller /usr/local/bin/controller
+# Placed by the controller into each MCP tool container (read-only volume at /aibox).
+COPY --from=host /ctx/bridge/ /usr/local/lib/aibox/mcp-bridge/
 
 FROM dashboard-meta AS dashboard-host
 COPY --from=host /ctx/rootfs/ /
@@ -83,7 +85,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p edge -p controller -p dashboard \
+RUN cargo build --release --locked -p edge -p controller -p dashboard -p mcp-bridge \
     && deploy/image-context.sh /ctx target/release
 
 FROM edge-meta AS edge
@@ -95,6 +97,8 @@ FROM controller-meta AS controller
 COPY --from=build /ctx/rootfs/ /
 COPY --from=build --chown=65532:65532 /ctx/data/ /data/
 COPY --from=build /ctx/bin/controller /usr/local/bin/controller
+# Placed by the controller into each MCP tool container (read-only volume at /aibox).
+COPY --from=build /ctx/bridge/ /usr/local/lib/aibox/mcp-bridge/
 
 FROM dashboard-meta AS dashboard
 COPY --from=build /ctx/rootfs/ /

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build the aibox images (edge, controller, dashboard) offline from already-built binaries.
+# The controller image also carries mcp-bridge (with its libraries) for MCP tool containers.
 #
 #   deploy/build-images.sh                  # images from target/release (cargo build --release first)
 #   AIBOX_PROFILE=debug deploy/build-images.sh   # from target/debug (what the tests use: no extra build)
@@ -23,8 +24,8 @@ BINS=(edge controller dashboard)
 
 die() { echo "build-images: $*" >&2; exit 1; }
 
-for b in "${BINS[@]}"; do
-  [ -x "$TARGET_DIR/$PROFILE/$b" ] || die "missing $TARGET_DIR/$PROFILE/$b (run: cargo build $( [ "$PROFILE" = release ] && echo --release ) -p edge -p controller -p dashboard)"
+for b in "${BINS[@]}" mcp-bridge; do
+  [ -x "$TARGET_DIR/$PROFILE/$b" ] || die "missing $TARGET_DIR/$PROFILE/$b (run: cargo build $( [ "$PROFILE" = release ] && echo --release ) -p edge -p controller -p dashboard -p mcp-bridge)"
 done
 command -v docker >/dev/null || die "docker is not installed"
 

@@ -321,8 +321,8 @@ build_on_host() {
     command -v cargo >/dev/null || die "cargo is not installed (or set AIBOX_CARGO_BUILD=0 with binaries in target/$profile)"
     local flags=()
     [ "$profile" = release ] && flags=(--release)
-    say "building the binaries (cargo build ${flags[*]:-} -p edge -p controller -p dashboard)"
-    cargo build "${flags[@]}" -p edge -p controller -p dashboard
+    say "building the binaries (cargo build ${flags[*]:-} -p edge -p controller -p dashboard -p mcp-bridge)"
+    cargo build "${flags[@]}" -p edge -p controller -p dashboard -p mcp-bridge
   fi
   say "building the images ($prefix-{edge,controller,dashboard}:$AIBOX_TAG, from target/$profile)"
   AIBOX_PROFILE=$profile "$ROOT/deploy/build-images.sh"
@@ -449,9 +449,29 @@ cmd_down() {
   setup
   # Every profile, so services started with AIBOX_PROFILES go too.
   export COMPOSE_PROFILES=full
-  AIBOX_TAG=$(setting AIBOX_TAG local) OPS_CONTROLLER_TOKEN=${OPS_CONTROLLER_TOKEN:-unset} \
-    AIBOX_ADMIN_TOKEN=${AIBOX_ADMIN_TOKEN:-unset} DASHBOARD_PASSWORD=${DASHBOARD_PASSWORD:-unset} \
-    dc down --remove-orphans
+  export AIBOX_TAG
+  AIBOX_TAG=$(setting AIBOX_TAG local)
+  export OPS_CONTROLLER_TOKEN=${OPS_CONTROLLER_TOKEN:-unset} AIBOX_ADMIN_TOKEN=${AIBOX_ADMIN_TOKEN:-unset} \
+    DASHBOARD_PASSWORD=${DASHBOARD_PASSWORD:-unset}
+  # MCP tool containers are the controller's, not compose services: stop the controller first
+  # (so it cannot recreate them), remove them by label, then the rest (their network included).
+  dc stop controller >/dev/null 2>&1 || true
+  remove_tool_containers
+  dc down --remove-orphans
+  local vols
+  vols=$(docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+    --filter label=io.aibox.mcp.bridge)
+  if [ -n "$vols" ]; then docker volume rm $vols >/dev/null; fi
+}
+
+remove_tool_containers() {
+  local ids
+  ids=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+    --filter label=io.aibox.mcp.server)
+  ids="$ids $(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+    --filter label=io.aibox.mcp.bridge)"
+  # shellcheck disable=SC2086
+  if [ -n "${ids// /}" ]; then docker rm -f $ids >/dev/null; fi
 }
 
 cmd_status() {

@@ -9,6 +9,8 @@
 #                asks for), CA certificates, /etc/passwd and /etc/group with the `aibox` user
 #                (uid/gid 65532), /bin/busybox (static; only the HEALTHCHECK's wget), /tmp
 #   OUT/bin/     edge, controller, dashboard, stripped
+#   OUT/bridge/  mcp-bridge and the libraries ldd names, flat in lib/ (the controller image
+#                carries it and places it into each MCP tool container; docs/mcp.md)
 #   OUT/data/    empty mcp/, ops-controller/, edge/ (owned by 65532 in the image)
 #
 # Env: AIBOX_BUSYBOX (default /bin/busybox; must be static).
@@ -20,7 +22,7 @@ OUT=$1 BINDIR=$2
 BINS=(edge controller dashboard)
 UID_GID=65532
 
-for b in "${BINS[@]}"; do
+for b in "${BINS[@]}" mcp-bridge; do
   [ -x "$BINDIR/$b" ] || die "missing $BINDIR/$b"
 done
 BUSYBOX=${AIBOX_BUSYBOX:-/bin/busybox}
@@ -54,6 +56,22 @@ for b in "${BINS[@]}"; do
     $2 == "=>" && $3 ~ /^\// { print $3 }
     $1 ~ /^\// { print $1 }'
 done | sort -u | while read -r lib; do copy_lib "$lib"; done
+
+# The MCP bridge travels in the controller image, which places it into each tool container
+# (docs/mcp.md). Tool images carry whatever C library they like, so the bridge brings its own:
+# the libraries ldd names, flat in lib/, run through the loader among them.
+mkdir -p "$OUT/bridge/lib"
+if command -v objcopy >/dev/null; then
+  objcopy --strip-all "$BINDIR/mcp-bridge" "$OUT/bridge/mcp-bridge"
+else
+  cp "$BINDIR/mcp-bridge" "$OUT/bridge/mcp-bridge"
+fi
+ldd "$BINDIR/mcp-bridge" 2>/dev/null | awk '
+  $2 == "=>" && $3 ~ /^\// { print $3 }
+  $1 ~ /^\// { print $1 }' | sort -u | while read -r lib; do
+  cp "$(readlink -f "$lib")" "$OUT/bridge/lib/$(basename "$lib")"
+done
+chmod 0755 "$OUT/bridge/mcp-bridge" "$OUT/bridge/lib/"*
 
 cp "$BUSYBOX" "$OUT/rootfs/bin/busybox"
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then

@@ -36,6 +36,8 @@ pub struct AppState {
     pub token: String,
     /// The last self-check of the log against its head anchor; an alarm stays until restart.
     pub audit_check: std::sync::Mutex<Option<AuditCheck>>,
+    /// Tool containers of the MCP registry, when the box runs them.
+    pub tools: Option<Arc<crate::tools::Tools>>,
 }
 
 impl AppState {
@@ -140,6 +142,7 @@ pub fn router(state: Shared) -> Router {
         .route("/services/{name}/logs", get(service_logs))
         .route("/services/{name}/{action}", post(service_action))
         .route("/images/pull", post(pull_images))
+        .route("/mcp/containers", get(list_tool_containers))
         .route("/audit", get(audit_query).post(audit_record))
         .route("/audit/verify", get(audit_verify))
         .route("/audit/head", get(audit_head))
@@ -153,6 +156,15 @@ pub fn router(state: Shared) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// The MCP tool containers and their state (`enabled: false` when the box does not run them).
+async fn list_tool_containers(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let Some(tools) = &state.tools else {
+        return Ok(Json(json!({"enabled": false, "containers": []})));
+    };
+    let containers = tools.views().await?;
+    Ok(Json(json!({"enabled": true, "containers": containers})))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -811,6 +823,11 @@ async fn audit_record(
     }
     let event = caller.event(&req.action, &req.resource, &result, metadata);
     let stored = append(&state, event).await.map_err(audit_refused)?;
+    // The edge audits a registry change before writing it: the tool containers that change
+    // because of it are recorded under the same correlation id.
+    if let (Some(tools), true) = (&state.tools, req.action.starts_with("mcp_")) {
+        tools.note_correlation(&stored.correlation_id);
+    }
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 

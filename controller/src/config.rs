@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::audit::{derive_key, AuditConfig};
+use crate::tools::ToolsConfig;
 
 pub const MIN_TOKEN_LEN: usize = 32;
 
@@ -44,6 +45,8 @@ pub struct ControllerConfig {
     pub token: String,
     pub allow: Option<BTreeSet<String>>,
     pub audit: AuditConfig,
+    /// Tool containers for the MCP registry (`AIBOX_MCP_CONTAINERS=1`), else `None`.
+    pub tools: Option<ToolsConfig>,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -64,6 +67,43 @@ fn env_number(key: &'static str, default: u64, min: u64) -> Result<u64, ConfigEr
             }),
     }
 }
+
+/// `AIBOX_MCP_*`: the tool containers of the MCP registry (docs/mcp.md, "Tool containers").
+fn tools_from_env(project: &str) -> Result<Option<ToolsConfig>, ConfigError> {
+    match env("AIBOX_MCP_CONTAINERS").as_deref() {
+        None | Some("0" | "false") => return Ok(None),
+        Some("1" | "true") => {}
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "AIBOX_MCP_CONTAINERS",
+                why: format!("{other:?} is not one of 1, true, 0, false"),
+            })
+        }
+    }
+    let memory_mb = env_number("AIBOX_MCP_MEMORY_MB", 512, 16)?;
+    Ok(Some(ToolsConfig {
+        mcp_dir: PathBuf::from(env("AIBOX_MCP_DIR").unwrap_or_else(|| "data/mcp".into())),
+        network: env("AIBOX_MCP_NETWORK").unwrap_or_else(|| format!("{project}_tools")),
+        bridge_dir: PathBuf::from(
+            env("AIBOX_MCP_BRIDGE_DIR").unwrap_or_else(|| "/usr/local/lib/aibox/mcp-bridge".into()),
+        ),
+        runner_image: env("AIBOX_MCP_RUNNER_IMAGE").unwrap_or_else(|| DEFAULT_RUNNER_IMAGE.into()),
+        runner_proxy: env("AIBOX_MCP_RUNNER_PROXY"),
+        memory_bytes: (memory_mb * 1024 * 1024) as i64,
+        pids_limit: env_number("AIBOX_MCP_PIDS_LIMIT", 128, 8)? as i64,
+        tmpfs_size: env("AIBOX_MCP_TMPFS_SIZE").unwrap_or_else(|| "64m".into()),
+        interval: std::time::Duration::from_millis(env_number(
+            "AIBOX_MCP_RECONCILE_MS",
+            2000,
+            100,
+        )?),
+    }))
+}
+
+/// The runner of `command` servers: uv (uvx) on Debian. Pin it by digest in .env
+/// (AIBOX_MCP_RUNNER_IMAGE) after `deploy/pin-images.sh`; Node servers (npx) need an image
+/// that also carries Node.
+pub const DEFAULT_RUNNER_IMAGE: &str = "ghcr.io/astral-sh/uv:python3.12-bookworm-slim";
 
 fn token_from_env() -> Result<String, ConfigError> {
     let token = std::env::var("OPS_CONTROLLER_TOKEN").unwrap_or_default();
@@ -125,7 +165,9 @@ impl ControllerConfig {
         let keep = env_number("AUDIT_KEEP", 5, 1)? as usize;
         let check_secs = env_number("AUDIT_CHECK_INTERVAL_SECS", 60, 1)?;
         let key = audit_key_from_env()?;
+        let tools = tools_from_env(&project)?;
         Ok(ControllerConfig {
+            tools,
             listen: args.listen,
             project,
             token,

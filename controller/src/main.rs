@@ -6,6 +6,7 @@ mod audited;
 mod config;
 mod engine;
 mod logstream;
+mod tools;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -140,11 +141,21 @@ fn serve(args: ServeArgs, log_format: aibox_log::LogFormat) -> anyhow::Result<()
         audited::close_open_intents(&audit, &engine)
             .await
             .context("closing actions left open in the audit log")?;
+        let tools = match cfg.tools.clone() {
+            Some(tc) => {
+                let tools = tools::Tools::new(tc, cfg.project.clone(), audit.clone())
+                    .context("connecting to Docker for tool containers")?;
+                tokio::spawn(tools.clone().run());
+                Some(tools)
+            }
+            None => None,
+        };
         let state = Arc::new(api::AppState {
             engine,
             audit,
             token: cfg.token.clone(),
             audit_check: std::sync::Mutex::new(None),
+            tools,
         });
         tokio::spawn(self_check_loop(state.clone(), cfg.audit.check_interval));
         let listener = tokio::net::TcpListener::bind(&cfg.listen)

@@ -209,6 +209,23 @@ fn lines_of(resp: reqwest::Response) -> LineStream {
 /// `GET /services`, the controller's own types.
 pub use aibox_wire::controller::{PortBinding, PullAnswer, ServiceList, ServiceStatus};
 
+/// The controller's MCP tool containers (`GET /mcp/containers`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ToolContainers {
+    pub enabled: bool,
+    pub containers: Vec<ToolContainer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ToolContainer {
+    pub server: String,
+    pub container: String,
+    pub state: String,
+    pub status: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct LogPage {
@@ -326,6 +343,13 @@ impl ControllerClient {
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, BackendError> {
         json_or_error(rb.send().await.map_err(transport_error)?).await
+    }
+
+    pub async fn tool_containers(&self, actor: &Actor) -> Result<ToolContainers, BackendError> {
+        let rb = self
+            .request(reqwest::Method::GET, "/mcp/containers", actor)?
+            .timeout(CALL_TIMEOUT);
+        parse(self.send(rb).await?)
     }
 
     pub async fn services(&self, actor: &Actor) -> Result<ServiceList, BackendError> {

@@ -632,7 +632,20 @@ impl EdgeConfig {
             clients,
             anonymous,
             clients_file,
-            mcp: file.mcp.clone(),
+            mcp: aibox_mcp::McpConfig {
+                containers: match env.var("AIBOX_MCP_CONTAINERS").as_deref() {
+                    None => file.mcp.containers,
+                    Some("1" | "true") => Some(true),
+                    Some("0" | "false") => Some(false),
+                    Some(other) => {
+                        return Err(invalid(
+                            "AIBOX_MCP_CONTAINERS",
+                            format!("{other:?} is not one of 1, true, 0, false"),
+                        ))
+                    }
+                },
+                ..file.mcp.clone()
+            },
             egress: file.egress.clone(),
         })
     }

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::{layout, unavailable, FlashKind, Nav, PageContext};
 use crate::auth::{csrf_refusal, Viewer};
-use crate::backend::{Actor, McpServerHealth};
+use crate::backend::{Actor, McpServerHealth, ToolContainer};
 use crate::SharedState;
 
 /// Health badge colour: green serves tools, yellow needs a look, red is failing.
@@ -62,6 +62,7 @@ fn list_text(v: Option<&Value>) -> String {
 fn server_card(
     name: &str,
     health: Option<&McpServerHealth>,
+    container: Option<&ToolContainer>,
     entry: Option<&Map<String, Value>>,
     csrf: &str,
 ) -> Markup {
@@ -106,6 +107,10 @@ fn server_card(
                 dd {
                     @if let Some(h) = health { (h.transport) " " }
                     code.image { (target) }
+                }
+                @if let Some(c) = container {
+                    dt { "Container" }
+                    dd { code { (c.container) } " " (c.state) @if !c.status.is_empty() { " · " (c.status) } }
                 }
                 @if let Some(h) = health {
                     dt { "Tools" } dd { (h.tools.len()) }
@@ -187,10 +192,13 @@ fn add_form(csrf: &str) -> Markup {
 
 pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response {
     let actor = Actor::new(&viewer.user);
-    let (health, registry) = tokio::join!(
+    let (health, registry, containers) = tokio::join!(
         state.edge.mcp_health(&actor),
-        state.edge.mcp_registry(&actor)
+        state.edge.mcp_registry(&actor),
+        state.controller.tool_containers(&actor)
     );
+    // The box's tool containers (image/command servers); none when the controller runs none.
+    let containers = containers.map(|c| c.containers).unwrap_or_default();
     let entries: Map<String, Value> = registry
         .as_ref()
         .ok()
@@ -222,7 +230,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                     } @else {
                         div.cards {
                             @for n in &names {
-                                (server_card(n, h.servers.iter().find(|s| &s.name == n), entries.get(n).and_then(Value::as_object), &viewer.csrf))
+                                (server_card(n, h.servers.iter().find(|s| &s.name == n), containers.iter().find(|c| &c.server == n), entries.get(n).and_then(Value::as_object), &viewer.csrf))
                             }
                         }
                     }

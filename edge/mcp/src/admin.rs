@@ -95,7 +95,7 @@ pub async fn get_health(
             let target = match &spec.transport {
                 Transport::Http { url, .. } => url.clone(),
                 Transport::Stdio { command, .. } => command.clone(),
-                Transport::Image { image } => image.clone(),
+                Transport::Image { image, .. } => image.clone(),
             };
             json!({
                 "name": up.name,
@@ -157,7 +157,7 @@ pub async fn put_registry(
     let validated = (|| {
         let servers_txt = registry::read_optional(&core.config.servers_txt_path())?;
         let env = core.secrets_env()?;
-        registry::load(&Sources {
+        core.load_registry(&Sources {
             registry_json: Some(text),
             servers_txt: servers_txt.as_deref(),
             env: &env,

@@ -46,6 +46,11 @@ pub struct McpConfig {
     pub default_timeout_sec: Option<f64>,
     /// Calls in flight to one upstream server at once (default 16); more wait their turn.
     pub max_concurrency_per_server: Option<usize>,
+    /// In the box: `image` and `command` servers run in tool containers that the controller
+    /// starts on the `tools` network, reached at `http://mcp-<name>:<port>/mcp` (env
+    /// `AIBOX_MCP_CONTAINERS=1` sets it). Off (the default): `command` servers are child
+    /// processes of the edge and `image` servers are `not_served`.
+    pub containers: Option<bool>,
     /// Accepted `Host` values (hostname or host:port); `["*"]` accepts any.
     pub allowed_hosts: Option<Vec<String>>,
     /// Accepted `Origin` values (scheme://host[:port|:*]); requests without `Origin` always pass.
@@ -65,6 +70,9 @@ impl McpConfig {
     }
     pub fn env_file_path(&self) -> PathBuf {
         PathBuf::from(self.env_file.as_deref().unwrap_or("data/mcp/.env"))
+    }
+    pub fn containers(&self) -> bool {
+        self.containers.unwrap_or(false)
     }
     pub fn probe_interval(&self) -> Duration {
         Duration::from_millis(self.probe_interval_ms.unwrap_or(10_000).max(50))

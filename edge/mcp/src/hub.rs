@@ -222,13 +222,23 @@ impl HubCore {
         ]
     }
 
-    /// The environment servers see: the edge's own, overridden by the secrets file.
+    /// What `${VAR}` and `env_schema` are read from: the secrets file only, never the edge's
+    /// own environment (which holds its admin and controller tokens).
     pub fn secrets_env(&self) -> Result<HashMap<String, String>, String> {
-        let mut env: HashMap<String, String> = std::env::vars().collect();
-        if let Some(text) = registry::read_optional(&self.config.env_file_path())? {
-            env.extend(registry::parse_env_file(&text));
+        Ok(registry::read_optional(&self.config.env_file_path())?
+            .map(|text| registry::parse_env_file(&text))
+            .unwrap_or_default())
+    }
+
+    /// Loads the registry for this hub's mode (tool containers in the box, or not).
+    pub fn load_registry(&self, src: &Sources) -> Result<Snapshot, String> {
+        let mut snapshot = registry::load(src)?;
+        if self.config.containers() {
+            snapshot.route_to_containers();
+        } else {
+            snapshot.mark_images_not_served();
         }
-        Ok(env)
+        Ok(snapshot)
     }
 
     /// Loads the files from disk; a bad edit leaves the running set untouched.
@@ -248,7 +258,7 @@ impl HubCore {
             }
             let servers_txt = registry::read_optional(&txt)?;
             let env = self.secrets_env()?;
-            registry::load(&Sources {
+            self.load_registry(&Sources {
                 registry_json: registry_json.as_deref(),
                 servers_txt: servers_txt.as_deref(),
                 env: &env,

@@ -30,10 +30,10 @@ mod envelope;
 mod hub;
 mod metrics;
 pub mod naming;
-pub mod registry;
 mod sse_client;
 mod upstream;
 
+pub use aibox_mcp_registry as registry;
 pub use config::McpConfig;
 pub use upstream::HealthState;
 

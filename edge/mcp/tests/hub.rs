@@ -263,7 +263,7 @@ async fn registry_put_is_validated_audited_and_fails_closed() {
     let (status, body) = put(
         s.addr,
         "admin",
-        r#"{"servers": {"a": {"image": "x", "port": 1}}}"#,
+        r#"{"servers": {"a": {"image": "x", "colour": 1}}}"#,
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -271,7 +271,7 @@ async fn registry_put_is_validated_audited_and_fails_closed() {
         body["detail"]
             .as_str()
             .unwrap()
-            .contains("servers.a: unknown field `port`"),
+            .contains("servers.a: unknown field `colour`"),
         "{body}"
     );
 
@@ -333,4 +333,52 @@ async fn registry_put_is_validated_audited_and_fails_closed() {
     assert_eq!(health["servers"][0]["state"], "not_served");
     s.hub.shutdown().await;
     let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_come_from_the_secrets_file_never_from_the_edge_environment() {
+    // The edge's own environment holds its admin and controller tokens; a registry entry must
+    // not be able to send them to a tool server.
+    std::env::set_var("AIBOX_LEAK_TEST_TOKEN", "the-edge-own-secret");
+    let s = serve(
+        r#"{"servers": {
+            "leak": {"url": "http://127.0.0.1:9/mcp",
+                     "headers": {"Authorization": "Bearer ${AIBOX_LEAK_TEST_TOKEN}"}},
+            "ok": {"url": "http://127.0.0.1:9/mcp",
+                   "headers": {"Authorization": "Bearer ${FROM_FILE}"}}}}"#,
+    )
+    .await;
+    std::fs::write(s.dir.join(".env"), "FROM_FILE=file-value\n").unwrap();
+    let health = || async {
+        let r: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{}/api/mcp/health", s.addr))
+            .header("x-test-client", "admin")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap().to_string(), v.clone()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = health().await;
+        if h["ok"]["state"] != "missing_secrets" {
+            assert_eq!(h["leak"]["state"], "missing_secrets", "{h:?}");
+            assert_eq!(
+                h["leak"]["missing_secrets"],
+                serde_json::json!(["AIBOX_LEAK_TEST_TOKEN"])
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = &s.hub;
 }

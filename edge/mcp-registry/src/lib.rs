@@ -1,5 +1,9 @@
 //! `registry.json` + `servers.txt` + the secrets file → the set of servers the hub runs.
 //!
+//! One definition for every reader: the edge's MCP hub (which serves the servers), the
+//! controller (which runs `image` and, in the box, `command` servers as containers) and the
+//! dashboard (which edits the file).
+//!
 //! Loading is all-or-nothing: any error (bad JSON, unknown field, bad value, duplicate name)
 //! rejects the whole edit and the caller keeps the last good snapshot. A server whose required
 //! secrets are missing is not an error: it is loaded with status `missing_secrets` and not started.
@@ -7,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -88,9 +94,13 @@ pub struct ServerEntry {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// A container image (served in a later release: accepted, reported `not_served`).
+    /// A container image, run by the controller as a tool container (stdio bridged to
+    /// streamable HTTP, or the image's own HTTP server on `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// `image` servers that serve streamable HTTP themselves: the port of their `/mcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
     /// Clients that may use this server; `["*"]` (the default) means every client.
@@ -113,13 +123,55 @@ pub struct ServerEntry {
     pub enabled: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// One `env_schema` value: `{"required": true, "description": "…"}`, or the seed RFC's
+/// shorthand `"required"` / `"optional"`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EnvVarSpec {
-    #[serde(default = "yes")]
     pub required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for EnvVarSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            #[serde(default = "yes")]
+            required: bool,
+            #[serde(default)]
+            description: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Word(String),
+            Full(Full),
+        }
+        match Form::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "expected \"required\", \"optional\" or {\"required\": bool, \"description\": string}",
+            )
+        })? {
+            Form::Word(w) => match w.as_str() {
+                "required" => Ok(EnvVarSpec {
+                    required: true,
+                    description: None,
+                }),
+                "optional" => Ok(EnvVarSpec {
+                    required: false,
+                    description: None,
+                }),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?}: expected \"required\" or \"optional\""
+                ))),
+            },
+            Form::Full(f) => Ok(EnvVarSpec {
+                required: f.required,
+                description: f.description,
+            }),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -141,8 +193,11 @@ pub enum Transport {
         env: BTreeMap<String, String>,
         cwd: Option<String>,
     },
+    /// A tool container (controller-run). `port`: the image serves streamable HTTP itself.
     Image {
         image: String,
+        env: BTreeMap<String, String>,
+        port: Option<u16>,
     },
 }
 
@@ -171,6 +226,14 @@ impl ServerPolicy {
         let hit = |list: &[String]| list.iter().any(|c| c == "*" || c == client);
         !hit(&self.deny_clients) && hit(&self.allow_clients)
     }
+}
+
+/// The port the bridge (`mcp-bridge`) serves streamable HTTP on inside a tool container.
+pub const BRIDGE_PORT: u16 = 8000;
+
+/// The network alias of a server's tool container on the `tools` network.
+pub fn container_alias(server: &str) -> String {
+    format!("mcp-{}", server.to_ascii_lowercase())
 }
 
 /// Why a configured server is (not) run.
@@ -204,7 +267,8 @@ pub struct Snapshot {
 pub struct Sources<'a> {
     pub registry_json: Option<&'a str>,
     pub servers_txt: Option<&'a str>,
-    /// Process environment merged with the secrets file (the file wins).
+    /// The secrets file (`data/mcp/.env`) only: `${VAR}` and `env_schema` never read the
+    /// reading process's own environment (it holds the edge's and controller's tokens).
     pub env: &'a HashMap<String, String>,
     pub default_timeout: Duration,
 }
@@ -258,9 +322,15 @@ pub fn load(src: &Sources) -> Result<Snapshot, String> {
             match &line.inline {
                 None => {
                     if !entries.iter().any(|(n, _, _)| n == &line.name) {
-                        return Err(format!(
-                            "servers.txt line {}: unknown server {:?} (not in registry.json and no url or command given)",
-                            line.number, line.name
+                        // A bare catalog name (the seed RFC's servers.txt): the Docker MCP
+                        // catalog's image of that name.
+                        entries.push((
+                            line.name.clone(),
+                            ServerEntry {
+                                image: Some(format!("mcp/{}", line.name.to_ascii_lowercase())),
+                                ..Default::default()
+                            },
+                            "servers.txt",
                         ));
                     }
                 }
@@ -347,17 +417,32 @@ fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<S
             "{origin}: servers.{name}: exactly one of \"url\", \"command\" or \"image\" is required"
         ));
     }
-    if e.command.is_none() && (!e.args.is_empty() || !e.env.is_empty() || e.cwd.is_some()) {
-        return Err(err(
-            "args",
-            "\"args\", \"env\" and \"cwd\" need \"command\"",
-        ));
+    if e.command.is_none() && (!e.args.is_empty() || e.cwd.is_some()) {
+        return Err(err("args", "\"args\" and \"cwd\" need \"command\""));
+    }
+    if e.url.is_some() && !e.env.is_empty() {
+        return Err(err("env", "\"env\" needs \"command\" or \"image\""));
+    }
+    if e.image.is_none() && e.port.is_some() {
+        return Err(err("port", "\"port\" needs \"image\""));
+    }
+    if e.port == Some(0) {
+        return Err(err("port", "must be 1-65535"));
     }
     if e.url.is_none() && !e.headers.is_empty() {
         return Err(err("headers", "\"headers\" need \"url\""));
     }
-    if e.url.is_none() && e.transport.is_some() {
-        return Err(err("transport", "\"transport\" needs \"url\""));
+    if e.image.is_some() {
+        match e.transport.as_deref() {
+            None | Some("stdio") if e.port.is_none() => {}
+            None | Some("streamable_http") | Some("http") if e.port.is_some() => {}
+            _ => return Err(err(
+                "transport",
+                "an image is \"stdio\" (bridged; the default) or \"streamable_http\" with \"port\"",
+            )),
+        }
+    } else if e.url.is_none() && e.transport.is_some() {
+        return Err(err("transport", "\"transport\" needs \"url\" or \"image\""));
     }
     if let Some(t) = e.timeout_sec {
         if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
@@ -388,8 +473,7 @@ fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<S
         .map(|(k, _)| k.clone())
         .collect();
     let transport = if let Some(url) = &e.url {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|x| err("url", &format!("not a URL: {x}")))?;
+        let parsed = url::Url::parse(url).map_err(|x| err("url", &format!("not a URL: {x}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(err("url", "must be an http:// or https:// URL with a host"));
         }
@@ -413,33 +497,26 @@ fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<S
         if command.trim().is_empty() {
             return Err(err("command", "must not be empty"));
         }
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        for var in e.env_schema.keys() {
-            if let Some(v) = src.env.get(var) {
-                env.insert(var.clone(), v.clone());
-            }
-        }
-        for (k, v) in &e.env {
-            env.insert(k.clone(), expand(v, src.env, &mut missing));
-        }
         Transport::Stdio {
             command: command.clone(),
             args: e.args.clone(),
-            env,
+            env: server_env(e, src.env, &mut missing),
             cwd: e.cwd.clone(),
         }
     } else {
         let image = e.image.clone().unwrap_or_default();
-        if image.trim().is_empty() {
-            return Err(err("image", "must not be empty"));
+        if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(err("image", "must be an image reference without spaces"));
         }
-        Transport::Image { image }
+        Transport::Image {
+            image,
+            env: server_env(e, src.env, &mut missing),
+            port: e.port,
+        }
     };
     missing.sort();
     missing.dedup();
-    let status = if matches!(transport, Transport::Image { .. }) {
-        SpecStatus::NotServed
-    } else if !missing.is_empty() {
+    let status = if !missing.is_empty() {
         SpecStatus::MissingSecrets(missing)
     } else {
         SpecStatus::Enabled
@@ -460,6 +537,79 @@ fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<S
         scopes: e.scopes.clone(),
         status,
     })
+}
+
+/// A server's environment: the `env_schema` variables found in the secrets file, then its own
+/// `env` with `${VAR}` expanded from the secrets file.
+fn server_env(
+    e: &ServerEntry,
+    secrets: &HashMap<String, String>,
+    missing: &mut Vec<String>,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for var in e.env_schema.keys() {
+        if let Some(v) = secrets.get(var) {
+            env.insert(var.clone(), v.clone());
+        }
+    }
+    for (k, v) in &e.env {
+        env.insert(k.clone(), expand(v, secrets, missing));
+    }
+    env
+}
+
+impl Snapshot {
+    /// In the box: every `image` and `command` server runs in a tool container (started by the
+    /// controller), so the hub reaches it as a streamable-HTTP `url` upstream at its alias on the
+    /// `tools` network. The registry itself is the same in both modes.
+    pub fn route_to_containers(&mut self) {
+        for spec in self.servers.values_mut() {
+            let port = match &spec.transport {
+                Transport::Image { port, .. } => port.unwrap_or(BRIDGE_PORT),
+                Transport::Stdio { .. } => BRIDGE_PORT,
+                Transport::Http { .. } => continue,
+            };
+            spec.transport = Transport::Http {
+                url: format!("http://{}:{port}/mcp", container_alias(&spec.name)),
+                headers: BTreeMap::new(),
+                sse: false,
+            };
+        }
+    }
+
+    /// Outside the box (no controller runs containers): `image` servers are reported
+    /// `not_served`; `command` servers are the hub's own child processes.
+    pub fn mark_images_not_served(&mut self) {
+        for spec in self.servers.values_mut() {
+            if matches!(spec.transport, Transport::Image { .. })
+                && spec.status != SpecStatus::Disabled
+            {
+                spec.status = SpecStatus::NotServed;
+            }
+        }
+    }
+}
+
+/// A short stable digest of a value's JSON form (which container settings a tool container
+/// was made from, so a change is seen after a restart too).
+/// Object keys are sorted first, so maps with no fixed order (HashMap) give one digest.
+pub fn digest<T: Serialize>(value: &T) -> String {
+    fn canonical(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: BTreeMap<String, serde_json::Value> =
+                    m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().collect())
+            }
+            serde_json::Value::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(canonical).collect())
+            }
+            other => other,
+        }
+    }
+    let value = canonical(serde_json::to_value(value).expect("settings serialize"));
+    let json = serde_json::to_vec(&value).expect("settings serialize");
+    hex::encode(&Sha256::digest(&json)[..8])
 }
 
 struct TxtLine {
@@ -654,14 +804,118 @@ mod tests {
         .unwrap();
         assert_eq!(s.servers["a"].status, SpecStatus::Enabled);
         assert_eq!(s.servers["b"].status, SpecStatus::Disabled);
-        assert_eq!(s.servers["img"].status, SpecStatus::NotServed);
-        let e = load_str(
+        assert_eq!(s.servers["img"].status, SpecStatus::Enabled);
+    }
+
+    #[test]
+    fn digests_do_not_depend_on_map_order() {
+        let a: HashMap<String, u32> = (0..50).map(|i| (format!("k{i}"), i)).collect();
+        let b: HashMap<String, u32> = (0..50).rev().map(|i| (format!("k{i}"), i)).collect();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&1));
+    }
+
+    #[test]
+    fn bare_catalog_names_in_servers_txt_are_images() {
+        let s = load_str(
             Some(r#"{"servers":{"a":{"command":"x"}}}"#),
-            Some("zz\n"),
+            Some("a\ngithub\nTime\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.servers["a"].status, SpecStatus::Enabled);
+        for (name, image) in [("github", "mcp/github"), ("Time", "mcp/time")] {
+            match &s.servers[name].transport {
+                Transport::Image { image: i, .. } => assert_eq!(i, image),
+                t => panic!("{name}: {t:?}"),
+            }
+        }
+        let s = load_str(None, Some("time\n"), &[]).unwrap();
+        assert!(matches!(
+            s.servers["time"].transport,
+            Transport::Image { .. }
+        ));
+    }
+
+    #[test]
+    fn the_seed_rfc_registry_loads_as_written() {
+        let json = r#"{
+          "servers": {
+            "github": {
+              "image": "mcp/github",
+              "env_schema": {"GITHUB_PERSONAL_ACCESS_TOKEN": "required", "GITHUB_HOST": "optional"},
+              "scopes": ["repo:read"],
+              "allow_clients": ["cursor"],
+              "rate_limit_rpm": 60
+            },
+            "time": {"image": "mcp/time"}
+          }
+        }"#;
+        let s = load_str(Some(json), None, &[]).unwrap();
+        assert_eq!(
+            s.servers["github"].status,
+            SpecStatus::MissingSecrets(vec!["GITHUB_PERSONAL_ACCESS_TOKEN".into()])
+        );
+        assert_eq!(s.servers["time"].status, SpecStatus::Enabled);
+        let s = load_str(
+            Some(json),
+            None,
+            &[("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp"), ("UNRELATED", "x")],
+        )
+        .unwrap();
+        match &s.servers["github"].transport {
+            Transport::Image { image, env, port } => {
+                assert_eq!(image, "mcp/github");
+                assert_eq!(env.len(), 1, "only env_schema names: {env:?}");
+                assert_eq!(env["GITHUB_PERSONAL_ACCESS_TOKEN"], "ghp");
+                assert_eq!(*port, None);
+            }
+            t => panic!("{t:?}"),
+        }
+        let e = load_str(
+            Some(r#"{"servers":{"a":{"image":"x","env_schema":{"K":"maybe"}}}}"#),
+            None,
             &[],
         )
         .unwrap_err();
-        assert!(e.contains("unknown server \"zz\""), "{e}");
+        assert!(e.contains("servers.a.env_schema.K"), "{e}");
+    }
+
+    #[test]
+    fn images_and_commands_route_to_their_containers_in_the_box() {
+        let json = r#"{"servers":{
+            "time":{"image":"mcp/time"},
+            "web":{"image":"acme/web-mcp","port":3000,"transport":"streamable_http"},
+            "git":{"command":"uvx","args":["mcp-server-git"]},
+            "u":{"url":"http://127.0.0.1:1/mcp"}}}"#;
+        let mut s = load_str(Some(json), None, &[]).unwrap();
+        let mut native = s.clone();
+        s.route_to_containers();
+        let url = |s: &Snapshot, n: &str| match &s.servers[n].transport {
+            Transport::Http { url, .. } => url.clone(),
+            t => panic!("{n}: {t:?}"),
+        };
+        assert_eq!(url(&s, "time"), "http://mcp-time:8000/mcp");
+        assert_eq!(url(&s, "web"), "http://mcp-web:3000/mcp");
+        assert_eq!(url(&s, "git"), "http://mcp-git:8000/mcp");
+        assert_eq!(url(&s, "u"), "http://127.0.0.1:1/mcp");
+        native.mark_images_not_served();
+        assert_eq!(native.servers["time"].status, SpecStatus::NotServed);
+        assert_eq!(native.servers["git"].status, SpecStatus::Enabled);
+        let e = load_str(
+            Some(r#"{"servers":{"a":{"image":"x","transport":"sse"}}}"#),
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("servers.a.transport"), "{e}");
+        let e = load_str(
+            Some(r#"{"servers":{"a":{"command":"x","port":1}}}"#),
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("servers.a.port"), "{e}");
     }
 
     #[test]
