@@ -572,7 +572,7 @@ pub fn embeddings_response_to_openai(resp: &Value, model: &str) -> Value {
 /// Golden files in `edge/tests/golden/`: each holds an input and the expected translation.
 /// `UPDATE_GOLDEN=1 cargo test -p edge golden` rewrites the expectations (review the diff).
 #[cfg(test)]
-mod golden {
+pub(crate) mod golden {
     use super::*;
     use std::path::PathBuf;
 
@@ -608,24 +608,31 @@ mod golden {
         }
     }
 
-    #[test]
-    fn golden_files() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    /// Runs every golden file (`{"kind", "input", ..., "expected"}`) in `edge/tests/<subdir>`
+    /// through `translate`; `UPDATE_GOLDEN=1 cargo test -p edge golden` rewrites the expectations
+    /// (review the diff). Shared by the translation modules' golden tests.
+    pub(crate) fn check_golden_dir(
+        subdir: &str,
+        at_least: usize,
+        translate: impl Fn(&Value) -> Value,
+    ) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join(subdir);
         let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-        let mut checked = 0;
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
             .collect();
         paths.sort();
-        for path in paths {
+        for path in &paths {
             let mut case: Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let got = translate_case(&case);
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let got = translate(&case);
             if update {
                 case["expected"] = got;
-                std::fs::write(&path, serde_json::to_string_pretty(&case).unwrap() + "\n").unwrap();
+                std::fs::write(path, serde_json::to_string_pretty(&case).unwrap() + "\n").unwrap();
             } else {
                 assert_eq!(
                     got,
@@ -634,8 +641,16 @@ mod golden {
                     path.display()
                 );
             }
-            checked += 1;
         }
-        assert!(checked >= 10, "golden files missing in {}", dir.display());
+        assert!(
+            paths.len() >= at_least,
+            "golden files missing in {}",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn golden_files() {
+        check_golden_dir("golden", 10, translate_case);
     }
 }

@@ -606,7 +606,6 @@ pub fn estimate_input_tokens(chat: &Value) -> u64 {
 #[cfg(test)]
 mod golden {
     use super::*;
-    use std::path::PathBuf;
 
     fn translate_case(case: &Value) -> Value {
         let input = &case["input"];
@@ -636,38 +635,9 @@ mod golden {
         }
     }
 
-    /// `UPDATE_GOLDEN=1 cargo test -p edge golden` rewrites the expectations (review the diff).
     #[test]
     fn anthropic_golden_files() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/anthropic");
-        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-        let mut paths: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        paths.sort();
-        for path in &paths {
-            let mut case: Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            let got = translate_case(&case);
-            if update {
-                case["expected"] = got;
-                std::fs::write(path, serde_json::to_string_pretty(&case).unwrap() + "\n").unwrap();
-            } else {
-                assert_eq!(
-                    got,
-                    case["expected"],
-                    "golden mismatch in {}",
-                    path.display()
-                );
-            }
-        }
-        assert!(
-            paths.len() >= 5,
-            "golden files missing in {}",
-            dir.display()
-        );
+        crate::translate::golden::check_golden_dir("golden/anthropic", 5, translate_case);
     }
 
     #[test]

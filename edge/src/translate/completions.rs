@@ -152,7 +152,6 @@ impl NdjsonTranslator for CompletionStreamTranslator {
 #[cfg(test)]
 mod golden {
     use super::*;
-    use std::path::PathBuf;
 
     fn ids() -> ChatIds {
         ChatIds {
@@ -179,37 +178,8 @@ mod golden {
         }
     }
 
-    /// `UPDATE_GOLDEN=1 cargo test -p edge golden` rewrites the expectations (review the diff).
     #[test]
     fn completions_golden_files() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/completions");
-        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-        let mut paths: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        paths.sort();
-        for path in &paths {
-            let mut case: Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            let got = translate_case(&case);
-            if update {
-                case["expected"] = got;
-                std::fs::write(path, serde_json::to_string_pretty(&case).unwrap() + "\n").unwrap();
-            } else {
-                assert_eq!(
-                    got,
-                    case["expected"],
-                    "golden mismatch in {}",
-                    path.display()
-                );
-            }
-        }
-        assert!(
-            paths.len() >= 3,
-            "golden files missing in {}",
-            dir.display()
-        );
+        crate::translate::golden::check_golden_dir("golden/completions", 3, translate_case);
     }
 }
