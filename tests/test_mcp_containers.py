@@ -122,8 +122,16 @@ class ToolBox(CoreStack):
                 "--filter", f"label={SERVER_LABEL}" + (f"={server}" if server else "")]
         if not running_only:
             args.insert(2, "-a")
-        ids = run(args).stdout.split()
-        return json.loads(run(["docker", "inspect", *ids]).stdout) if ids else []
+        # A container may go between `ps` and `inspect` (the controller is removing it): list again.
+        for _ in range(5):
+            ids = run(args).stdout.split()
+            if not ids:
+                return []
+            p = run(["docker", "inspect", *ids], check=False)
+            if p.returncode == 0:
+                return json.loads(p.stdout)
+            time.sleep(0.2)
+        return json.loads(run(["docker", "inspect", *run(args).stdout.split()]).stdout)
 
     def wait_containers(self, pred, what: str, timeout: float = 60.0) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -189,9 +197,9 @@ def box(tmp_path_factory):
         s.down()
 
 
-def call_time_v2(url: str) -> str:
+def call_time_v2(url: str, key: str) -> str:
     async def body():
-        async with v2_client(url, None) as client:
+        async with v2_client(url, key) as client:
             names = [t.name for t in (await client.list_tools()).tools]
             assert {"time__get_current_time", "git__git_status", "clock__get_current_time"} <= set(names), names
             r = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
@@ -206,8 +214,10 @@ def test_image_servers_are_hardened_containers_served_through_the_edge(box):
     s.wait_served("git")
     s.wait_served("clock")
     url = f"http://127.0.0.1:{s.port}/mcp"
-    assert '"timezone": "UTC"' in call_time_v2(url)
-    report = v1_run(url, None, [["list"], ["call", "time__get_current_time", {"timezone": "UTC"}]])
+    # A client of the bundle with its own key (anonymous may use nothing there).
+    key = s.secret("N8N_EDGE_KEY")
+    assert '"timezone": "UTC"' in call_time_v2(url, key)
+    report = v1_run(url, key, [["list"], ["call", "time__get_current_time", {"timezone": "UTC"}]])
     assert "git__git_status" in report["results"][0]["tools"], report
     assert report["results"][1]["ok"] and not report["results"][1]["is_error"], report
 
@@ -261,7 +271,7 @@ def test_a_killed_container_is_restarted_and_its_tools_return(box):
     deadline = time.monotonic() + 30
     while True:
         try:
-            assert '"timezone": "UTC"' in call_time_v2(f"http://127.0.0.1:{s.port}/mcp")
+            assert '"timezone": "UTC"' in call_time_v2(f"http://127.0.0.1:{s.port}/mcp", s.secret("N8N_EDGE_KEY"))
             break
         except Exception:
             if time.monotonic() > deadline:
