@@ -15,6 +15,50 @@ pub struct TranslateError {
     pub param: Option<String>,
 }
 
+/// The sampling fields that OpenAI's chat and completions APIs share (SHARED_SAMPLING_OPTIONS,
+/// the token cap, `stop`), checked and put into Ollama's `options`. `max_keys` are the request's
+/// names for the token cap; the first one present wins.
+pub(crate) fn sampling_to_ollama_options(
+    obj: &Map<String, Value>,
+    max_keys: &[&str],
+    options: &mut Map<String, Value>,
+) -> Result<(), TranslateError> {
+    for key in SHARED_SAMPLING_OPTIONS {
+        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
+            if !v.is_number() {
+                return Err(bad(key, format!("'{key}' must be a number")));
+            }
+            options.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(v) = max_keys
+        .iter()
+        .find_map(|k| obj.get(*k))
+        .filter(|v| !v.is_null())
+    {
+        if !v.is_u64() {
+            return Err(bad("max_tokens", "'max_tokens' must be a positive integer"));
+        }
+        options.insert("num_predict".into(), v.clone());
+    }
+    match obj.get("stop") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            options.insert("stop".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            options.insert("stop".into(), Value::Array(a.clone()));
+        }
+        Some(_) => {
+            return Err(bad(
+                "stop",
+                "'stop' must be a string or an array of strings",
+            ))
+        }
+    }
+    Ok(())
+}
+
 fn bad(param: &str, message: impl Into<String>) -> TranslateError {
     TranslateError {
         message: message.into(),
@@ -74,39 +118,7 @@ pub fn chat_to_ollama(req: &Value, upstream_model: &str) -> Result<Value, Transl
         Some(_) => return Err(bad("options", "'options' must be an object")),
         None => Map::new(),
     };
-    for key in SHARED_SAMPLING_OPTIONS {
-        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
-            if !v.is_number() {
-                return Err(bad(key, format!("'{key}' must be a number")));
-            }
-            options.insert(key.into(), v.clone());
-        }
-    }
-    if let Some(v) = obj
-        .get("max_completion_tokens")
-        .or_else(|| obj.get("max_tokens"))
-        .filter(|v| !v.is_null())
-    {
-        if !v.is_u64() {
-            return Err(bad("max_tokens", "'max_tokens' must be a positive integer"));
-        }
-        options.insert("num_predict".into(), v.clone());
-    }
-    match obj.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            options.insert("stop".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-            options.insert("stop".into(), Value::Array(a.clone()));
-        }
-        Some(_) => {
-            return Err(bad(
-                "stop",
-                "'stop' must be a string or an array of strings",
-            ))
-        }
-    }
+    sampling_to_ollama_options(obj, &["max_completion_tokens", "max_tokens"], &mut options)?;
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));
     }

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{bad, finish_reason, ollama_usage, stream_error, usage_json, ChatIds};
-use super::{NdjsonTranslator, TranslateError, SHARED_SAMPLING_OPTIONS};
+use super::{sampling_to_ollama_options, NdjsonTranslator, TranslateError};
 
 /// OpenAI completions body to an Ollama `/api/generate` body. Like Ollama's own OpenAI layer,
 /// the prompt goes through the model's template (no `raw`).
@@ -46,35 +46,7 @@ pub fn completion_to_generate(req: &Value, upstream_model: &str) -> Result<Value
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     body.insert("stream".into(), json!(stream));
     let mut options = Map::new();
-    for key in SHARED_SAMPLING_OPTIONS {
-        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
-            if !v.is_number() {
-                return Err(bad(key, format!("'{key}' must be a number")));
-            }
-            options.insert(key.into(), v.clone());
-        }
-    }
-    if let Some(v) = obj.get("max_tokens").filter(|v| !v.is_null()) {
-        if !v.is_u64() {
-            return Err(bad("max_tokens", "'max_tokens' must be a positive integer"));
-        }
-        options.insert("num_predict".into(), v.clone());
-    }
-    match obj.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            options.insert("stop".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-            options.insert("stop".into(), Value::Array(a.clone()));
-        }
-        Some(_) => {
-            return Err(bad(
-                "stop",
-                "'stop' must be a string or an array of strings",
-            ))
-        }
-    }
+    sampling_to_ollama_options(obj, &["max_tokens"], &mut options)?;
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));
     }
