@@ -18,21 +18,8 @@ pub enum KeyCommand {
     /// Make a key for a new client and print it once.
     Add {
         name: String,
-        /// Models it may use: globs over provider/model, comma-separated (default: all).
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
-        /// MCP servers it may use: globs, comma-separated (default: all).
-        #[arg(long, value_delimiter = ',')]
-        mcp_servers: Option<Vec<String>>,
-        /// Requests per minute.
-        #[arg(long)]
-        rpm: Option<u32>,
-        /// Prompt + completion tokens per minute.
-        #[arg(long)]
-        tpm: Option<u32>,
-        /// Requests at once.
-        #[arg(long)]
-        concurrency: Option<u32>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// Print only the key (for scripts).
         #[arg(long)]
         quiet: bool,
@@ -51,16 +38,8 @@ pub enum KeyCommand {
         /// Anonymous may use nothing: every request needs a key (the bundle's default).
         #[arg(long, conflicts_with_all = ["models", "mcp_servers"])]
         none: bool,
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
-        #[arg(long, value_delimiter = ',')]
-        mcp_servers: Option<Vec<String>>,
-        #[arg(long)]
-        rpm: Option<u32>,
-        #[arg(long)]
-        tpm: Option<u32>,
-        #[arg(long)]
-        concurrency: Option<u32>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// Do nothing when the file sets `[anonymous]` already.
         #[arg(long)]
         if_unset: bool,
@@ -82,15 +61,38 @@ pub enum KeyCommand {
     },
 }
 
+/// A client's policy as `key add` and `key anonymous` take it.
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    /// Models it may use: globs over provider/model, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// MCP servers it may use: globs, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    mcp_servers: Option<Vec<String>>,
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Prompt + completion tokens per minute.
+    #[arg(long)]
+    tpm: Option<u32>,
+    /// Requests at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+}
+
 pub fn run(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Add {
             name,
-            models,
-            mcp_servers,
-            rpm,
-            tpm,
-            concurrency,
+            policy:
+                PolicyArgs {
+                    models,
+                    mcp_servers,
+                    rpm,
+                    tpm,
+                    concurrency,
+                },
             quiet,
             key_env,
             if_missing,
@@ -210,11 +212,14 @@ pub fn run(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Anonymous {
             none,
-            models,
-            mcp_servers,
-            rpm,
-            tpm,
-            concurrency,
+            policy:
+                PolicyArgs {
+                    models,
+                    mcp_servers,
+                    rpm,
+                    tpm,
+                    concurrency,
+                },
             if_unset,
             file,
         } => {
