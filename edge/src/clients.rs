@@ -79,6 +79,12 @@ impl ClientIdentity {
             .is_none_or(|s| s.policy.allows_model(provider, model))
     }
 
+    pub fn allows_alias(&self, alias: &str) -> bool {
+        self.state
+            .as_ref()
+            .is_none_or(|s| s.policy.allows_alias(alias))
+    }
+
     /// Admission to a governed route: 401 when keys are required and this caller has none,
     /// then the client's limits. The admission is held until the response is written.
     pub fn admit(&self) -> Result<Option<Admission>, Refusal> {

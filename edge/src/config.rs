@@ -275,6 +275,9 @@ pub struct FileConfig {
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Model aliases with fallbacks (`[[models]]`), see edge/src/aliases.rs.
+    #[serde(default)]
+    pub models: Vec<crate::aliases::AliasConfig>,
     /// Policy for callers without a valid key; absent means every model and tool, no limits.
     pub anonymous: Option<PolicyConfig>,
     /// The keys file (`EDGE_CLIENTS_FILE` overrides); its clients add to `[[clients]]` and its
@@ -328,6 +331,8 @@ pub struct EdgeConfig {
     pub timeouts: TimeoutConfig,
     pub health: HealthConfig,
     pub providers: Vec<ResolvedProvider>,
+    /// `[[models]]`: aliases over `provider/model` targets, checked against `providers`.
+    pub aliases: Vec<crate::aliases::ModelAlias>,
     /// Clients from the TOML (`[[clients]]`); the keys file's are added by `ClientDirectory`.
     pub clients: Vec<ResolvedClient>,
     /// `[anonymous]` of the TOML, if set.
@@ -562,6 +567,9 @@ impl EdgeConfig {
             ));
         }
 
+        let provider_names: Vec<String> = providers.iter().map(|p| p.name.clone()).collect();
+        let aliases = crate::aliases::resolve(&file.models, &provider_names)?;
+
         let admin_var = file
             .admin_token_env
             .clone()
@@ -629,6 +637,7 @@ impl EdgeConfig {
             timeouts: file.timeouts.clone(),
             health: file.health.clone(),
             providers,
+            aliases,
             clients,
             anonymous,
             clients_file,

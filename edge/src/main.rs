@@ -9,6 +9,7 @@ use clap::Parser;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 
+mod aliases;
 mod api;
 mod api_bind;
 mod audit;

@@ -57,6 +57,16 @@ impl Policy {
         })
     }
 
+    /// An alias (`[[models]]`) is judged by its own name, by the globs without a provider part
+    /// (`fast`, `f*`, `*`); its targets are the operator's choice and are not checked.
+    pub fn allows_alias(&self, alias: &str) -> bool {
+        self.models.as_ref().is_none_or(|globs| {
+            globs
+                .iter()
+                .any(|g| !g.contains('/') && glob_match(g, alias))
+        })
+    }
+
     pub fn allows_server(&self, server: &str) -> bool {
         self.mcp_servers
             .as_ref()

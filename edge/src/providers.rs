@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::Value;
 
+use crate::aliases::{ModelAlias, Strategy};
 use crate::config::{EdgeConfig, HealthConfig, ProviderKind, TimeoutConfig};
 use crate::metrics::Metrics;
 
@@ -221,6 +222,24 @@ pub struct ProviderRoute {
     pub model: String,
 }
 
+/// Where one request may go, in the order to try: a model name has one route; an alias has
+/// its targets, ordered by its strategy, each with the context window the config names.
+pub struct Plan {
+    pub alias: Option<Arc<ModelAlias>>,
+    pub targets: Vec<PlannedTarget>,
+}
+
+pub struct PlannedTarget {
+    pub route: ProviderRoute,
+    pub context: Option<u64>,
+}
+
+impl Plan {
+    pub fn first(&self) -> &ProviderRoute {
+        &self.targets[0].route
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("The model `{0}` does not exist or is not served by any provider")]
@@ -258,6 +277,7 @@ pub struct UpstreamResponse {
 
 pub struct ProviderSet {
     pub providers: Vec<Arc<Provider>>,
+    pub aliases: Vec<Arc<ModelAlias>>,
     pub default_provider: String,
     pub http: reqwest::Client,
     pub timeouts: TimeoutConfig,
@@ -316,6 +336,7 @@ impl ProviderSet {
             .collect();
         Self {
             providers,
+            aliases: config.aliases.iter().cloned().map(Arc::new).collect(),
             default_provider: config.default_provider.clone(),
             http,
             timeouts: config.timeouts.clone(),
@@ -326,6 +347,72 @@ impl ProviderSet {
 
     pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// The alias `name` names, if any (an alias wins over a provider's model of the same name).
+    pub fn alias(&self, name: &str) -> Option<&Arc<ModelAlias>> {
+        self.aliases.iter().find(|a| a.answers_to(name))
+    }
+
+    /// An alias's targets in the order to try them, or the one route of a model name.
+    pub fn plan(&self, requested: &str) -> Result<Plan, RouteError> {
+        let Some(alias) = self.alias(requested) else {
+            return Ok(Plan {
+                alias: None,
+                targets: vec![PlannedTarget {
+                    route: self.route(requested)?,
+                    context: None,
+                }],
+            });
+        };
+        let mut targets: Vec<PlannedTarget> = alias
+            .targets
+            .iter()
+            .map(|t| {
+                let p = self
+                    .get(&t.provider)
+                    .expect("alias targets validated at load");
+                let listed = p.find_model(&t.model).map(|m| m.id);
+                let listed = listed.as_deref().unwrap_or(&t.model);
+                PlannedTarget {
+                    route: ProviderRoute {
+                        provider: p.clone(),
+                        model: upstream_name(p.kind, listed, &t.model),
+                    },
+                    context: t.context,
+                }
+            })
+            .collect();
+        if alias.strategy == Strategy::Balance && targets.len() > 1 {
+            // Power of two choices over the targets, each costed by its provider's best
+            // endpoint for the model; the rest stay in config order as fallbacks.
+            let cost = |t: &PlannedTarget| {
+                t.route
+                    .provider
+                    .endpoints
+                    .iter()
+                    .filter(|e| !e.is_ejected() && e.has_model(&t.route.model) != Some(false))
+                    .map(|e| e.cost())
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..targets.len());
+            let mut b = rng.random_range(0..targets.len() - 1);
+            if b >= a {
+                b += 1;
+            }
+            let first = if cost(&targets[a]) <= cost(&targets[b]) {
+                a
+            } else {
+                b
+            };
+            let chosen = targets.remove(first);
+            targets.insert(0, chosen);
+        }
+        Ok(Plan {
+            alias: Some(alias.clone()),
+            targets,
+        })
     }
 
     /// `provider/model` goes to that provider; a bare name to the one provider that lists it,

@@ -27,7 +27,7 @@ use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::policy::Refusal;
 use crate::providers::{
-    model_matches, retry_after_secs, Endpoint, InFlight, ModelEntry, Provider, ProviderRoute,
+    model_matches, retry_after_secs, Endpoint, InFlight, ModelEntry, Plan, Provider, ProviderRoute,
     RouteError, UpstreamError, UpstreamResponse,
 };
 
@@ -146,14 +146,14 @@ async fn answer(
     work: impl std::future::Future<Output = Result<Response>>,
 ) -> Response {
     ctx.update(|m| m.surface = "ollama");
-    match work.await {
-        Ok(r) => r,
-        Err(e) => {
-            let kind = e.kind;
-            ctx.update(|m| m.error = Some(kind));
-            e.into_response()
-        }
-    }
+    work.await.unwrap_or_else(|e| fail(ctx, e))
+}
+
+/// An error in Ollama's shape, its kind kept in the request's meta.
+fn fail(ctx: &RequestContext, e: OllamaError) -> Response {
+    let kind = e.kind;
+    ctx.update(|m| m.error = Some(kind));
+    e.into_response()
 }
 
 fn parse_body(raw: &Bytes) -> Result<Value> {
@@ -196,19 +196,30 @@ fn model_field(body: &Value, keys: &[&str]) -> Result<String> {
     ))
 }
 
+/// The first target of `model`'s plan (for calls without fallback), policy checked.
 fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
-    let route = state.providers.route(model)?;
+    Ok(plan(state, ctx, model)?.targets.swap_remove(0).route)
+}
+
+/// Where `model` may go, in order, after the client's policy (as on the OpenAI surface).
+fn plan(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<Plan> {
+    let plan = state.providers.plan(model)?;
+    let first = plan.first();
     ctx.update(|m| {
-        m.provider = Some(route.provider.name.clone());
+        m.provider = Some(first.provider.name.clone());
         m.model = Some(model.to_owned());
     });
-    if !ctx.client.allows_model(&route.provider.name, &route.model) {
+    let allowed = match &plan.alias {
+        Some(alias) => ctx.client.allows_alias(&alias.name),
+        None => ctx.client.allows_model(&first.provider.name, &first.model),
+    };
+    if !allowed {
         let refusal = Refusal::ModelForbidden(model.to_owned());
         let mut e = OllamaError::new(StatusCode::FORBIDDEN, refusal.message(&ctx.client.name));
         e.kind = refusal.kind();
         return Err(e);
     }
-    Ok(route)
+    Ok(plan)
 }
 
 /// A refusal from the gateway's admission (401, 429 with `Retry-After`) in Ollama's shape.
@@ -418,7 +429,38 @@ pub async fn tags(
             }
         })
         .collect();
+    let mut models = models;
+    for alias in &state.providers.aliases {
+        if ctx.client.allows_alias(&alias.name) {
+            models.push(alias_tag(&state, &alias.name));
+        }
+    }
     Json(json!({"models": models})).into_response()
+}
+
+/// An alias as `/api/tags` lists it: its first target's entry (details, size) under the
+/// alias's name, or an OpenAI-style entry when that target is not listed (yet).
+fn alias_tag(state: &EdgeState, name: &str) -> Value {
+    let first = state
+        .providers
+        .plan(name)
+        .ok()
+        .map(|mut p| p.targets.swap_remove(0).route);
+    let listed = first.as_ref().and_then(|r| {
+        (r.provider.kind == ProviderKind::Ollama)
+            .then(|| r.provider.find_model(&r.model))
+            .flatten()
+    });
+    match listed {
+        Some(entry) => {
+            let mut raw = entry.raw;
+            raw["name"] = json!(name);
+            raw["model"] = json!(name);
+            raw
+        }
+        None => json!({"name": name, "model": name, "modified_at": translate::rfc3339(0),
+                       "size": 0, "digest": "", "details": openai_details()}),
+    }
 }
 
 /// Models in memory on every Ollama endpoint, asked live (2 s each, all at once).
@@ -550,22 +592,32 @@ async fn inference(
 ) -> Result<Response> {
     let body = parse_body(raw)?;
     let model = model_field(&body, &["model"])?;
-    let route = route(state, ctx, &model)?;
+    let plan = plan(state, ctx, &model)?;
     let path = match shape {
         Shape::Chat => "/api/chat",
         Shape::Generate => "/api/generate",
     };
-    match route.provider.kind {
-        ProviderKind::Ollama => {
-            let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(true);
-            let mut up_body = native_body(body, &route.model);
-            // Sent explicitly so the upstream's default can never differ from ours.
-            up_body["stream"] = json!(stream);
-            let up = send(state, ctx, &route, path, &up_body).await?;
-            relay(state, ctx, up, true).await
+    let (body, model) = (&body, model.as_str());
+    let attempt = move |route: ProviderRoute| async move {
+        match route.provider.kind {
+            ProviderKind::Ollama => {
+                let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(true);
+                let mut up_body = native_body(body.clone(), &route.model);
+                // Sent explicitly so the upstream's default can never differ from ours.
+                up_body["stream"] = json!(stream);
+                let up = send(state, ctx, &route, path, &up_body).await?;
+                relay(state, ctx, up, true).await
+            }
+            ProviderKind::Openai => {
+                translated(state, ctx, body, &route, shape, model.to_owned()).await
+            }
         }
-        ProviderKind::Openai => translated(state, ctx, &body, &route, shape, model).await,
-    }
+    };
+    Ok(super::fallback::run(ctx, plan, move |route| async move {
+        let r: Result<Response> = attempt(route).await;
+        r.unwrap_or_else(|e| fail(ctx, e))
+    })
+    .await)
 }
 
 /// A native Ollama answer passed on: error statuses as they are, NDJSON streams line for line
@@ -899,44 +951,58 @@ async fn embed_any(
 ) -> Result<Response> {
     let body = parse_body(raw)?;
     let model = model_field(&body, &["model"])?;
-    let route = route(state, ctx, &model)?;
-    match route.provider.kind {
-        ProviderKind::Ollama => {
-            let path = if legacy {
-                "/api/embeddings"
-            } else {
-                "/api/embed"
-            };
-            let up = send(state, ctx, &route, path, &native_body(body, &route.model)).await?;
-            if !up.response.status().is_success() {
-                return Err(upstream_status_error(state, up.response).await);
-            }
-            let status = stream::upstream_status(&up.response);
-            let bytes = read_all(state, up.response).await?;
-            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                record_ollama_tokens(ctx, &v);
-            }
-            Ok(json_bytes_response(status, bytes))
-        }
-        ProviderKind::Openai => {
-            let up_body = translate::embed_to_openai(&body, &route.model, legacy)?;
-            let up = send(state, ctx, &route, "/embeddings", &up_body).await?;
-            if !up.response.status().is_success() {
-                return Err(upstream_status_error(state, up.response).await);
-            }
-            let bytes = read_all(state, up.response).await?;
-            let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                OllamaError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream answered with a body that is not JSON",
+    let plan = plan(state, ctx, &model)?;
+    let attempt = async |route: ProviderRoute| -> Result<Response> {
+        match route.provider.kind {
+            ProviderKind::Ollama => {
+                let path = if legacy {
+                    "/api/embeddings"
+                } else {
+                    "/api/embed"
+                };
+                let up = send(
+                    state,
+                    ctx,
+                    &route,
+                    path,
+                    &native_body(body.clone(), &route.model),
                 )
-            })?;
-            let nanos = ctx.started.elapsed().as_nanos() as u64;
-            let out = translate::embed_from_openai(&v, &model, legacy, nanos);
-            record_ollama_tokens(ctx, &out);
-            Ok(Json(out).into_response())
+                .await?;
+                if !up.response.status().is_success() {
+                    return Err(upstream_status_error(state, up.response).await);
+                }
+                let status = stream::upstream_status(&up.response);
+                let bytes = read_all(state, up.response).await?;
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    record_ollama_tokens(ctx, &v);
+                }
+                Ok(json_bytes_response(status, bytes))
+            }
+            ProviderKind::Openai => {
+                let up_body = translate::embed_to_openai(&body, &route.model, legacy)?;
+                let up = send(state, ctx, &route, "/embeddings", &up_body).await?;
+                if !up.response.status().is_success() {
+                    return Err(upstream_status_error(state, up.response).await);
+                }
+                let bytes = read_all(state, up.response).await?;
+                let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                    OllamaError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream answered with a body that is not JSON",
+                    )
+                })?;
+                let nanos = ctx.started.elapsed().as_nanos() as u64;
+                let out = translate::embed_from_openai(&v, &model, legacy, nanos);
+                record_ollama_tokens(ctx, &out);
+                Ok(Json(out).into_response())
+            }
         }
-    }
+    };
+    Ok(super::fallback::run(ctx, plan, move |route| async move {
+        let r: Result<Response> = attempt(route).await;
+        r.unwrap_or_else(|e| fail(ctx, e))
+    })
+    .await)
 }
 
 // ------------------------------------------------------------ admin calls ----

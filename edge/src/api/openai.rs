@@ -19,7 +19,7 @@ use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::policy::Refusal;
 use crate::providers::{
-    retry_after_secs, InFlight, ProviderRoute, RouteError, UpstreamError, UpstreamResponse,
+    retry_after_secs, InFlight, Plan, ProviderRoute, RouteError, UpstreamError, UpstreamResponse,
 };
 use crate::translate::completions::{self as legacy, CompletionStreamTranslator};
 use crate::translate::{self, ChatIds, ChatStreamTranslator, NdjsonTranslator};
@@ -167,16 +167,28 @@ fn requested_model(body: &Value) -> Result<String> {
     }
 }
 
+/// The first target of `model`'s plan (for routes without fallback), policy checked.
 pub fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
-    let route = state.providers.route(model)?;
+    Ok(plan(state, ctx, model)?.targets.swap_remove(0).route)
+}
+
+/// Where `model` may go, in order (an alias's targets, or one route), after the client's
+/// policy: an alias by its own name, a model by `provider/model`.
+pub fn plan(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<Plan> {
+    let plan = state.providers.plan(model)?;
+    let first = plan.first();
     ctx.update(|m| {
-        m.provider = Some(route.provider.name.clone());
+        m.provider = Some(first.provider.name.clone());
         m.model = Some(model.to_owned());
     });
-    if !ctx.client.allows_model(&route.provider.name, &route.model) {
+    let allowed = match &plan.alias {
+        Some(alias) => ctx.client.allows_alias(&alias.name),
+        None => ctx.client.allows_model(&first.provider.name, &first.model),
+    };
+    if !allowed {
         return Err(forbidden_model(&ctx.client.name, model));
     }
-    Ok(route)
+    Ok(plan)
 }
 
 /// 403 naming the model (the client's policy does not list it).
@@ -239,10 +251,20 @@ pub async fn list_models(
             );
         }
     }
+    for alias in &state.providers.aliases {
+        if ctx.client.allows_alias(&alias.name) {
+            data.push(alias_entry(&alias.name));
+        }
+    }
     if super::anthropic::wants_anthropic(&headers) {
         return Json(super::anthropic::model_list(&data)).into_response();
     }
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// An alias (`[[models]]`) as `/v1/models` lists it: owned by the edge, which resolves it.
+fn alias_entry(name: &str) -> Value {
+    json!({"id": name, "object": "model", "created": 0, "owned_by": "aibox"})
 }
 
 pub async fn get_model(
@@ -253,6 +275,13 @@ pub async fn get_model(
 ) -> Response {
     if super::anthropic::wants_anthropic(&headers) {
         return super::anthropic::get_model(&state, &ctx, &id).await;
+    }
+    if let Some(alias) = state.providers.alias(&id) {
+        return if ctx.client.allows_alias(&alias.name) {
+            Json(alias_entry(&alias.name)).into_response()
+        } else {
+            forbidden_model(&ctx.client.name, &id).into_response()
+        };
     }
     match state.providers.route(&id) {
         Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => {
@@ -300,11 +329,29 @@ async fn chat_parsed(state: &EdgeState, ctx: &RequestContext, body: Value) -> Re
         )
         .param("messages"));
     }
-    let route = route(state, ctx, &model)?;
+    let plan = plan(state, ctx, &model)?;
+    let (body, model) = (&body, model.as_str());
+    Ok(super::fallback::run(ctx, plan, move |route| {
+        chat_on(state, ctx, body, route, model)
+    })
+    .await)
+}
+
+/// One attempt of a chat request on one target.
+async fn chat_on(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    body: &Value,
+    route: ProviderRoute,
+    model: &str,
+) -> Response {
     match route.provider.kind {
-        ProviderKind::Ollama => ollama_chat(state, ctx, &body, &route, model).await,
-        ProviderKind::Openai => passthrough(state, ctx, body, &route, "/chat/completions").await,
+        ProviderKind::Ollama => ollama_chat(state, ctx, body, &route, model.to_owned()).await,
+        ProviderKind::Openai => {
+            passthrough(state, ctx, body.clone(), &route, "/chat/completions").await
+        }
     }
+    .unwrap_or_else(|e| fail(ctx, e))
 }
 
 async fn ollama_chat(
@@ -387,11 +434,20 @@ pub async fn completions(
             )
             .param("prompt"));
         }
-        let route = route(&state, &ctx, &model)?;
-        match route.provider.kind {
-            ProviderKind::Openai => passthrough(&state, &ctx, body, &route, "/completions").await,
-            ProviderKind::Ollama => ollama_completion(&state, &ctx, &body, &route, model).await,
-        }
+        let plan = plan(&state, &ctx, &model)?;
+        let (state, ctx, body, model) = (&*state, &ctx, &body, model.as_str());
+        Ok(super::fallback::run(ctx, plan, move |route| async move {
+            match route.provider.kind {
+                ProviderKind::Openai => {
+                    passthrough(state, ctx, body.clone(), &route, "/completions").await
+                }
+                ProviderKind::Ollama => {
+                    ollama_completion(state, ctx, body, &route, model.to_owned()).await
+                }
+            }
+            .unwrap_or_else(|e| fail(ctx, e))
+        })
+        .await)
     }
     .await;
     result.unwrap_or_else(|e| fail(&ctx, e))
@@ -558,24 +614,34 @@ pub async fn embeddings(
     let result = async {
         let body = parse_body(&body)?;
         let model = requested_model(&body)?;
-        let route = route(&state, &ctx, &model)?;
-        match route.provider.kind {
-            ProviderKind::Openai => passthrough(&state, &ctx, body, &route, "/embeddings").await,
-            ProviderKind::Ollama => {
-                let up_body = translate::embeddings_to_ollama(&body, &route.model)?;
-                let up = send(&state, &ctx, &route, "/api/embed", &up_body).await?;
-                if !up.response.status().is_success() {
-                    return Err(ollama_status_error(up.response).await);
+        let plan = plan(&state, &ctx, &model)?;
+        let (state, ctx, body, model) = (&*state, &ctx, &body, model.as_str());
+        let embed = move |route: ProviderRoute| async move {
+            match route.provider.kind {
+                ProviderKind::Openai => {
+                    passthrough(state, ctx, body.clone(), &route, "/embeddings").await
                 }
-                let v = read_json(&state, up).await?;
-                let tin = v
-                    .get("prompt_eval_count")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                ctx.update(|m| m.tokens_in = tin);
-                Ok(Json(translate::embeddings_response_to_openai(&v, &model)).into_response())
+                ProviderKind::Ollama => {
+                    let up_body = translate::embeddings_to_ollama(body, &route.model)?;
+                    let up = send(state, ctx, &route, "/api/embed", &up_body).await?;
+                    if !up.response.status().is_success() {
+                        return Err(ollama_status_error(up.response).await);
+                    }
+                    let v = read_json(state, up).await?;
+                    let tin = v
+                        .get("prompt_eval_count")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    ctx.update(|m| m.tokens_in = tin);
+                    Ok(Json(translate::embeddings_response_to_openai(&v, model)).into_response())
+                }
             }
-        }
+        };
+        Ok(super::fallback::run(ctx, plan, move |route| async move {
+            let r: Result<Response> = embed(route).await;
+            r.unwrap_or_else(|e| fail(ctx, e))
+        })
+        .await)
     }
     .await;
     result.unwrap_or_else(|e| fail(&ctx, e))

@@ -9,6 +9,8 @@
 //! - `fake-drop` streams two chunks, then cuts the connection;
 //! - any unknown model answers 404 as the real server does.
 //!
+//! `--loaded` sets what `/api/ps` reports; `--context-length` makes long chats fail as vLLM does.
+//!
 //! `GET /_fake/stats` counts requests; `GET /_fake/last` shows the last request's headers/body.
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +48,13 @@ struct Args {
     /// Require this bearer key (OpenAI kind).
     #[arg(long)]
     api_key: Option<String>,
+    /// Comma-separated models `/api/ps` reports as loaded (default: the first listed one).
+    #[arg(long)]
+    loaded: Option<String>,
+    /// A context window in tokens: a chat whose prompt is longer answers 400 with vLLM's
+    /// "maximum context length" error (OpenAI kind).
+    #[arg(long)]
+    context_length: Option<u64>,
     /// Name reported in `x-fake-upstream` and in `/_fake/stats`.
     #[arg(long, default_value = "fake")]
     name: String,
@@ -252,13 +261,19 @@ async fn o_tags(State(f): S) -> Json<Value> {
 }
 
 async fn o_ps(State(f): S) -> Json<Value> {
-    // The first listed model is "loaded".
-    let models: Vec<Value> = f
-        .models
-        .lock()
-        .unwrap()
+    // `--loaded`, else the first listed model, is "loaded".
+    let listed: Vec<String> = f.models.lock().unwrap().iter().cloned().collect();
+    let loaded: Vec<String> = match &f.args.loaded {
+        Some(l) => l
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => listed.into_iter().take(1).collect(),
+    };
+    let models: Vec<Value> = loaded
         .iter()
-        .take(1)
         .map(|m| {
             json!({"name": m, "model": m, "size": 5_137_025_024u64, "digest": format!("{:064x}", m.len()),
                    "details": model_details(m), "expires_at": "2026-11-26T05:10:00Z", "size_vram": 5_137_025_024u64,
@@ -607,6 +622,14 @@ async fn v_chat(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
     }
     let words = reply_words(&body);
     let prompt_tokens = last_user_text(&body).split_whitespace().count() as u64 + 5;
+    if let Some(limit) = f.args.context_length.filter(|l| prompt_tokens > *l) {
+        // vLLM's wording for a prompt over `max_model_len`, in its error shape.
+        return openai_err(
+            StatusCode::BAD_REQUEST,
+            &format!("This model's maximum context length is {limit} tokens. However, you requested {prompt_tokens} tokens in the messages, Please reduce the length of the messages."),
+            "BadRequestError",
+        );
+    }
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": words.len(),
                        "total_tokens": prompt_tokens + words.len() as u64});
     let calls = tool_calls(&body);
