@@ -202,3 +202,39 @@ def test_an_admin_pull_reaches_every_endpoint(procs, tmp_path):
     for f in fakes:
         tags = httpx.get(f"{f.url()}/api/tags").json()
         assert "mistral:7b" not in {m["name"] for m in tags["models"]}
+
+
+def test_the_endpoint_with_the_model_loaded_is_preferred(procs, tmp_path):
+    # Two hosts list the same models; Ollama's /api/ps says which one holds which in memory.
+    a = fake_upstream(procs, "ollama", "--name", "a", "--loaded", "qwen2.5:0.5b", name="fake-a")
+    b = fake_upstream(procs, "ollama", "--name", "b", "--loaded", "llama3:8b", name="fake-b")
+    edge = pool_edge(procs, tmp_path, [a, b])
+    wait_until(lambda: all(e["loaded"] for e in endpoints_of(edge)), "both /api/ps answers are known")
+    client = ollama.Client(host=edge.url())
+    a0, b0 = served(a), served(b)
+    for i in range(20):
+        client.chat(model="llama3:8b", messages=[{"role": "user", "content": f"warm {i}"}])
+    assert (served(a) - a0, served(b) - b0) == (0, 20), "llama3 is loaded on b only"
+    for i in range(20):
+        client.chat(model="qwen2.5:0.5b", messages=[{"role": "user", "content": f"warm {i}"}])
+    assert (served(a) - a0, served(b) - b0) == (20, 20), "qwen2.5 is loaded on a only"
+    # The cold host gets the model only when no warm one is left.
+    b.signal(9)
+    for i in range(5):
+        assert client.chat(model="llama3:8b", messages=[{"role": "user", "content": f"cold {i}"}]).message.content
+    assert served(a) - a0 == 25
+
+
+def test_a_much_busier_warm_endpoint_yields_to_a_cold_one(procs, tmp_path):
+    cold = fake_upstream(procs, "ollama", "--name", "cold", "--loaded", "qwen2.5:0.5b", name="fake-cold")
+    warm = fake_upstream(procs, "ollama", "--name", "warm", "--loaded", "llama3:8b", "--latency-ms", "400",
+                         name="fake-warm")
+    edge = pool_edge(procs, tmp_path, [cold, warm], HEALTH + "warm_busy_margin = 2\n")
+    wait_until(lambda: all(e["loaded"] for e in endpoints_of(edge)), "both /api/ps answers are known")
+    client = openai.OpenAI(base_url=f"{edge.url()}/v1", api_key="unused", max_retries=0, timeout=60)
+    c0, w0 = served(cold), served(warm)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: client.chat.completions.create(
+            model="llama3:8b", messages=[{"role": "user", "content": f"busy {i}"}]), range(24)))
+    # With 8 at once the warm host runs 2 ahead of the idle cold one, which then takes some.
+    assert served(warm) - w0 > 0 and served(cold) - c0 > 0, (served(warm) - w0, served(cold) - c0)

@@ -228,6 +228,9 @@ pub struct HealthConfig {
     pub probe_interval_ms: u64,
     /// How long a provider's model list is served from cache.
     pub models_ttl_ms: u64,
+    /// How many more requests in flight an endpoint with the model loaded (`/api/ps`) may
+    /// have than the least busy endpoint without it before the cold one is chosen instead.
+    pub warm_busy_margin: u32,
 }
 
 impl Default for HealthConfig {
@@ -237,6 +240,7 @@ impl Default for HealthConfig {
             eject_ms: 10_000,
             probe_interval_ms: 5_000,
             models_ttl_ms: 60_000,
+            warm_busy_margin: 4,
         }
     }
 }

@@ -88,6 +88,7 @@ impl EdgeGateway {
         };
         let path = parts.uri.path().to_owned();
         let client = self.state.clients.identify(&parts.headers);
+        let trace = crate::trace::TraceContext::from_headers(&parts.headers);
         let limit = self.state.config.max_body_bytes;
 
         let declared = parts
@@ -117,6 +118,7 @@ impl EdgeGateway {
             client: client.clone(),
             started: ctx.started,
             meta: meta.clone(),
+            trace,
         };
         // The caller's policy: 401 when keys are required, then its limits. The admission (a
         // concurrency slot) is held until the response is written.
@@ -187,6 +189,9 @@ impl EdgeGateway {
             None => {}
         }
         let status = parts.status.as_u16();
+        // Streams (SSE, NDJSON) have no length: their first frame is the first token's way out.
+        let streamed = http_body::Body::size_hint(&body).exact().is_none();
+        let mut first_frame: Option<Duration> = None;
         session
             .write_response_header(Box::new(header), false)
             .await?;
@@ -195,6 +200,9 @@ impl EdgeGateway {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { break };
             if let Ok(data) = frame.into_data() {
+                if streamed && first_frame.is_none() && !data.is_empty() {
+                    first_frame = Some(ctx.started.elapsed());
+                }
                 if session
                     .write_response_body(Some(data), false)
                     .await
@@ -214,7 +222,7 @@ impl EdgeGateway {
         if admitted {
             rc.client.finished(meta.tokens_in + meta.tokens_out);
         }
-        self.finish(&rc, &path, status, &meta, client_gone);
+        self.finish(&rc, &path, status, &meta, client_gone, first_frame);
         Ok(())
     }
 
@@ -226,17 +234,19 @@ impl EdgeGateway {
         status: u16,
         meta: &RequestMeta,
         client_gone: bool,
+        first_frame: Option<Duration>,
     ) {
         let total = rc.started.elapsed();
         let upstream_ms = meta.upstream_time.map(|u| u.as_secs_f64() * 1000.0);
         if is_probe(path, status) {
             // Docker's health check every 5 s, readiness probes and scrapes are not traffic (and
             // carry no surface, so there are no request metrics to record either).
-            tracing::debug!(request_id = %rc.id, path, status, "request");
+            tracing::debug!(request_id = %rc.id, trace_id = %rc.trace.trace_id, path, status, "request");
             return;
         }
         tracing::info!(
             request_id = %rc.id,
+            trace_id = %rc.trace.trace_id,
             client = %rc.client.name,
             path,
             status,
@@ -254,6 +264,7 @@ impl EdgeGateway {
         if !meta.surface.is_empty() {
             self.state.metrics.record(&RequestRecord {
                 surface: meta.surface,
+                route: meta.route.as_deref().unwrap_or("other"),
                 provider: meta.provider.as_deref().unwrap_or("none"),
                 model: meta.model.as_deref().unwrap_or("none"),
                 client: &rc.client.label,
@@ -263,6 +274,7 @@ impl EdgeGateway {
                 upstream: meta.upstream_time,
                 tokens_in: meta.tokens_in,
                 tokens_out: meta.tokens_out,
+                first_token: first_frame.filter(|_| status < 400 && meta.provider.is_some()),
             });
         }
     }

@@ -21,6 +21,7 @@ mod keys;
 mod metrics;
 mod policy;
 mod providers;
+mod trace;
 mod translate;
 
 #[derive(Parser)]

@@ -1,6 +1,6 @@
 //! Prometheus metrics for `/metrics`, and the per-minute traffic table behind `/api/edge/stats`
 //! (what the dashboard charts: requests, errors and tokens per client and model, last hour).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,12 +18,23 @@ pub struct Metrics {
     tokens: IntCounterVec,
     failovers: IntCounterVec,
     endpoint_up: IntGaugeVec,
+    model_requests: IntCounterVec,
+    model_tokens: IntCounterVec,
+    first_token: HistogramVec,
+    endpoint_in_flight: IntGaugeVec,
+    /// Model names that have a label of their own; later ones count as `other`.
+    model_labels: Mutex<HashSet<String>>,
     minutes: Mutex<MinuteTable>,
 }
+
+/// How many distinct model names get their own label before the rest fold into `other`.
+pub const MODEL_LABEL_LIMIT: usize = 64;
 
 /// What one finished request contributes to the metrics.
 pub struct RequestRecord<'a> {
     pub surface: &'a str,
+    /// The matched route template, or `other`.
+    pub route: &'a str,
     pub provider: &'a str,
     pub model: &'a str,
     pub client: &'a str,
@@ -33,6 +44,8 @@ pub struct RequestRecord<'a> {
     pub upstream: Option<Duration>,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// When a streamed answer's first bytes left for the client.
+    pub first_token: Option<Duration>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -134,6 +147,66 @@ impl Metrics {
             &["provider", "endpoint"],
         )
         .expect("static metric");
+        let model_requests = IntCounterVec::new(
+            Opts::new(
+                "aibox_model_requests_total",
+                "Model requests by route, provider, model (bounded), client and status",
+            ),
+            &["route", "provider", "model", "client", "status"],
+        )
+        .expect("static metric");
+        let model_tokens = IntCounterVec::new(
+            Opts::new(
+                "aibox_model_tokens_total",
+                "Tokens in (prompt) and out (completion) by route, provider, model (bounded) and client",
+            ),
+            &["route", "provider", "model", "client", "direction"],
+        )
+        .expect("static metric");
+        let first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "aibox_time_to_first_token_seconds",
+                "From the request's arrival until a streamed answer's first bytes left for the client",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route", "provider", "model"],
+        )
+        .expect("static metric");
+        let endpoint_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "aibox_endpoint_in_flight",
+                "Requests in flight at each endpoint (read at scrape time)",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("static metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("aibox_build_info", "The edge's version; always 1"),
+            &["version"],
+        )
+        .expect("static metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        for c in [&model_requests, &model_tokens] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        for g in [&endpoint_in_flight, &build_info] {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+        }
+        registry
+            .register(Box::new(first_token.clone()))
+            .expect("unique metric");
         for c in [&requests, &errors, &tokens, &failovers] {
             registry
                 .register(Box::new(c.clone()))
@@ -157,12 +230,56 @@ impl Metrics {
             tokens,
             failovers,
             endpoint_up,
+            model_requests,
+            model_tokens,
+            first_token,
+            endpoint_in_flight,
+            model_labels: Mutex::new(HashSet::new()),
             minutes: Mutex::new(MinuteTable::default()),
         }
     }
 
+    /// `model` as a label: its own name for the first `MODEL_LABEL_LIMIT` names seen, `other`
+    /// after that (and for requests that never named a routable model).
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        if model == "none" {
+            return "other";
+        }
+        let mut seen = self.model_labels.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(model) {
+            return model;
+        }
+        if seen.len() < MODEL_LABEL_LIMIT {
+            seen.insert(model.to_owned());
+            return model;
+        }
+        "other"
+    }
+
+    pub fn set_endpoint_in_flight(&self, provider: &str, endpoint: &str, n: u32) {
+        self.endpoint_in_flight
+            .with_label_values(&[provider, endpoint])
+            .set(i64::from(n));
+    }
+
     pub fn record(&self, r: &RequestRecord<'_>) {
         let status = r.status.to_string();
+        let model = self.model_label(r.model);
+        self.model_requests
+            .with_label_values(&[r.route, r.provider, model, r.client, &status])
+            .inc();
+        for (direction, n) in [("in", r.tokens_in), ("out", r.tokens_out)] {
+            if n > 0 {
+                self.model_tokens
+                    .with_label_values(&[r.route, r.provider, model, r.client, direction])
+                    .inc_by(n);
+            }
+        }
+        if let Some(t) = r.first_token {
+            self.first_token
+                .with_label_values(&[r.route, r.provider, model])
+                .observe(t.as_secs_f64());
+        }
         self.requests
             .with_label_values(&[r.surface, r.provider, r.client, &status])
             .inc();

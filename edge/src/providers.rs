@@ -519,6 +519,24 @@ impl ProviderSet {
                 .min_by_key(|e| e.lock().ejected_until)
                 .cloned();
         }
+        // Where `/api/ps` shows the model loaded, prefer those endpoints: a cold one first has
+        // to load it (seconds to minutes). A cold endpoint is chosen only when every warm one
+        // has at least `warm_busy_margin` more requests in flight than the least busy cold one.
+        let warm: Vec<&Arc<Endpoint>> = candidates
+            .iter()
+            .filter(|e| e.is_loaded(model))
+            .copied()
+            .collect();
+        if !warm.is_empty() && warm.len() < candidates.len() {
+            let busy = |es: &mut dyn Iterator<Item = &&Arc<Endpoint>>| {
+                es.map(|e| e.in_flight()).min().unwrap_or(u32::MAX)
+            };
+            let warm_busy = busy(&mut warm.iter());
+            let cold_busy = busy(&mut candidates.iter().filter(|e| !e.is_loaded(model)));
+            if warm_busy < cold_busy.saturating_add(self.health.warm_busy_margin) {
+                candidates = warm;
+            }
+        }
         if candidates.len() == 1 {
             return Some(candidates[0].clone());
         }

@@ -36,6 +36,8 @@ pub struct EdgeState {
 #[derive(Debug, Default, Clone)]
 pub struct RequestMeta {
     pub surface: &'static str,
+    /// The matched route template (`/v1/chat/completions`), a bounded metric label.
+    pub route: Option<String>,
     pub provider: Option<String>,
     /// The endpoint that answered (the last one tried, after a failover).
     pub endpoint: Option<String>,
@@ -54,6 +56,8 @@ pub struct RequestContext {
     pub client: ClientIdentity,
     pub started: Instant,
     pub meta: Arc<Mutex<RequestMeta>>,
+    /// W3C trace context: the caller's trace (or a new one) and the edge's span in it.
+    pub trace: crate::trace::TraceContext,
 }
 
 impl RequestContext {
@@ -78,9 +82,22 @@ pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .merge(ollama::routes())
+        .route_layer(axum::middleware::from_fn(record_route))
         .fallback(fallback)
         .with_state(state);
     api.merge(mcp)
+}
+
+/// Notes the matched route template in the request's meta (the metrics' `route` label).
+async fn record_route(
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(ctx) = request.extensions().get::<RequestContext>() {
+        ctx.update(|m| m.route = Some(matched.as_str().to_owned()));
+    }
+    next.run(request).await
 }
 
 async fn fallback(method: http::Method, uri: http::Uri) -> Response {

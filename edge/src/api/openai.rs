@@ -660,10 +660,16 @@ pub async fn send(
     let up = state
         .providers
         .send(route, |ep| {
-            http.post(format!("{}{path}", ep.url))
+            let req = http
+                .post(format!("{}{path}", ep.url))
                 .header(header::CONTENT_TYPE, "application/json")
                 .header("x-request-id", &ctx.id)
-                .body(encoded.clone())
+                .header("traceparent", ctx.trace.traceparent());
+            match &ctx.trace.tracestate {
+                Some(state) => req.header("tracestate", state),
+                None => req,
+            }
+            .body(encoded.clone())
         })
         .await?;
     let t = up.upstream_time;
@@ -721,6 +727,7 @@ async fn passthrough(
     path: &str,
 ) -> Result<Response> {
     body["model"] = json!(route.model);
+    let strip_usage = ask_for_usage(&mut body, path);
     let up = send(state, ctx, route, path, &body).await?;
     let status = stream::upstream_status(&up.response);
     let content_type = up.response.headers().get(header::CONTENT_TYPE).cloned();
@@ -774,11 +781,64 @@ async fn passthrough(
         done: false,
         _in_flight: up.in_flight,
         tail: Vec::new(),
+        strip_usage,
+        events: Vec::new(),
     };
     Ok(event_stream(Body::from_stream(futures::stream::unfold(
         state,
         SsePassthrough::step,
     ))))
+}
+
+/// A streamed chat or legacy completion asks upstream for its usage chunk
+/// (`stream_options.include_usage`), so that token metrics and token limits are exact. Returns
+/// whether the client did not ask for it itself, i.e. whether that chunk must be taken out of
+/// its stream again.
+fn ask_for_usage(body: &mut Value, path: &str) -> bool {
+    let streamed = body.get("stream") == Some(&Value::Bool(true));
+    let asked = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if !streamed || asked || !matches!(path, "/chat/completions" | "/completions") {
+        return false;
+    }
+    match body
+        .get_mut("stream_options")
+        .and_then(Value::as_object_mut)
+    {
+        Some(options) => {
+            options.insert("include_usage".into(), json!(true));
+        }
+        None => body["stream_options"] = json!({"include_usage": true}),
+    }
+    true
+}
+
+/// The chunk `include_usage` adds at the end: `choices` empty, `usage` set.
+fn is_usage_only_event(event: &[u8]) -> bool {
+    let Some(data) = event
+        .split(|b| *b == b'\n')
+        .find_map(|line| line.strip_prefix(b"data:"))
+    else {
+        return false;
+    };
+    serde_json::from_slice::<Value>(data.trim_ascii()).is_ok_and(|v| {
+        v.get("usage").is_some_and(Value::is_object)
+            && v.get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+    })
+}
+
+/// The end of the first complete SSE event in `buf` (after its blank line), if any.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn record_openai_usage(ctx: &RequestContext, v: &Value) {
@@ -803,6 +863,11 @@ struct SsePassthrough {
     _in_flight: InFlight,
     /// The last partial line, kept only to find a `usage` object split across chunks.
     tail: Vec<u8>,
+    /// The edge asked for the usage chunk the client did not: events are then passed whole,
+    /// and that one is left out.
+    strip_usage: bool,
+    /// Bytes of an event not complete yet (only when `strip_usage`).
+    events: Vec<u8>,
 }
 
 impl SsePassthrough {
@@ -812,18 +877,39 @@ impl SsePassthrough {
         if self.done {
             return None;
         }
-        match self.timed.next().await {
-            Read::Chunk(chunk) => {
-                self.scan_usage(&chunk);
-                Some((Ok(chunk), self))
-            }
-            Read::End => None,
-            Read::Failed(msg) => {
-                self.done = true;
-                log_stream_failure(&self.ctx, &msg);
-                self.ctx
-                    .update(|m| m.error = Some("upstream_stream_failed"));
-                Some((Ok(sse(&translate::stream_error(&msg))), self))
+        loop {
+            match self.timed.next().await {
+                Read::Chunk(chunk) if self.strip_usage => {
+                    self.scan_usage(&chunk);
+                    self.events.extend_from_slice(&chunk);
+                    let mut out = Vec::new();
+                    while let Some(end) = event_end(&self.events) {
+                        let event: Vec<u8> = self.events.drain(..end).collect();
+                        if !is_usage_only_event(&event) {
+                            out.extend_from_slice(&event);
+                        }
+                    }
+                    if !out.is_empty() {
+                        return Some((Ok(Bytes::from(out)), self));
+                    }
+                }
+                Read::Chunk(chunk) => {
+                    self.scan_usage(&chunk);
+                    return Some((Ok(chunk), self));
+                }
+                Read::End if !self.events.is_empty() => {
+                    self.done = true;
+                    let rest = std::mem::take(&mut self.events);
+                    return Some((Ok(Bytes::from(rest)), self));
+                }
+                Read::End => return None,
+                Read::Failed(msg) => {
+                    self.done = true;
+                    log_stream_failure(&self.ctx, &msg);
+                    self.ctx
+                        .update(|m| m.error = Some("upstream_stream_failed"));
+                    return Some((Ok(sse(&translate::stream_error(&msg))), self));
+                }
             }
         }
     }

@@ -42,6 +42,13 @@ pub async fn metrics(
             "/metrics from this network needs the admin key (Authorization: Bearer <admin token>); see metrics_open_cidrs",
         );
     }
+    for p in &state.providers.providers {
+        for e in &p.endpoints {
+            state
+                .metrics
+                .set_endpoint_in_flight(&p.name, &e.url, e.in_flight());
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
