@@ -388,3 +388,23 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MODEL_LABEL_LIMIT {
+            assert_eq!(m.model_label(&format!("model-{i}")), format!("model-{i}"));
+        }
+        assert_eq!(m.model_label("one-too-many"), "other");
+        assert_eq!(
+            m.model_label("model-3"),
+            "model-3",
+            "a known name keeps its label"
+        );
+        assert_eq!(m.model_label("none"), "other");
+    }
+}
