@@ -100,7 +100,7 @@ pub fn resolve(
                 ),
             ));
         }
-        if providers.iter().any(|p| *p == a.name) {
+        if providers.contains(&a.name) {
             return Err(invalid(
                 format!("{key}.name"),
                 format!(

@@ -867,6 +867,69 @@ mod tests {
         assert_eq!(provider.all_ejected_for(), None);
     }
 
+    struct NoEnv;
+    impl crate::config::Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn set_with_aliases(toml: &str) -> ProviderSet {
+        let file = EdgeConfig::parse_file("test.toml", toml).unwrap();
+        let config = EdgeConfig::resolve(file, &NoEnv).unwrap();
+        ProviderSet::new(&config, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn a_balanced_alias_starts_with_the_cheaper_target_and_keeps_the_rest_as_fallbacks() {
+        let set = set_with_aliases(
+            r#"
+[[providers]]
+name = "a"
+kind = "ollama"
+base_url = "http://a:11434"
+[[providers]]
+name = "b"
+kind = "openai"
+base_url = "http://b:8000/v1"
+[[providers]]
+name = "c"
+kind = "openai"
+base_url = "http://c:8000/v1"
+[[models]]
+name = "spread"
+strategy = "balance"
+targets = ["a/llama3", "b/Qwen/Qwen2.5-7B"]
+[[models]]
+name = "ordered"
+targets = ["c/m", "a/llama3", "b/Qwen/Qwen2.5-7B"]
+"#,
+        );
+        let endpoint = |p: &str| set.get(p).unwrap().endpoints[0].clone();
+        endpoint("a").record_success(Duration::from_millis(100));
+        endpoint("b").record_success(Duration::from_millis(1));
+        let order = |name: &str| -> Vec<String> {
+            set.plan(name)
+                .unwrap()
+                .targets
+                .iter()
+                .map(|t| format!("{}/{}", t.route.provider.name, t.route.model))
+                .collect()
+        };
+        for _ in 0..20 {
+            assert_eq!(order("spread"), ["b/Qwen/Qwen2.5-7B", "a/llama3"]);
+        }
+        // Requests piling up on the faster one make the other the cheaper start.
+        let _busy: Vec<InFlight> = (0..200).map(|_| InFlight::new(endpoint("b"))).collect();
+        assert_eq!(order("spread"), ["a/llama3", "b/Qwen/Qwen2.5-7B"]);
+        // `fallback` keeps the written order whatever the load.
+        assert_eq!(
+            order("ordered:latest"),
+            ["c/m", "a/llama3", "b/Qwen/Qwen2.5-7B"]
+        );
+        assert!(set.plan("llama3").is_ok_and(|p| p.alias.is_none()));
+    }
+
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);

@@ -332,6 +332,17 @@ pub fn model_list(openai_entries: &[Value]) -> Value {
 
 /// `GET /v1/models/{id}` for Anthropic's SDKs: the model resolved as for messages.
 pub async fn get_model(state: &EdgeState, ctx: &RequestContext, id: &str) -> Response {
+    if let Some(alias) = state.providers.alias(id) {
+        return if ctx.client.allows_alias(&alias.name) {
+            Json(model_info(&alias.name, 0)).into_response()
+        } else {
+            AnthropicError::new(
+                StatusCode::FORBIDDEN,
+                Refusal::ModelForbidden(id.to_owned()).message(&ctx.client.name),
+            )
+            .into_response()
+        };
+    }
     match state.providers.route(id) {
         Ok(r) if r.provider.find_model(&r.model).is_none() => {
             AnthropicError::new(StatusCode::NOT_FOUND, format!("model: {id}")).into_response()
