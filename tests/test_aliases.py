@@ -226,3 +226,34 @@ targets = ["first/llama3:8b", "second/llama3:8b"]
     killer.join()
     assert replies == [f"You said: request {i}" for i in range(100)]
     assert served(second) > 0, "the second target carried the rest"
+
+
+def test_no_headers_within_the_first_byte_timeout_moves_to_the_next_target(procs, tmp_path):
+    stuck = fake_upstream(procs, "openai", "--slow-ms", "60000", "--name", "stuck", name="fake-stuck")
+    spare = fake_upstream(procs, "ollama", "--name", "spare", name="fake-spare")
+    config = f"""
+[timeouts]
+first_byte_ms = 2000
+
+[[providers]]
+name = "stuck"
+kind = "openai"
+base_url = "{stuck.url()}/v1"
+
+[[providers]]
+name = "spare"
+kind = "ollama"
+base_url = "{spare.url()}"
+
+[[models]]
+name = "patient"
+targets = ["stuck/fake-slow", "spare/llama3:8b"]
+"""
+    edge = start_edge(procs, tmp_path, config, env={"OLLAMA_URL": ""})
+    wait_until(lambda: ready(edge), "both providers listed their models")
+    client = openai.OpenAI(base_url=f"{edge.url()}/v1", api_key="unused", max_retries=0, timeout=60)
+    chunks = list(client.chat.completions.create(model="patient", stream=True,
+                                                 messages=[{"role": "user", "content": "anyone there"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "You said: anyone there"
+    assert served(stuck) == 1 and served(spare) == 1
+    assert "504" in edge.wait_for_line(r"alias target failed; trying the next")
