@@ -157,6 +157,9 @@ def test_a_prompt_too_long_moves_to_a_target_with_a_larger_context(stack):
     longer = oai(stack).chat.completions.create(model="long", messages=[{"role": "user", "content": words}])
     assert longer.choices[0].message.content == f"You said: {words}"
     assert (served(small) - s0, served(big) - b0) == (2, 1)
+    moves = [line for line in httpx.get(f"{stack['edge'].url()}/metrics").text.splitlines()
+             if line.startswith('aibox_alias_fallbacks_total{alias="long",reason="context_length"}')]
+    assert moves and moves[0].endswith(" 1"), moves
     # Without an alias the same prompt gets the server's own context-length error.
     with pytest.raises(openai.BadRequestError, match="maximum context length"):
         oai(stack).chat.completions.create(model="small/Qwen/Qwen2.5-0.5B-Instruct",

@@ -22,6 +22,7 @@ pub struct Metrics {
     model_tokens: IntCounterVec,
     first_token: HistogramVec,
     endpoint_in_flight: IntGaugeVec,
+    alias_fallbacks: IntCounterVec,
     /// Model names that have a label of their own; later ones count as `other`.
     model_labels: Mutex<HashSet<String>>,
     minutes: Mutex<MinuteTable>,
@@ -180,6 +181,14 @@ impl Metrics {
             &["provider", "endpoint"],
         )
         .expect("static metric");
+        let alias_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "aibox_alias_fallbacks_total",
+                "Moves from one alias target to the next, by alias and reason (upstream_failed, context_length)",
+            ),
+            &["alias", "reason"],
+        )
+        .expect("static metric");
         let build_info = IntGaugeVec::new(
             Opts::new("aibox_build_info", "The edge's version; always 1"),
             &["version"],
@@ -194,7 +203,7 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
-        for c in [&model_requests, &model_tokens] {
+        for c in [&model_requests, &model_tokens, &alias_fallbacks] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -234,6 +243,7 @@ impl Metrics {
             model_tokens,
             first_token,
             endpoint_in_flight,
+            alias_fallbacks,
             model_labels: Mutex::new(HashSet::new()),
             minutes: Mutex::new(MinuteTable::default()),
         }
@@ -254,6 +264,13 @@ impl Metrics {
             return model;
         }
         "other"
+    }
+
+    /// An alias moved on to its next target (aliases come from the config: bounded).
+    pub fn observe_alias_fallback(&self, alias: &str, reason: &str) {
+        self.alias_fallbacks
+            .with_label_values(&[alias, reason])
+            .inc();
     }
 
     pub fn set_endpoint_in_flight(&self, provider: &str, endpoint: &str, n: u32) {

@@ -15,14 +15,19 @@ use axum::body::Body;
 use axum::response::Response;
 use http::StatusCode;
 
-use super::RequestContext;
+use super::{EdgeState, RequestContext};
 use crate::aliases::larger_context;
 use crate::providers::{Plan, ProviderRoute};
 
 /// Error bodies are small; a larger one is not a context-length error worth reading.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-pub async fn run<F, Fut>(ctx: &RequestContext, plan: Plan, mut attempt: F) -> Response
+pub async fn run<F, Fut>(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    plan: Plan,
+    mut attempt: F,
+) -> Response
 where
     F: FnMut(ProviderRoute) -> Fut,
     Fut: std::future::Future<Output = Response>,
@@ -46,7 +51,7 @@ where
         let status = resp.status();
         let (resp, next, why) = if status.is_server_error() {
             let next = (0..n).find(|j| !tried[*j]);
-            (resp, next, "upstream failed")
+            (resp, next, "upstream_failed")
         } else if matches!(
             status,
             StatusCode::BAD_REQUEST
@@ -58,7 +63,7 @@ where
             let next = too_long
                 .then(|| larger_context(&contexts, &tried, i))
                 .flatten();
-            (resp, next, "context too long")
+            (resp, next, "context_length")
         } else {
             (resp, None, "")
         };
@@ -66,6 +71,7 @@ where
             return resp;
         };
         let alias = plan.alias.as_ref().map_or("-", |a| a.name.as_str());
+        state.metrics.observe_alias_fallback(alias, why);
         let to = &plan.targets[j].route;
         tracing::warn!(request_id = %ctx.id, alias, target, status = status.as_u16(), reason = why,
             next = %format!("{}/{}", to.provider.name, to.model), "alias target failed; trying the next");

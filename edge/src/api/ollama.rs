@@ -613,11 +613,13 @@ async fn inference(
             }
         }
     };
-    Ok(super::fallback::run(ctx, plan, move |route| async move {
-        let r: Result<Response> = attempt(route).await;
-        r.unwrap_or_else(|e| fail(ctx, e))
-    })
-    .await)
+    Ok(
+        super::fallback::run(state, ctx, plan, move |route| async move {
+            let r: Result<Response> = attempt(route).await;
+            r.unwrap_or_else(|e| fail(ctx, e))
+        })
+        .await,
+    )
 }
 
 /// A native Ollama answer passed on: error statuses as they are, NDJSON streams line for line
@@ -998,11 +1000,13 @@ async fn embed_any(
             }
         }
     };
-    Ok(super::fallback::run(ctx, plan, move |route| async move {
-        let r: Result<Response> = attempt(route).await;
-        r.unwrap_or_else(|e| fail(ctx, e))
-    })
-    .await)
+    Ok(
+        super::fallback::run(state, ctx, plan, move |route| async move {
+            let r: Result<Response> = attempt(route).await;
+            r.unwrap_or_else(|e| fail(ctx, e))
+        })
+        .await,
+    )
 }
 
 // ------------------------------------------------------------ admin calls ----

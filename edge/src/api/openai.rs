@@ -331,7 +331,7 @@ async fn chat_parsed(state: &EdgeState, ctx: &RequestContext, body: Value) -> Re
     }
     let plan = plan(state, ctx, &model)?;
     let (body, model) = (&body, model.as_str());
-    Ok(super::fallback::run(ctx, plan, move |route| {
+    Ok(super::fallback::run(state, ctx, plan, move |route| {
         chat_on(state, ctx, body, route, model)
     })
     .await)
@@ -436,18 +436,20 @@ pub async fn completions(
         }
         let plan = plan(&state, &ctx, &model)?;
         let (state, ctx, body, model) = (&*state, &ctx, &body, model.as_str());
-        Ok(super::fallback::run(ctx, plan, move |route| async move {
-            match route.provider.kind {
-                ProviderKind::Openai => {
-                    passthrough(state, ctx, body.clone(), &route, "/completions").await
+        Ok(
+            super::fallback::run(state, ctx, plan, move |route| async move {
+                match route.provider.kind {
+                    ProviderKind::Openai => {
+                        passthrough(state, ctx, body.clone(), &route, "/completions").await
+                    }
+                    ProviderKind::Ollama => {
+                        ollama_completion(state, ctx, body, &route, model.to_owned()).await
+                    }
                 }
-                ProviderKind::Ollama => {
-                    ollama_completion(state, ctx, body, &route, model.to_owned()).await
-                }
-            }
-            .unwrap_or_else(|e| fail(ctx, e))
-        })
-        .await)
+                .unwrap_or_else(|e| fail(ctx, e))
+            })
+            .await,
+        )
     }
     .await;
     result.unwrap_or_else(|e| fail(&ctx, e))
@@ -637,11 +639,13 @@ pub async fn embeddings(
                 }
             }
         };
-        Ok(super::fallback::run(ctx, plan, move |route| async move {
-            let r: Result<Response> = embed(route).await;
-            r.unwrap_or_else(|e| fail(ctx, e))
-        })
-        .await)
+        Ok(
+            super::fallback::run(state, ctx, plan, move |route| async move {
+                let r: Result<Response> = embed(route).await;
+                r.unwrap_or_else(|e| fail(ctx, e))
+            })
+            .await,
+        )
     }
     .await;
     result.unwrap_or_else(|e| fail(&ctx, e))
