@@ -218,3 +218,51 @@ def test_pin_images_write_rewrites_each_reference_to_its_digest(tmp_path):
     assert [a for a, b in zip(before, now) if a != b and "_IMAGE:-" not in a] == []
     if shutil.which("docker") and os.access(shutil.which("docker"), os.X_OK):
         render_config(tmp_path, files=[tmp_path / "docker-compose.yml"])
+
+
+# ---------- ./aibox n8n-credentials ----------
+
+def test_n8n_credentials_import_fills_the_key_only_inside_the_container(tmp_path):
+    """The one-step import, with stubs for `docker` and the compose CLI: the command asks compose
+    for n8n's health, then pipes the credentials with n8n's key filled in to `n8n
+    import:credentials` inside the container, whose temporary file is gone afterwards."""
+    key = "aibox-" + "7" * 48
+    env_file = tmp_path / "aibox.env"
+    env_file.write_text(f"N8N_EDGE_KEY={key}\n")
+    env_file.chmod(0o600)
+    bin_dir, container_tmp, seen = tmp_path / "bin", tmp_path / "container-tmp", tmp_path / "imported.json"
+    bin_dir.mkdir()
+    container_tmp.mkdir()
+    (bin_dir / "docker").write_text(
+        '#!/bin/sh\ncase "$1" in\n'
+        '  info) exit 0 ;;\n'
+        '  inspect) echo running/healthy; exit 0 ;;\n'
+        'esac\nexit 1\n')
+    # The compose CLI: `ps -q n8n` names a container; `exec -T n8n sh -c SCRIPT` runs SCRIPT here,
+    # with the container's /tmp a directory of the test and a stub `n8n` that keeps what it read.
+    (bin_dir / "compose-stub").write_text(
+        '#!/bin/bash\n'
+        'while [ $# -gt 0 ] && [ "$1" != ps ] && [ "$1" != exec ]; do shift; done\n'
+        'case "$1" in\n'
+        '  ps) echo c0ffee ;;\n'
+        f'  exec) script=${{@: -1}}; PATH="{bin_dir}/n8n-bin:$PATH" exec sh -c "${{script//\\/tmp\\//{container_tmp}/}}" ;;\n'
+        'esac\n')
+    (bin_dir / "n8n-bin").mkdir()
+    (bin_dir / "n8n-bin" / "n8n").write_text(
+        f'#!/bin/sh\n[ "$1" = import:credentials ] || exit 3\ncp "${{2#--input=}}" {seen}\n'
+        'echo "Successfully imported 2 credentials."\n')
+    for f in (bin_dir / "docker", bin_dir / "compose-stub", bin_dir / "n8n-bin" / "n8n"):
+        f.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "AIBOX_ENV_FILE": str(env_file),
+           "AIBOX_COMPOSE": str(bin_dir / "compose-stub"), "AIBOX_GPU": "none",
+           "AIBOX_DATA_DIR": str(tmp_path / "data"), "COMPOSE_PROJECT_NAME": "aiboxn8ntest"}
+    p = subprocess.run([str(ROOT / "aibox"), "n8n-credentials"], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "imported the credentials" in p.stderr
+    assert key not in p.stdout + p.stderr, "the key was printed"
+    import json
+    imported = json.loads(seen.read_text())
+    assert [c["data"].get("apiKey") for c in imported] == [key, key]
+    assert "AIBOX_N8N_EDGE_KEY" not in seen.read_text()
+    assert list(container_tmp.iterdir()) == [], "the filled-in file was left in the container's /tmp"
