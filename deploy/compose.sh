@@ -11,6 +11,7 @@
 #   doctor            checks Docker, compose, .env, ports, disk, GPU, images, health; says what to do
 #   audit verify      checks the audit log's hash chain (controller audit verify)
 #   key ARGS          `edge key ARGS` inside the edge container (audited through the controller)
+#   n8n-credentials   imports the edge credentials (data/n8n/aibox-credentials.example.json) into n8n
 #
 # Settings (environment first, then the env file; every one is described in .env.example):
 #   AIBOX_ENV_FILE            env file to read and to write secrets into (default ./.env)
@@ -200,8 +201,10 @@ ensure_secrets() {
   fi
   chmod 600 "$ENV_FILE"
   local key value
+  # OPEN_WEBUI_SECRET_KEY: without it Open WebUI's start script writes a key file into /app,
+  # which its non-root, read-only container cannot (docs/third-party-services.md).
   for key in OPS_CONTROLLER_TOKEN AIBOX_ADMIN_TOKEN DASHBOARD_PASSWORD DASHBOARD_SESSION_KEY OPENCLAW_GATEWAY_TOKEN \
-             "${SERVICE_KEYS[@]#*:}"; do
+             OPEN_WEBUI_SECRET_KEY "${SERVICE_KEYS[@]#*:}"; do
     if [ -n "$(setting "$key")" ]; then continue; fi
     # The dashboard password lives on as its argon2id hash (store_dashboard_password).
     if [ "$key" = DASHBOARD_PASSWORD ] && [ -n "$(setting DASHBOARD_PASSWORD_HASH)" ]; then continue; fi
@@ -332,11 +335,12 @@ build_on_host() {
 # container from our own image does the chown, so this works without root on the host too.
 prepare_data() {
   local d=$AIBOX_DATA_DIR
-  mkdir -p "$d/mcp" "$d/ops-controller" "$d/edge" "$d/ollama" "$d/open-webui" "$d/n8n" "$d/openclaw"
+  mkdir -p "$d/mcp" "$d/ops-controller" "$d/edge" "$d/ollama" "$d/open-webui" "$d/n8n" "$d/openclaw" "$d/comfyui"
+  seed_open_webui "$d/open-webui"
   # Committed examples (data/**/*.example*, README.md) stay the user's, so git keeps working.
   local keep=(! -name '*.example*' ! -name README.md)
   local wrong=""
-  for sub in mcp ops-controller edge ollama open-webui; do
+  for sub in mcp ops-controller edge ollama open-webui comfyui; do
     if [ -n "$(find "$d/$sub" "${keep[@]}" ! -user $APP_UID -print -quit 2>/dev/null)" ]; then wrong=1; fi
   done
   # n8n and OpenClaw run as their images' uid 1000.
@@ -345,10 +349,46 @@ prepare_data() {
   local image="${AIBOX_IMAGE_PREFIX:-aibox}-edge:${AIBOX_TAG:-local}"
   docker run --rm --network none --user 0:0 --cap-drop ALL --cap-add CHOWN --cap-add FOWNER \
     --security-opt no-new-privileges:true --entrypoint /bin/busybox -v "$d:/mnt" "$image" \
-    sh -c "find /mnt/mcp /mnt/ops-controller /mnt/edge /mnt/ollama /mnt/open-webui ! -name '*.example*' ! -name README.md \
+    sh -c "find /mnt/mcp /mnt/ops-controller /mnt/edge /mnt/ollama /mnt/open-webui /mnt/comfyui ! -name '*.example*' ! -name README.md \
              -exec chown $APP_UID:$APP_UID {} + \
            && chown -R 1000:1000 /mnt/n8n /mnt/openclaw && chmod 700 /mnt/ops-controller /mnt/openclaw" \
     || die "could not set the owner of $d (the containers run as uid $APP_UID)"
+}
+
+# Open WebUI's one connection (the edge's Ollama surface) needs its key, which Open WebUI takes
+# from no environment variable: a config.json in a fresh data directory is moved into its
+# database at first start (open_webui/config.py), so the key is seeded there, once. An existing
+# install keeps what its admin set (Admin settings > Connections); a leftover seed (Open WebUI
+# renames it old_config.json) is removed, so the key does not linger in a second file.
+seed_open_webui() {
+  local dir=$1 key
+  if [ -f "$dir/old_config.json" ] && grep -q '"aibox_seed"' "$dir/old_config.json" 2>/dev/null; then
+    rm -f "$dir/old_config.json" 2>/dev/null || true
+  fi
+  [ -e "$dir/webui.db" ] || [ -e "$dir/config.json" ] && return 0
+  key=$(setting OPEN_WEBUI_EDGE_KEY)
+  [ -n "$key" ] || return 0
+  (umask 077; printf '{"aibox_seed": "./aibox up: the edge key of the Ollama connection", "ollama": {"api_configs": {"0": {"enable": true, "key": "%s"}}}}\n' "$key" >"$dir/config.json") 2>/dev/null \
+    || say "could not write $dir/config.json: set Open WebUI's key by hand (docs/third-party-services.md)"
+}
+
+# `./aibox n8n-credentials`: n8n's own import (`n8n import:credentials`) of the two edge
+# credentials in data/n8n/aibox-credentials.example.json (OpenAI-compatible and Ollama, both at
+# http://model-gateway:11435), with n8n's key filled in. The filled-in file exists only in the
+# container's /tmp (a tmpfs) for the import; importing again updates the same two credentials.
+cmd_n8n_credentials() {
+  setup
+  AIBOX_TAG=$(setting AIBOX_TAG local)
+  export AIBOX_TAG
+  local template=$ROOT/data/n8n/aibox-credentials.example.json key
+  [ -f "$template" ] || die "no $template"
+  key=$(setting N8N_EDGE_KEY)
+  [ -n "$key" ] || die "no N8N_EDGE_KEY in $ENV_FILE: run ./aibox up first"
+  [ "$(health_of n8n)" = running/healthy ] || die "n8n is not running and healthy (AIBOX_PROFILES=n8n ./aibox up)"
+  sed "s/AIBOX_N8N_EDGE_KEY/$key/g" "$template" | dc exec -T n8n sh -c \
+    'umask 077; cat >/tmp/aibox-credentials.json; n8n import:credentials --input=/tmp/aibox-credentials.json; rc=$?; rm -f /tmp/aibox-credentials.json; exit $rc' \
+    || die "n8n import:credentials failed (see above)"
+  say "imported the credentials 'aibox edge (OpenAI-compatible)' and 'aibox edge (Ollama)' into n8n"
 }
 
 # The keys file: anonymous callers may use nothing (every request needs a key), and each wired
@@ -578,6 +618,7 @@ cmd_check() {
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   key) shift; cmd_key "$@" ;;
+  n8n-credentials) shift; cmd_n8n_credentials "$@" ;;
   check) shift; cmd_check "$@" ;;
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
@@ -585,5 +626,5 @@ case "${1:-}" in
   audit) shift; cmd_audit "$@" ;;
   # shellcheck source=deploy/doctor.sh
   doctor) shift; . "$ROOT/deploy/doctor.sh"; cmd_doctor "$@" ;;
-  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | check [--no-build] | doctor | audit verify | key ARGS" >&2; exit 2 ;;
+  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | check [--no-build] | doctor | audit verify | key ARGS | n8n-credentials" >&2; exit 2 ;;
 esac

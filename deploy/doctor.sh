@@ -92,9 +92,12 @@ doc_ports() {
   project=$(setting COMPOSE_PROJECT_NAME aibox)
   ports+=("$(setting AIBOX_PORT 11435)"); names+=(AIBOX_PORT)
   extra=$(setting AIBOX_COMPOSE_OVERRIDES "")
-  case :$extra: in *compose.ui-ports.yml:*)
-    ports+=("$(setting OPEN_WEBUI_PORT 3000)" "$(setting N8N_PORT 5678)"); names+=(OPEN_WEBUI_PORT N8N_PORT) ;;
-  esac
+  # The web UIs publish a loopback port whenever their profile is on.
+  local profiles
+  profiles=,$(setting AIBOX_PROFILES ""),
+  case $profiles in *,webui,*|*,full,*) ports+=("$(setting OPEN_WEBUI_PORT 3000)"); names+=(OPEN_WEBUI_PORT) ;; esac
+  case $profiles in *,n8n,*|*,full,*) ports+=("$(setting N8N_PORT 5678)"); names+=(N8N_PORT) ;; esac
+  case $profiles in *,comfyui,*|*,full,*) ports+=("$(setting COMFYUI_PORT 8188)"); names+=(COMFYUI_PORT) ;; esac
   case :$extra: in *compose.ollama-direct.yml:*)
     ports+=("$(setting OLLAMA_DIRECT_PORT 11434)"); names+=(OLLAMA_DIRECT_PORT) ;;
   esac

@@ -1,5 +1,6 @@
-//! The OpenClaw facts on its Services card: where its UI is, and how the config sync
-//! (`openclaw-sync`, a one-shot that exits) last ended. See docs/openclaw.md.
+//! Service-specific facts on the Services cards: where the web UIs are (OpenClaw, Open WebUI,
+//! n8n, ComfyUI: their loopback ports), how OpenClaw's config sync (`openclaw-sync`, a one-shot
+//! that exits) last ended (docs/openclaw.md), and the browser's egress page.
 use maud::{html, Markup};
 
 use crate::backend::ServiceStatus;
@@ -10,10 +11,20 @@ pub const SYNC_SERVICE: &str = "openclaw-sync";
 
 /// The UI's address on the host, from the published port (loopback only in the bundle).
 pub fn ui_url(s: &ServiceStatus) -> Option<String> {
+    published_url(s, 18789)
+}
+
+/// The other services people use through their own web UI, and the container port it listens
+/// on: the compose file publishes each on 127.0.0.1 (docs/third-party-services.md). ComfyUI is
+/// reached only this way, never through the model gateway.
+const WEB_UIS: &[(&str, u16)] = &[("open-webui", 8080), ("n8n", 5678), ("comfyui", 8188)];
+
+/// `http://IP:PORT/` of a container port as published on the host (0.0.0.0 shown as loopback).
+fn published_url(s: &ServiceStatus, private: u16) -> Option<String> {
     let p = s
         .ports
         .iter()
-        .find(|p| p.public.is_some() && p.private == 18789)?;
+        .find(|p| p.public.is_some() && p.private == private)?;
     let ip =
         p.ip.as_deref()
             .filter(|ip| !ip.is_empty() && *ip != "0.0.0.0")
@@ -64,6 +75,20 @@ pub fn facts(s: &ServiceStatus, sync: Option<&ServiceStatus>) -> Markup {
     }
 }
 
+/// A "UI" link on the card of a service with its own web UI (Open WebUI, n8n, ComfyUI).
+pub fn web_ui_facts(s: &ServiceStatus) -> Option<Markup> {
+    let &(_, private) = WEB_UIS.iter().find(|(name, _)| *name == s.name)?;
+    Some(html! {
+        dt { "UI" }
+        dd {
+            @match published_url(s, private) {
+                Some(url) => a href=(url) rel="noopener" target="_blank" { (url) },
+                None => span.muted { "not published" },
+            }
+        }
+    })
+}
+
 /// The browser worker's card links its egress decisions (`/egress`).
 pub const BROWSER_SERVICE: &str = "browser";
 
@@ -99,6 +124,25 @@ mod tests {
             ..Default::default()
         }];
         assert_eq!(ui_url(&s).as_deref(), Some("http://127.0.0.1:6666/"));
+    }
+
+    #[test]
+    fn the_web_uis_are_linked_from_their_published_ports() {
+        let mut s = svc("comfyui", "running", "Up 2 minutes");
+        s.ports = vec![PortBinding {
+            private: 8188,
+            public: Some(8188),
+            ip: Some("127.0.0.1".into()),
+            ..Default::default()
+        }];
+        let html = web_ui_facts(&s).expect("comfyui has a UI").into_string();
+        assert!(html.contains(r#"href="http://127.0.0.1:8188/""#), "{html}");
+        s.ports.clear();
+        assert!(web_ui_facts(&s)
+            .unwrap()
+            .into_string()
+            .contains("not published"));
+        assert!(web_ui_facts(&svc("edge", "running", "")).is_none());
     }
 
     #[test]

@@ -116,7 +116,7 @@ fn readiness_cell(r: &ModelReadiness) -> Markup {
     }
 }
 
-/// `extra`: service-specific facts (OpenClaw's UI link and config sync, `openclaw_card.rs`).
+/// `extra`: service-specific facts (the web UIs' links, OpenClaw's config sync, `openclaw_card.rs`).
 fn card(
     s: &ServiceStatus,
     readiness: Option<&ModelReadiness>,
@@ -224,7 +224,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                         } else if s.name == super::openclaw_card::BROWSER_SERVICE {
                             Some(super::openclaw_card::browser_facts())
                         } else {
-                            None
+                            super::openclaw_card::web_ui_facts(s)
                         };
                         (card(s, r.as_ref(), drift, &viewer.csrf, extra))
                     }
