@@ -450,6 +450,44 @@ def test_allowlist_narrows_actions(procs, tmp_path, stack):
     assert api.get("/audit")[2]["events"] == []
 
 
+def test_stopping_a_service_that_locks_the_user_out_needs_its_name_typed(procs, tmp_path):
+    """The edge, the dashboard and the controller: stop needs `confirm_service`; the dry run says
+    what becomes unreachable and how to recover; restart and other services need nothing more."""
+    require_docker()
+    busybox_image()
+    box = ComposeProject(unique_name("aiboxlock"))
+    try:
+        for service in ("edge", "dashboard", "worker"):
+            box.run(service, WORKER_SCRIPT)
+        _, api = start_controller(procs, box.name, tmp_path / "audit")
+        status, _, body = api.post("/services/edge/stop", {"dry_run": True})
+        assert status == 200 and body["confirm_service_required"] is True, body
+        assert "./aibox up" in body["warning"] and "dashboard" in body["warning"], body
+        for refused in ({"confirm": True}, {"confirm": True, "confirm_service": "Edge"},
+                        {"confirm": True, "confirm_service": "dashboard"}):
+            status, _, body = api.post("/services/edge/stop", refused)
+            assert (status, body["error"]["code"]) == (400, "service_name_required"), body
+            assert "./aibox up" in body["error"]["message"], body
+        assert box.inspect("edge")["State"]["Running"] is True
+        assert api.get("/audit")[2]["events"] == [], "a refused stop is not an action"
+        # Typed: it stops, audited like any stop.
+        status, _, body = api.post("/services/edge/stop", {"confirm": True, "confirm_service": "edge"},
+                                   headers={"X-Actor": "dashboard"})
+        assert (status, body["action"]) == (200, "stopped"), body
+        assert box.inspect("edge")["State"]["Running"] is False
+        assert [(e["action"], e["resource"], e["result"]) for e in api.get("/audit")[2]["events"]] == [
+            ("stop", "edge", "ok"), ("stop", "edge", "intent")]
+        # Restart comes back by itself, and other services never need the name.
+        status, _, body = api.post("/services/dashboard/restart", {"confirm": True})
+        assert status == 200, body
+        status, _, body = api.post("/services/worker/stop", {"dry_run": True})
+        assert "confirm_service_required" not in body and "warning" not in body, body
+        status, _, body = api.post("/services/worker/stop", {"confirm": True})
+        assert status == 200, body
+    finally:
+        box.cleanup()
+
+
 # ---------- logs ----------
 
 def test_logs_stdout_stderr_and_tty(procs, tmp_path, stack):

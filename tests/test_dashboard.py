@@ -187,6 +187,39 @@ def test_dashboard_form_without_csrf_token_is_refused(stack):
     assert headers["x-frame-options"] == "DENY"
 
 
+def test_stopping_the_dashboard_needs_its_name_typed(stack):
+    """A service the dashboard depends on (here a stand-in container named `dashboard`): the
+    confirmation says what becomes unreachable and how to recover, and the stop happens only with
+    the name typed; the dashboard refuses before the controller is asked, the controller again."""
+    stack.project.run("dashboard", "trap 'exit 0' TERM; while true; do sleep 1; done")
+    try:
+        c = PlainClient(stack.url)
+        c.sign_in()
+        _, _, page = c.request("GET", "/services/dashboard/stop")
+        assert "locks you out" in page and "./aibox up" in page, page
+        assert re.search(r'<input[^>]*name="confirm_service"[^>]*required', page), page
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        for typed in ({}, {"confirm_service": "dash"}, {"confirm_service": "web"}):
+            status, headers, _ = c.request("POST", "/services/dashboard/stop",
+                                           form={"csrf": token, "confirm": "yes", **typed})
+            assert (status, headers["location"]) == (303, "/services/dashboard/stop")
+            _, _, again = c.request("GET", "/services/dashboard/stop")
+            assert "type dashboard to confirm" in again, again
+        assert stack.project.inspect("dashboard")["State"]["Running"] is True
+        assert not [e for e in stack.audit_events() if e["resource"] == "dashboard"], "nothing was asked of the controller"
+        status, headers, _ = c.request("POST", "/services/dashboard/stop",
+                                       form={"csrf": token, "confirm": "yes", "confirm_service": "dashboard"})
+        assert (status, headers["location"]) == (303, "/")
+        assert stack.project.inspect("dashboard")["State"]["Running"] is False
+        assert [(e["action"], e["result"]) for e in stack.audit_events() if e["resource"] == "dashboard"] == [
+            ("stop", "intent"), ("stop", "ok")]
+        # Another service's stop page asks for nothing typed.
+        _, _, page = c.request("GET", "/services/worker/stop")
+        assert "confirm_service" not in page and "locks you out" not in page
+    finally:
+        docker("rm", "-f", stack.project.container_name("dashboard"), check=False)
+
+
 def test_a_user_who_leaves_mid_restart_still_leaves_intent_and_outcome(stack):
     """The browser's connection drops while the dashboard waits for the controller: the restart
     goes ahead and the audit log has both events under the edge's request id."""

@@ -281,7 +281,10 @@ pub async fn confirm_page(
         return r;
     }
     let actor = Actor::new(&viewer.user);
-    let dry = state.controller.act(&actor, &name, &action, true).await;
+    let dry = state
+        .controller
+        .act(&actor, &name, &action, true, None)
+        .await;
     let title = format!("{} {name}?", capitalize(&action));
     let body = html! {
         h1 { (title) }
@@ -298,9 +301,23 @@ pub async fn confirm_page(
                         p { "Containers: " @for (i, c) in cs.iter().enumerate() { @if i > 0 { ", " } code { (c.as_str().unwrap_or("?")) } } }
                     }
                     @if let Some(st) = v.get("state").and_then(Value::as_str) { p { "Current state: " (st) } }
+                    @let lockout = needs_typed_name(&name, &action);
+                    @if let Some(why) = lockout {
+                        div.notice.warn #lockout role="alert" {
+                            strong { "Stopping " (name) " locks you out. " }
+                            (why)
+                        }
+                    }
                     form method="post" action={ "/services/" (name) "/" (action) } {
                         input type="hidden" name="csrf" value=(viewer.csrf);
                         input type="hidden" name="confirm" value="yes";
+                        @if lockout.is_some() {
+                            p {
+                                label for="confirm-service" { "Type " code { (name) } " to confirm" }
+                                " "
+                                input #confirm-service type="text" name="confirm_service" required autocomplete="off" spellcheck="false" aria-describedby="lockout";
+                            }
+                        }
                         div.actions {
                             button.primary.danger type="submit" { "Yes, " (action) " " (name) }
                             a.button href="/" { "Cancel" }
@@ -315,7 +332,7 @@ pub async fn confirm_page(
             title: &title,
             nav: Nav::Services,
             viewer: Some(&viewer),
-            flashes: vec![],
+            flashes: state.flashes.take(&viewer),
             noscript_refresh: None,
         },
         body,
@@ -336,6 +353,17 @@ pub struct ActionForm {
     csrf: String,
     #[serde(default)]
     confirm: String,
+    /// The service's name as typed, for actions that would lock the user out.
+    #[serde(default)]
+    confirm_service: Option<String>,
+}
+
+/// What the action would cut off, when it stops a service the dashboard depends on (the user
+/// types the service's name to confirm it; the controller checks the same).
+fn needs_typed_name(name: &str, action: &str) -> Option<&'static str> {
+    (action == "stop")
+        .then(|| aibox_wire::controller::lockout_risk(name))
+        .flatten()
 }
 
 pub async fn act(
@@ -354,9 +382,23 @@ pub async fn act(
     if f.confirm != "yes" {
         return Redirect::to(&format!("/services/{name}/{action}")).into_response();
     }
+    let typed = f.confirm_service.as_deref().map(str::trim);
+    if needs_typed_name(&name, &action).is_some() && typed != Some(name.as_str()) {
+        state.flashes.push(
+            &viewer,
+            FlashKind::Error,
+            format!("Not stopped: type {name} to confirm that you want to stop it."),
+        );
+        return Redirect::to(&format!("/services/{name}/{action}")).into_response();
+    }
     // The edge's request id, so the audit events join the edge's and the dashboard's log lines.
     let actor = Actor::for_request(&viewer.user, &headers);
-    match state.controller.act(&actor, &name, &action, false).await {
+    let typed = needs_typed_name(&name, &action).and(typed);
+    match state
+        .controller
+        .act(&actor, &name, &action, false, typed)
+        .await
+    {
         Ok(v) => {
             let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
             let text = if changed {
