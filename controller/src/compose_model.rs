@@ -210,10 +210,11 @@ impl ComposeModel {
 
     /// The text of `docker compose config` (YAML, or JSON from `--format json`).
     pub fn parse(text: &str) -> Result<ComposeModel, ModelError> {
-        let value: Value = serde_yaml::from_str(text).map_err(|e| ModelError::Read {
+        let mut value: Value = serde_yaml::from_str(text).map_err(|e| ModelError::Read {
             path: String::new(),
             why: e.to_string(),
         })?;
+        unescape_dollars(&mut value);
         let top = as_object(&value, "(top level)")?;
         let mut services = BTreeMap::new();
         if let Some(s) = top.get("services") {
@@ -598,6 +599,17 @@ impl ComposeModel {
     }
 }
 
+/// `docker compose config` writes a literal `$` as `$$` (its output can be read by compose again);
+/// the engine must get the `$` itself.
+fn unescape_dollars(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains("$$") => *s = s.replace("$$", "$"),
+        Value::Array(a) => a.iter_mut().for_each(unescape_dollars),
+        Value::Object(m) => m.values_mut().for_each(unescape_dollars),
+        _ => {}
+    }
+}
+
 fn bind(source: &str, target: &str, ro: bool) -> String {
     if ro {
         format!("{source}:{target}:ro")
@@ -840,7 +852,7 @@ networks:
 services:
   a:
     cap_drop: [ALL]
-    command: [sh, -c, sleep 1000]
+    command: [sh, -c, 'echo $$HOME']
     environment: {A: '1', B: ''}
     healthcheck: {interval: 5s, start_period: 1m30s, test: [CMD, "true"]}
     image: aibox-test/busybox:1
