@@ -561,6 +561,31 @@ def test_up_creates_a_service_never_started_and_recreates_it_when_its_image_chan
         docker("rmi", "-f", app, v1, check=False)
 
 
+def test_every_service_of_the_bundle_can_be_created_by_the_controller(procs, tmp_path):
+    """The bundle's own compose file (every profile, both GPU overrides): the resolved model that
+    `./aibox up` writes holds no key the controller's `up` cannot turn into a setting."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OPS_CONTROLLER_TOKEN="x" * 32, AIBOX_ADMIN_TOKEN="y" * 32, COMPOSE_PROFILES="",
+               AIBOX_GPU_VIDEO_GID="44", AIBOX_GPU_RENDER_GID="110")
+    for override in ([], ["-f", str(root / "deploy/compose.gpu-nvidia.yml")],
+                     ["-f", str(root / "deploy/compose.gpu-amd.yml")]):
+        project = unique_name("aiboxmodel")
+        res = subprocess.run([*compose_cli(), "-p", project, "-f", str(root / "docker-compose.yml"), *override, "config"],
+                             capture_output=True, text=True, env=env, cwd=root)
+        assert res.returncode == 0, res.stderr
+        model = tmp_path / f"{project}.yml"
+        model.write_text(res.stdout)
+        _, api = start_controller(procs, project, tmp_path / f"audit-{project}", name=f"controller-{project}",
+                                  env={"CONTROLLER_COMPOSE_MODEL": str(model)})
+        services = {s["name"]: s for s in api.get("/services")[2]["services"]}
+        assert {"edge", "controller", "dashboard", "ollama", "open-webui", "n8n", "browser"} <= set(services)
+        assert all(s["state"] == "not created" for s in services.values()), services
+        for name in services:
+            status, _, body = api.post(f"/services/{name}/up", {"dry_run": True})
+            assert (status, body.get("step")) == (200, "create"), (override, name, body)
+        assert api.get("/audit")[2]["events"] == [], "dry runs change nothing"
+
+
 def test_allowlist_narrows_actions(procs, tmp_path, stack):
     p, _ = stack
     _, api = start_controller(procs, p.name, tmp_path / "audit", env={"CONTROLLER_SERVICES": "web,console"})

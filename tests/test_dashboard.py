@@ -18,7 +18,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from conftest import BIN, free_port, start_edge
-from controller_fixtures import ComposeProject, docker
+from controller_fixtures import BUSYBOX, ComposeProject, docker
 from dashboard_fixtures import (CONTROLLER_TOKEN, EDGE_ADMIN, N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
                                 wait_edge_ready, wait_until)
 
@@ -218,6 +218,54 @@ def test_stopping_the_dashboard_needs_its_name_typed(stack):
         assert "confirm_service" not in page and "locks you out" not in page
     finally:
         docker("rm", "-f", stack.project.container_name("dashboard"), check=False)
+
+
+def test_a_service_never_created_is_listed_and_created_from_the_dashboard(stack, procs, tmp_path):
+    """With the compose model (what `./aibox up` writes), a profile service that has no container
+    is listed as "not created"; "Create and start" shows the controller's dry run and creates it."""
+    extra = stack.project.container_name("extra")
+    model = tmp_path / "compose.model.yml"
+    model.write_text(f"""services:
+  web: {{image: {BUSYBOX}}}
+  worker: {{image: {BUSYBOX}}}
+  extra:
+    image: {BUSYBOX}
+    profiles: [extra]
+    container_name: {extra}
+    network_mode: none
+    stop_grace_period: 1s
+    command: ["sh", "-c", "echo extra-up; trap 'exit 0' TERM; while true; do sleep 1; done"]
+""")
+    controller = procs.start("controller-model", ["controller"], env={
+        "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN, "COMPOSE_PROJECT_NAME": stack.project.name,
+        "CONTROLLER_LISTEN": "127.0.0.1:0", "CONTROLLER_AUDIT_DIR": str(tmp_path / "audit"),
+        "CONTROLLER_COMPOSE_MODEL": str(model)})
+    dash = procs.start("dashboard-model", ["dashboard"], env={
+        "DASHBOARD_LISTEN": "127.0.0.1:0", "DASHBOARD_PASSWORD": PASSWORD,
+        "CONTROLLER_URL": controller.url(), "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN,
+        "EDGE_URL": stack.edge.url(), "EDGE_ADMIN_TOKEN": EDGE_ADMIN})
+    try:
+        c = PlainClient(dash.url())
+        c.sign_in()
+        _, _, page = c.request("GET", "/services")
+        card = re.search(r'id="svc-extra".*?</article>', page, re.S).group(0)
+        assert 'data-state="not created"' in card and "profile extra" in card, card
+        assert 'href="/services/extra/up"' in card and "Create and start" in card, card
+        _, _, confirm = c.request("GET", "/services/extra/up")
+        assert "create and start extra" in confirm, confirm
+        token = re.search(r'name="csrf" value="([^"]+)"', confirm).group(1)
+        status, headers, _ = c.request("POST", "/services/extra/up", form={"csrf": token, "confirm": "yes"})
+        assert (status, headers["location"]) == (303, "/")
+        _, _, page = c.request("GET", "/")
+        assert "Created and started extra." in page, page
+        assert json.loads(docker("inspect", extra).stdout)[0]["State"]["Running"] is True
+        card = re.search(r'id="svc-extra".*?</article>', page, re.S).group(0)
+        assert 'data-state="running"' in card, card
+        events = [json.loads(line) for line in (tmp_path / "audit" / "audit.log").read_text().splitlines()]
+        assert [(e["action"], e["resource"], e["result"], e["actor"]) for e in events] == [
+            ("up", "extra", "intent", "dashboard"), ("up", "extra", "ok", "dashboard")]
+    finally:
+        docker("rm", "-f", extra, check=False)
 
 
 def test_a_user_who_leaves_mid_restart_still_leaves_intent_and_outcome(stack):

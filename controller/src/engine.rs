@@ -389,8 +389,9 @@ impl Engine {
     /// The compose model, if one is configured (read anew each time).
     fn model(&self) -> Result<Option<ComposeModel>, DockerError> {
         match &self.model {
-            None => Ok(None),
-            Some(path) => Ok(Some(ComposeModel::load(path)?)),
+            // Not written (a plain `docker compose up` instead of `./aibox up`): as if unset.
+            Some(path) if path.exists() => Ok(Some(ComposeModel::load(path)?)),
+            _ => Ok(None),
         }
     }
 

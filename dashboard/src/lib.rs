@@ -74,6 +74,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/", get(services::page))
+        .route("/services", get(services::page))
         .route("/services/{name}/logs", get(services::logs_page))
         .route("/services/{name}/logs/stream", get(services::logs_stream))
         .route("/services/{name}/pull", post(services::pull_image))

@@ -17,7 +17,7 @@ use crate::auth::{csrf_refusal, Viewer};
 use crate::backend::{valid_service_name, Actor, BackendError, Readiness, ServiceStatus};
 use crate::SharedState;
 
-pub const ACTIONS: [&str; 3] = ["start", "stop", "restart"];
+pub const ACTIONS: [&str; 4] = ["start", "stop", "restart", "up"];
 
 /// What an image pull through the dashboard found for one service.
 #[derive(Debug, Clone)]
@@ -79,6 +79,7 @@ fn state_class(state: &str) -> &'static str {
     match state {
         "running" => "good",
         "restarting" | "paused" | "created" | "removing" => "warn",
+        aibox_wire::controller::NOT_CREATED => "neutral",
         _ => "bad",
     }
 }
@@ -126,6 +127,7 @@ fn card(
 ) -> Markup {
     let id = format!("svc-{}", s.name);
     let allowed = s.allowed;
+    let not_created = s.state == aibox_wire::controller::NOT_CREATED;
     let running = s.state == "running";
     let ports: Vec<String> = s
         .ports
@@ -171,7 +173,20 @@ fn card(
                 @if let Some(extra) = extra { (extra) }
             }
             @if !s.status.is_empty() { p.status.muted { (s.status) } }
+            @if not_created {
+                p.muted {
+                    "Never started"
+                    @if !s.profiles.is_empty() { " (profile " (s.profiles.join(", ")) ")" }
+                    ". Creating it runs " code { "docker compose up -d " (s.name) } "."
+                }
+                div.actions {
+                    @if allowed { a.button href={ "/services/" (s.name) "/up" } { "Create and start" span.sr-only { " " (s.name) } } }
+                }
+            } @else {
             div.actions {
+                @if allowed && drift {
+                    a.button.primary href={ "/services/" (s.name) "/up" } { "Recreate" span.sr-only { " " (s.name) " on the newer image" } }
+                }
                 @if allowed {
                     @if !running { a.button href={ "/services/" (s.name) "/start" } { "Start" span.sr-only { " " (s.name) } } }
                     @if running { a.button href={ "/services/" (s.name) "/stop" } { "Stop" span.sr-only { " " (s.name) } } }
@@ -187,6 +202,7 @@ fn card(
             }
             @if allowed && locally_built(&s.image) {
                 p.muted.local-image { (LOCAL_IMAGE_NOTE) }
+            }
             }
             @if !allowed { p.muted { "Read-only: outside the controller's service allowlist." } }
         }
@@ -267,7 +283,18 @@ fn past(action: &str) -> &'static str {
     match action {
         "start" => "Started",
         "stop" => "Stopped",
+        "up" => "Brought up",
         _ => "Restarted",
+    }
+}
+
+/// The flash after `up`, by what the controller did.
+fn up_text(name: &str, step: &str) -> String {
+    match step {
+        "create" => format!("Created and started {name}."),
+        "recreate" => format!("Recreated {name} on its newer image."),
+        "start" => format!("Started {name}."),
+        _ => format!("{name} already runs its current image."),
     }
 }
 
@@ -285,7 +312,13 @@ pub async fn confirm_page(
         .controller
         .act(&actor, &name, &action, true, None)
         .await;
-    let title = format!("{} {name}?", capitalize(&action));
+    // `up` reads as what compose calls it.
+    let verb = if action == "up" {
+        "bring up"
+    } else {
+        action.as_str()
+    };
+    let title = format!("{} {name}?", capitalize(verb));
     let body = html! {
         h1 { (title) }
         @match &dry {
@@ -319,7 +352,7 @@ pub async fn confirm_page(
                             }
                         }
                         div.actions {
-                            button.primary.danger type="submit" { "Yes, " (action) " " (name) }
+                            button.primary.danger type="submit" { "Yes, " (verb) " " (name) }
                             a.button href="/" { "Cancel" }
                         }
                     }
@@ -401,7 +434,12 @@ pub async fn act(
     {
         Ok(v) => {
             let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
-            let text = if changed {
+            let text = if action == "up" {
+                if changed {
+                    state.drift.lock().expect("drift lock").remove(&name);
+                }
+                up_text(&name, v.get("step").and_then(Value::as_str).unwrap_or(""))
+            } else if changed {
                 format!("{} {name}.", past(&action))
             } else {
                 format!(
@@ -504,7 +542,7 @@ pub async fn pull_image(
                     },
                 );
                 let text = if drift {
-                    format!("Pulled {image} for {service}: a newer image is ready; recreate the service (docker compose up -d {service}) to run it.")
+                    format!("Pulled {image} for {service}: a newer image is ready; use Recreate on its card to run it.")
                 } else {
                     format!("Pulled {image} for {service}: the running container already uses it.")
                 };
