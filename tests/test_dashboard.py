@@ -23,7 +23,8 @@ from dashboard_fixtures import (CONTROLLER_TOKEN, EDGE_ADMIN, N8N_KEY, PASSWORD,
                                 wait_edge_ready, wait_until)
 
 PAGES = {
-    "services": "/",
+    "overview": "/",
+    "services": "/services",
     "confirm": "/services/web/restart",
     "logs": "/services/web/logs?tail=100",
     "models": "/models",
@@ -484,6 +485,49 @@ def test_dashboard_models_pull_and_traffic(stack):
         assert events[0]["metadata"]["user"] == "admin"
     finally:
         d.quit()
+
+
+def test_overview_shows_the_box_at_a_glance_and_links_each_part(stack):
+    """The home page: GPU memory of the loaded models (bars), traffic of the last hour (charts),
+    tool servers' health, egress denials, the newest audit events and every service's card; each
+    part links to its page, and the region refreshes in place."""
+    req = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                                 headers={"Authorization": f"Bearer {N8N_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+    c = PlainClient(stack.url)
+    c.sign_in()
+    c.request("GET", "/services/web/logs?tail=5")  # reading logs is audited
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, PASSWORD)
+        wait_until(lambda: d.find_element(By.ID, "svc-web"), what="service cards on the overview")
+        assert d.find_element(By.TAG_NAME, "h1").text == "Overview"
+        assert d.find_element(By.CSS_SELECTOR, "nav a[aria-current=page]").text == "Overview"
+        # The fake Ollama reports its first model loaded, all of it on the GPU.
+        gpu = wait_until(lambda: d.find_element(By.ID, "ov-gpu").text if "GPU memory held" in d.find_element(By.ID, "ov-gpu").text else None,
+                         timeout=30, what="GPU memory bars")
+        assert "4.8 GB of GPU memory held by 1 loaded model" in gpu, gpu
+        assert "not each GPU's total" in gpu
+        bar = d.find_element(By.CSS_SELECTOR, "#ov-gpu svg.vram-track")
+        assert "on the GPU" in bar.get_attribute("aria-label")
+        traffic = wait_until(lambda: d.find_element(By.ID, "ov-traffic").text if "Requests per minute" in d.find_element(By.ID, "ov-traffic").text else None,
+                             timeout=30, what="traffic charts")
+        assert "out" in traffic, traffic
+        assert len(d.find_elements(By.CSS_SELECTOR, "#ov-traffic figure.chart svg[role=img]")) == 2
+        wait_until(lambda: "healthy" in d.find_element(By.ID, "ov-tools").text, timeout=30, what="time server healthy")
+        assert "time" in d.find_element(By.ID, "ov-tools").text
+        assert "None since the edge started." in d.find_element(By.ID, "ov-egress").text
+        assert "logs web" in d.find_element(By.ID, "ov-audit").text, "the newest audit events"
+        links = {a.get_attribute("href").removeprefix(stack.url) for a in d.find_elements(By.CSS_SELECTOR, "#overview h2 a")}
+        assert links == {"/models", "/models#traffic-title", "/tools", "/egress", "/audit", "/services"}, links
+        assert d.find_element(By.ID, "overview").get_attribute("data-refresh") == "10"
+    finally:
+        d.quit()
+    _, _, models = c.request("GET", "/models")
+    assert "GB of GPU memory held by 1 loaded model" in models and "not each GPU&#x27;s total" in models or \
+        "not each GPU's total" in models, models
 
 
 def test_dashboard_keys_create_use_and_revoke(stack):

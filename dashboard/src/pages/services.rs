@@ -14,7 +14,9 @@ use serde_json::Value;
 use super::log_line::{self, short_ts};
 use super::{error_page, human_duration, layout, unavailable, FlashKind, Nav, PageContext};
 use crate::auth::{csrf_refusal, Viewer};
-use crate::backend::{valid_service_name, Actor, BackendError, Readiness, ServiceStatus};
+use crate::backend::{
+    valid_service_name, Actor, BackendError, Readiness, ServiceList, ServiceStatus,
+};
 use crate::SharedState;
 
 pub const ACTIONS: [&str; 4] = ["start", "stop", "restart", "up"];
@@ -209,6 +211,31 @@ fn card(
     }
 }
 
+/// Every service's card (the services page and the overview).
+pub fn cards(
+    list: &ServiceList,
+    ready: Option<&Readiness>,
+    drift_notes: &std::collections::HashMap<String, DriftNote>,
+    csrf: &str,
+) -> Markup {
+    html! {
+        div.cards {
+            @for s in &list.services {
+                @let r = ready.and_then(|r| model_readiness(&s.name, r));
+                @let drift = drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
+                @let extra = if s.name == super::openclaw_card::SERVICE {
+                    Some(super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)))
+                } else if s.name == super::openclaw_card::BROWSER_SERVICE {
+                    Some(super::openclaw_card::browser_facts())
+                } else {
+                    None
+                };
+                (card(s, r.as_ref(), drift, csrf, extra))
+            }
+        }
+    }
+}
+
 pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response {
     let actor = Actor::new(&viewer.user);
     let (services, ready) = tokio::join!(
@@ -231,20 +258,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                     p { "Services, logs and start/stop need the controller. Models, tools and traffic still work." }
                 },
                 Ok(list) if list.services.is_empty() => p { "The controller found no services in its compose project." },
-                Ok(list) => div.cards {
-                    @for s in &list.services {
-                        @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
-                        @let drift = drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
-                        @let extra = if s.name == super::openclaw_card::SERVICE {
-                            Some(super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)))
-                        } else if s.name == super::openclaw_card::BROWSER_SERVICE {
-                            Some(super::openclaw_card::browser_facts())
-                        } else {
-                            None
-                        };
-                        (card(s, r.as_ref(), drift, &viewer.csrf, extra))
-                    }
-                },
+                Ok(list) => (cards(list, ready.as_ref().ok(), &drift_notes, &viewer.csrf)),
             }
         }
     };
