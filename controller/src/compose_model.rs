@@ -424,7 +424,6 @@ impl ComposeModel {
                 "security_opt" => host.security_opt = Some(str_list(v, &path)?),
                 "group_add" => host.group_add = Some(str_list(v, &path)?),
                 "init" => host.init = Some(as_bool(v, &path)?),
-                "privileged" => host.privileged = Some(as_bool(v, &path)?),
                 "ipc" => host.ipc_mode = Some(as_str(v, &path)?),
                 "shm_size" => host.shm_size = Some(bytes(v, &path)?),
                 "mem_limit" => host.memory = Some(bytes(v, &path)?),

@@ -151,6 +151,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
             }
             section aria-labelledby="ov-services-title" {
                 h2 #ov-services-title { a href="/services" { "Services" } }
+                @if let Ok(list) = &services { @if !list.project.is_empty() { p.muted { "Compose project " code { (list.project) } } } }
                 @if let Err(e) = &ready {
                     p.muted { "Model readiness from the edge is unavailable (" (e) ")." }
                 }
