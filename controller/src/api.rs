@@ -601,7 +601,7 @@ struct PullRequest {
     dry_run: bool,
 }
 
-const PULL_NOTE: &str = "Pulling does not change running containers; services with \"drift\": true run an older image than the one now pulled and need a recreate (docker compose up -d <service>) to use it.";
+const PULL_NOTE: &str = "Pulling does not change running containers; services with \"drift\": true run an older image than the one now pulled and need a recreate (POST /services/<service>/up, or docker compose up -d <service>) to use it.";
 
 #[derive(Debug, Deserialize)]
 struct PullQuery {

@@ -279,5 +279,17 @@ mod tests {
         assert_eq!(svg.matches("class=\"bar\"").count(), 2);
         assert_eq!(svg.matches("class=\"errbar\"").count(), 1);
         assert!(group(&TrafficStats::default(), GroupBy::Client).is_empty());
+        let all = total(&stats, "all").unwrap();
+        assert_eq!(
+            all.minutes.iter().map(|m| m.requests).collect::<Vec<_>>(),
+            vec![3, 0, 3]
+        );
+        let tokens = tokens_chart(&all).into_string();
+        assert!(
+            tokens.contains("all: 60 tokens in, 120 tokens out"),
+            "{tokens}"
+        );
+        assert_eq!(tokens.matches("class=\"errbar\"").count(), 0);
+        assert!(total(&TrafficStats::default(), "all").is_none());
     }
 }

@@ -34,7 +34,7 @@ fn traffic_tile(traffic: &Result<TrafficStats, BackendError>) -> Markup {
             h2 #ov-traffic-title { a href="/models#traffic-title" { "Traffic, last hour" } }
             @match traffic {
                 Err(e) => (unavailable("Traffic", e)),
-                Ok(t) => @match crate::charts::total(t, "All clients") {
+                Ok(t) => @match crate::charts::total(t, "Tokens per minute") {
                     None => p.muted { "No model request in the last hour." },
                     Some(series) => div.charts {
                         (crate::charts::bar_chart(&requests_series(&series)))
