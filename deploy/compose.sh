@@ -452,6 +452,22 @@ wait_healthy() {
   done
 }
 
+# The controller's view of every service, the profiles not started included (its `up` creates
+# those; docs/controller.md): the resolved compose file (`config`: variables substituted, paths
+# absolute). It holds the secrets .env gives the services, so it is written as the controller's
+# uid into its 0700 directory. compose v1 prints every service whatever the profiles; v2 needs
+# them named (`config --profiles` lists them).
+write_compose_model() {
+  local image="${AIBOX_IMAGE_PREFIX:-aibox}-edge:${AIBOX_TAG:-local}" all
+  all=$(dc config --profiles 2>/dev/null | paste -sd, - || true)
+  COMPOSE_PROFILES=${all:-${COMPOSE_PROFILES:-}} dc config 2>/dev/null \
+    | docker run --rm -i --network none --user $APP_UID:$APP_UID --cap-drop ALL \
+        --security-opt no-new-privileges:true -v "$AIBOX_DATA_DIR/ops-controller:/data/ops-controller" \
+        --entrypoint /bin/busybox "$image" sh -c 'umask 077 && cat >/data/ops-controller/compose.model.yml.tmp \
+          && mv /data/ops-controller/compose.model.yml.tmp /data/ops-controller/compose.model.yml' \
+    || say "warning: could not write the compose model; the dashboard will not offer services never started"
+}
+
 cmd_up() {
   local do_build=1
   for a in "$@"; do
@@ -476,6 +492,7 @@ cmd_up() {
   prepare_data
   say "GPU: $GPU_MODE ($GPU_REASON)"
   register_keys
+  write_compose_model
   local t0
   t0=$(date +%s)
   say "starting the containers (project $COMPOSE_PROJECT_NAME)"

@@ -449,6 +449,23 @@ def test_everyday_cli_on_the_running_stack(stack):
         assert stack.secret(key) not in p.stdout + p.stderr
 
 
+def test_profiles_never_started_are_listed_and_the_core_cannot_be_stopped_by_one_click(stack):
+    """`./aibox up` wrote the compose model: the dashboard lists the third-party services as
+    "not created" (ready for Create and start), and stopping the edge asks for its name typed."""
+    with client(stack) as c:
+        ok = c.post("/login", data={"password": stack.dashboard_password, "next": "/"})
+        assert ok.status_code in (302, 303), ok.text
+        page = c.get("/services").text
+        for service in ("ollama", "open-webui", "n8n"):
+            card = re.search(rf'id="svc-{service}".*?</article>', page, re.S)
+            assert card and 'data-state="not created"' in card.group(0), (service, page)
+            assert f'href="/services/{service}/up"' in card.group(0)
+        confirm = c.get("/services/edge/stop").text
+        assert "locks you out" in confirm and 'name="confirm_service"' in confirm, confirm
+        dry = c.get("/services/ollama/up").text
+        assert "create and start ollama" in dry, dry
+
+
 def test_tear_down_leaves_nothing_behind(stack):
     stack.down()
     left = stack.leftovers()

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import BIN
 from controller_fixtures import (BUSYBOX, ComposeFile, ComposeProject, LocalRegistry, _free_port,
-                                 busybox_image, docker, require_docker, unique_name)
+                                 busybox_image, compose_cli, docker, require_docker, unique_name)
 
 TOKEN = secrets.token_hex(24)  # 48 characters
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -440,6 +440,152 @@ def test_a_project_started_by_docker_compose(procs, tmp_path, stack):
         compose.down()
 
 
+UP_COMPOSE_YAML = """
+services:
+  core:
+    image: {busybox}
+    stop_grace_period: 1s
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    networks: [inner]
+  extra:
+    image: {app}
+    profiles: [extra]
+    read_only: true
+    cap_drop: [ALL]
+    security_opt: ["no-new-privileges:true"]
+    restart: unless-stopped
+    mem_limit: 64m
+    pids_limit: 32
+    stop_grace_period: 1s
+    user: "65532:65532"
+    tmpfs: ["/tmp:size=8m,mode=1777"]
+    environment: {{GREETING: hello-from-the-model}}
+    labels: {{com.example.role: extra}}
+    volumes: ["./data:/data:ro", "state:/state"]
+    networks:
+      inner: {{aliases: [extra-alias]}}
+    healthcheck: {{test: ["CMD", "true"], interval: 1s, retries: 1}}
+    command: ["sh", "-c", "cat /marker; echo; echo $$GREETING; trap 'exit 0' TERM; while true; do sleep 1; done"]
+  odd:
+    image: {busybox}
+    profiles: [odd]
+    ulimits: {{nofile: 1024}}
+networks:
+  inner: {{internal: true}}
+volumes:
+  state: {{}}
+"""
+
+
+def test_up_creates_a_service_never_started_and_recreates_it_when_its_image_changes(procs, tmp_path):
+    """A compose project whose profile service was never started: the controller lists it as "not
+    created" (from the resolved compose model), `up` creates it as compose would (settings,
+    labels, network alias, volumes) and starts it; after the image's tag moves, `up` recreates it
+    on the new image; a key it cannot honour is refused by name. Every `up` is audited."""
+    require_docker()
+    busybox_image()
+    app = f"aibox-test/up-app-{uuid.uuid4().hex[:8]}:1"
+    v1 = busybox_image(app, marker="image-v1")
+    compose = ComposeFile(tmp_path, UP_COMPOSE_YAML.format(busybox=BUSYBOX, app=app))
+    (compose.dir / "data").mkdir()
+    try:
+        compose.up()
+        model = tmp_path / "compose.model.yml"
+        model.write_text(subprocess.run([*compose_cli(), "-p", compose.name, "-f", str(compose.dir / "docker-compose.yml"),
+                                         "config"], capture_output=True, text=True, check=True, cwd=compose.dir).stdout)
+        _, api = start_controller(procs, compose.name, tmp_path / "audit", env={"CONTROLLER_COMPOSE_MODEL": str(model)})
+        services = {s["name"]: s for s in api.get("/services")[2]["services"]}
+        assert services["core"]["state"] == "running"
+        assert (services["extra"]["state"], services["extra"]["profiles"], services["extra"]["image"]) == \
+            ("not created", ["extra"], app), services["extra"]
+        assert_error(api.post("/services/extra/start", {"confirm": True}), 404, "unknown_service")
+
+        status, _, body = api.post("/services/extra/up", {"dry_run": True})
+        assert (status, body["step"], body["would"]) == (200, "create", "create and start extra"), body
+        assert_error(api.post("/services/extra/up", {}), 400, "confirmation_required")
+        status, _, body = api.post("/services/extra/up", {"confirm": True}, headers={"X-Actor": "dashboard"})
+        assert (status, body["step"], body["changed"]) == (200, "create", True), body
+        name = f"{compose.name}-extra-1"
+        info = json.loads(docker("inspect", name).stdout)[0]
+        assert info["State"]["Running"] is True and info["Image"] == v1
+        assert info["Config"]["Labels"]["com.docker.compose.service"] == "extra"
+        assert info["Config"]["Labels"]["com.example.role"] == "extra"
+        assert "GREETING=hello-from-the-model" in info["Config"]["Env"]
+        assert info["Config"]["User"] == "65532:65532"
+        host = info["HostConfig"]
+        assert (host["ReadonlyRootfs"], host["CapDrop"], host["Memory"], host["PidsLimit"]) == (True, ["ALL"], 64 << 20, 32)
+        assert host["RestartPolicy"]["Name"] == "unless-stopped"
+        assert f"{compose.dir / 'data'}:/data:ro" in host["Binds"] and f"{compose.name}_state:/state" in host["Binds"]
+        endpoint = info["NetworkSettings"]["Networks"][f"{compose.name}_inner"]
+        assert "extra-alias" in endpoint["Aliases"] and "extra" in endpoint["Aliases"]
+        deadline = time.monotonic() + 30
+        while "hello-from-the-model" not in str(api.get("/services/extra/logs")[2]):
+            assert time.monotonic() < deadline, api.get("/services/extra/logs")
+            time.sleep(0.3)
+        assert {"stream": "stdout", "line": "image-v1"} in api.get("/services/extra/logs")[2]["lines"]
+
+        # Up to date: nothing to do.
+        status, _, body = api.post("/services/extra/up", {"confirm": True})
+        assert (status, body["step"], body["changed"]) == (200, "nothing", False), body
+
+        # The tag now names another image (a pull or a rebuild): up recreates the container on it.
+        v2 = busybox_image(app, marker="image-v2")
+        assert v2 != v1
+        status, _, body = api.post("/services/extra/up", {"dry_run": True})
+        assert (body["step"], body["container_image_id"], body["current_image_id"]) == ("recreate", v1, v2), body
+        status, _, body = api.post("/services/extra/up", {"confirm": True})
+        assert (status, body["step"], body["changed"]) == (200, "recreate", True), body
+        info = json.loads(docker("inspect", name).stdout)[0]
+        assert info["Image"] == v2 and info["State"]["Running"] is True
+        left = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={compose.name}",
+                      "--format", "{{.Names}}").stdout.split()
+        assert sorted(left) == sorted([name, f"{compose.name}_core_1" if f"{compose.name}_core_1" in left
+                                       else f"{compose.name}-core-1"]), left
+
+        # A key the controller cannot turn into a setting is named, and nothing is created.
+        status, _, body = api.post("/services/odd/up", {"confirm": True})
+        assert status == 422 and body["error"]["code"] == "compose_model_error", body
+        assert "services.odd.ulimits" in body["error"]["message"], body
+
+        assert f"{compose.name}-odd-1" not in docker("ps", "-a", "--format", "{{.Names}}").stdout
+
+        # Refused before anything was done, `odd` is not an action; the three others are.
+        events = outcomes(api.get("/audit?action=up")[2]["events"])
+        assert [(e["resource"], e["result"], e["metadata"].get("step")) for e in events] == [
+            ("extra", "ok", "recreate"), ("extra", "ok", "nothing"), ("extra", "ok", "create")]
+        assert events[0]["metadata"]["container_image_id"] == v1 and events[0]["metadata"]["image_id"] == v2
+    finally:
+        ComposeProject(compose.name).cleanup()
+        compose.down()
+        docker("volume", "rm", "-f", f"{compose.name}_state", check=False)
+        docker("rmi", "-f", app, v1, check=False)
+
+
+def test_every_service_of_the_bundle_can_be_created_by_the_controller(procs, tmp_path):
+    """The bundle's own compose file (every profile, both GPU overrides): the resolved model that
+    `./aibox up` writes holds no key the controller's `up` cannot turn into a setting."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OPS_CONTROLLER_TOKEN="x" * 32, AIBOX_ADMIN_TOKEN="y" * 32, COMPOSE_PROFILES="",
+               AIBOX_GPU_VIDEO_GID="44", AIBOX_GPU_RENDER_GID="110")
+    for override in ([], ["-f", str(root / "deploy/compose.gpu-nvidia.yml")],
+                     ["-f", str(root / "deploy/compose.gpu-amd.yml")]):
+        project = unique_name("aiboxmodel")
+        res = subprocess.run([*compose_cli(), "-p", project, "-f", str(root / "docker-compose.yml"), *override, "config"],
+                             capture_output=True, text=True, env=env, cwd=root)
+        assert res.returncode == 0, res.stderr
+        model = tmp_path / f"{project}.yml"
+        model.write_text(res.stdout)
+        _, api = start_controller(procs, project, tmp_path / f"audit-{project}", name=f"controller-{project}",
+                                  env={"CONTROLLER_COMPOSE_MODEL": str(model)})
+        services = {s["name"]: s for s in api.get("/services")[2]["services"]}
+        assert {"edge", "controller", "dashboard", "ollama", "open-webui", "n8n", "browser"} <= set(services)
+        assert all(s["state"] == "not created" for s in services.values()), services
+        for name in services:
+            status, _, body = api.post(f"/services/{name}/up", {"dry_run": True})
+            assert (status, body.get("step")) == (200, "create"), (override, name, body)
+        assert api.get("/audit")[2]["events"] == [], "dry runs change nothing"
+
+
 def test_allowlist_narrows_actions(procs, tmp_path, stack):
     p, _ = stack
     _, api = start_controller(procs, p.name, tmp_path / "audit", env={"CONTROLLER_SERVICES": "web,console"})
@@ -448,6 +594,44 @@ def test_allowlist_narrows_actions(procs, tmp_path, stack):
     assert_error(api.post("/services/worker/restart", {"confirm": True}), 403, "service_not_allowed")
     assert_error(api.get("/services/worker/logs"), 403, "service_not_allowed")
     assert api.get("/audit")[2]["events"] == []
+
+
+def test_stopping_a_service_that_locks_the_user_out_needs_its_name_typed(procs, tmp_path):
+    """The edge, the dashboard and the controller: stop needs `confirm_service`; the dry run says
+    what becomes unreachable and how to recover; restart and other services need nothing more."""
+    require_docker()
+    busybox_image()
+    box = ComposeProject(unique_name("aiboxlock"))
+    try:
+        for service in ("edge", "dashboard", "worker"):
+            box.run(service, WORKER_SCRIPT)
+        _, api = start_controller(procs, box.name, tmp_path / "audit")
+        status, _, body = api.post("/services/edge/stop", {"dry_run": True})
+        assert status == 200 and body["confirm_service_required"] is True, body
+        assert "./aibox up" in body["warning"] and "dashboard" in body["warning"], body
+        for refused in ({"confirm": True}, {"confirm": True, "confirm_service": "Edge"},
+                        {"confirm": True, "confirm_service": "dashboard"}):
+            status, _, body = api.post("/services/edge/stop", refused)
+            assert (status, body["error"]["code"]) == (400, "service_name_required"), body
+            assert "./aibox up" in body["error"]["message"], body
+        assert box.inspect("edge")["State"]["Running"] is True
+        assert api.get("/audit")[2]["events"] == [], "a refused stop is not an action"
+        # Typed: it stops, audited like any stop.
+        status, _, body = api.post("/services/edge/stop", {"confirm": True, "confirm_service": "edge"},
+                                   headers={"X-Actor": "dashboard"})
+        assert (status, body["action"]) == (200, "stopped"), body
+        assert box.inspect("edge")["State"]["Running"] is False
+        assert [(e["action"], e["resource"], e["result"]) for e in api.get("/audit")[2]["events"]] == [
+            ("stop", "edge", "ok"), ("stop", "edge", "intent")]
+        # Restart comes back by itself, and other services never need the name.
+        status, _, body = api.post("/services/dashboard/restart", {"confirm": True})
+        assert status == 200, body
+        status, _, body = api.post("/services/worker/stop", {"dry_run": True})
+        assert "confirm_service_required" not in body and "warning" not in body, body
+        status, _, body = api.post("/services/worker/stop", {"confirm": True})
+        assert status == 200, body
+    finally:
+        box.cleanup()
 
 
 # ---------- logs ----------

@@ -18,12 +18,13 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from conftest import BIN, free_port, start_edge
-from controller_fixtures import ComposeProject, docker
+from controller_fixtures import BUSYBOX, ComposeProject, docker
 from dashboard_fixtures import (CONTROLLER_TOKEN, EDGE_ADMIN, N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
                                 wait_edge_ready, wait_until)
 
 PAGES = {
-    "services": "/",
+    "overview": "/",
+    "services": "/services",
     "confirm": "/services/web/restart",
     "logs": "/services/web/logs?tail=100",
     "models": "/models",
@@ -185,6 +186,87 @@ def test_dashboard_form_without_csrf_token_is_refused(stack):
     _, headers, _ = c.request("GET", "/")
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
+
+
+def test_stopping_the_dashboard_needs_its_name_typed(stack):
+    """A service the dashboard depends on (here a stand-in container named `dashboard`): the
+    confirmation says what becomes unreachable and how to recover, and the stop happens only with
+    the name typed; the dashboard refuses before the controller is asked, the controller again."""
+    stack.project.run("dashboard", "trap 'exit 0' TERM; while true; do sleep 1; done")
+    try:
+        c = PlainClient(stack.url)
+        c.sign_in()
+        _, _, page = c.request("GET", "/services/dashboard/stop")
+        assert "locks you out" in page and "./aibox up" in page, page
+        assert re.search(r'<input[^>]*name="confirm_service"[^>]*required', page), page
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        for typed in ({}, {"confirm_service": "dash"}, {"confirm_service": "web"}):
+            status, headers, _ = c.request("POST", "/services/dashboard/stop",
+                                           form={"csrf": token, "confirm": "yes", **typed})
+            assert (status, headers["location"]) == (303, "/services/dashboard/stop")
+            _, _, again = c.request("GET", "/services/dashboard/stop")
+            assert "type dashboard to confirm" in again, again
+        assert stack.project.inspect("dashboard")["State"]["Running"] is True
+        assert not [e for e in stack.audit_events() if e["resource"] == "dashboard"], "nothing was asked of the controller"
+        status, headers, _ = c.request("POST", "/services/dashboard/stop",
+                                       form={"csrf": token, "confirm": "yes", "confirm_service": "dashboard"})
+        assert (status, headers["location"]) == (303, "/")
+        assert stack.project.inspect("dashboard")["State"]["Running"] is False
+        assert [(e["action"], e["result"]) for e in stack.audit_events() if e["resource"] == "dashboard"] == [
+            ("stop", "intent"), ("stop", "ok")]
+        # Another service's stop page asks for nothing typed.
+        _, _, page = c.request("GET", "/services/worker/stop")
+        assert "confirm_service" not in page and "locks you out" not in page
+    finally:
+        docker("rm", "-f", stack.project.container_name("dashboard"), check=False)
+
+
+def test_a_service_never_created_is_listed_and_created_from_the_dashboard(stack, procs, tmp_path):
+    """With the compose model (what `./aibox up` writes), a profile service that has no container
+    is listed as "not created"; "Create and start" shows the controller's dry run and creates it."""
+    extra = stack.project.container_name("extra")
+    model = tmp_path / "compose.model.yml"
+    model.write_text(f"""services:
+  web: {{image: {BUSYBOX}}}
+  worker: {{image: {BUSYBOX}}}
+  extra:
+    image: {BUSYBOX}
+    profiles: [extra]
+    container_name: {extra}
+    network_mode: none
+    stop_grace_period: 1s
+    command: ["sh", "-c", "echo extra-up; trap 'exit 0' TERM; while true; do sleep 1; done"]
+""")
+    controller = procs.start("controller-model", ["controller"], env={
+        "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN, "COMPOSE_PROJECT_NAME": stack.project.name,
+        "CONTROLLER_LISTEN": "127.0.0.1:0", "CONTROLLER_AUDIT_DIR": str(tmp_path / "audit"),
+        "CONTROLLER_COMPOSE_MODEL": str(model)})
+    dash = procs.start("dashboard-model", ["dashboard"], env={
+        "DASHBOARD_LISTEN": "127.0.0.1:0", "DASHBOARD_PASSWORD": PASSWORD,
+        "CONTROLLER_URL": controller.url(), "OPS_CONTROLLER_TOKEN": CONTROLLER_TOKEN,
+        "EDGE_URL": stack.edge.url(), "EDGE_ADMIN_TOKEN": EDGE_ADMIN})
+    try:
+        c = PlainClient(dash.url())
+        c.sign_in()
+        _, _, page = c.request("GET", "/services")
+        card = re.search(r'id="svc-extra".*?</article>', page, re.S).group(0)
+        assert 'data-state="not created"' in card and "profile extra" in card, card
+        assert 'href="/services/extra/up"' in card and "Create and start" in card, card
+        _, _, confirm = c.request("GET", "/services/extra/up")
+        assert "create and start extra" in confirm, confirm
+        token = re.search(r'name="csrf" value="([^"]+)"', confirm).group(1)
+        status, headers, _ = c.request("POST", "/services/extra/up", form={"csrf": token, "confirm": "yes"})
+        assert (status, headers["location"]) == (303, "/")
+        _, _, page = c.request("GET", "/")
+        assert "Created and started extra." in page, page
+        assert json.loads(docker("inspect", extra).stdout)[0]["State"]["Running"] is True
+        card = re.search(r'id="svc-extra".*?</article>', page, re.S).group(0)
+        assert 'data-state="running"' in card, card
+        events = [json.loads(line) for line in (tmp_path / "audit" / "audit.log").read_text().splitlines()]
+        assert [(e["action"], e["resource"], e["result"], e["actor"]) for e in events] == [
+            ("up", "extra", "intent", "dashboard"), ("up", "extra", "ok", "dashboard")]
+    finally:
+        docker("rm", "-f", extra, check=False)
 
 
 def test_a_user_who_leaves_mid_restart_still_leaves_intent_and_outcome(stack):
@@ -403,6 +485,49 @@ def test_dashboard_models_pull_and_traffic(stack):
         assert events[0]["metadata"]["user"] == "admin"
     finally:
         d.quit()
+
+
+def test_overview_shows_the_box_at_a_glance_and_links_each_part(stack):
+    """The home page: GPU memory of the loaded models (bars), traffic of the last hour (charts),
+    tool servers' health, egress denials, the newest audit events and every service's card; each
+    part links to its page, and the region refreshes in place."""
+    req = urllib.request.Request(stack.url + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                                 headers={"Authorization": f"Bearer {N8N_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+    c = PlainClient(stack.url)
+    c.sign_in()
+    c.request("GET", "/services/web/logs?tail=5")  # reading logs is audited
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, PASSWORD)
+        wait_until(lambda: d.find_element(By.ID, "svc-web"), what="service cards on the overview")
+        assert d.find_element(By.TAG_NAME, "h1").text == "Overview"
+        assert d.find_element(By.CSS_SELECTOR, "nav a[aria-current=page]").text == "Overview"
+        # The fake Ollama reports its first model loaded, all of it on the GPU.
+        gpu = wait_until(lambda: d.find_element(By.ID, "ov-gpu").text if "GPU memory held" in d.find_element(By.ID, "ov-gpu").text else None,
+                         timeout=30, what="GPU memory bars")
+        assert "4.8 GB of GPU memory held by 1 loaded model" in gpu, gpu
+        assert "not each GPU's total" in gpu
+        bar = d.find_element(By.CSS_SELECTOR, "#ov-gpu svg.vram-track")
+        assert "on the GPU" in bar.get_attribute("aria-label")
+        traffic = wait_until(lambda: d.find_element(By.ID, "ov-traffic").text if "Requests per minute" in d.find_element(By.ID, "ov-traffic").text else None,
+                             timeout=30, what="traffic charts")
+        assert "out" in traffic, traffic
+        assert len(d.find_elements(By.CSS_SELECTOR, "#ov-traffic figure.chart svg[role=img]")) == 2
+        wait_until(lambda: "healthy" in d.find_element(By.ID, "ov-tools").text, timeout=30, what="time server healthy")
+        assert "time" in d.find_element(By.ID, "ov-tools").text
+        assert "None since the edge started." in d.find_element(By.ID, "ov-egress").text
+        assert "logs web" in d.find_element(By.ID, "ov-audit").text, "the newest audit events"
+        links = {a.get_attribute("href").removeprefix(stack.url) for a in d.find_elements(By.CSS_SELECTOR, "#overview h2 a")}
+        assert links == {"/models", "/models#traffic-title", "/tools", "/egress", "/audit", "/services"}, links
+        assert d.find_element(By.ID, "overview").get_attribute("data-refresh") == "10"
+    finally:
+        d.quit()
+    _, _, models = c.request("GET", "/models")
+    assert "GB of GPU memory held by 1 loaded model" in models and "not each GPU&#x27;s total" in models or \
+        "not each GPU's total" in models, models
 
 
 def test_dashboard_keys_create_use_and_revoke(stack):

@@ -22,7 +22,7 @@ use aibox_wire::audit::{AuditCheck, AuditHeadReport, AuditRecord};
 
 use crate::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, NewEvent, INTENT};
 use crate::audited::{self, AuditedError, Outcome};
-use crate::engine::{DockerError, Engine, ServiceAction};
+use crate::engine::{DockerError, Engine, ServiceAction, UpStep};
 use crate::logstream::{LogDecoder, LogLine};
 
 const MAX_TAIL: u32 = 5000;
@@ -112,6 +112,7 @@ impl From<DockerError> for ApiError {
             DockerError::NotAllowed(_) => (StatusCode::FORBIDDEN, "service_not_allowed"),
             DockerError::Gone(_) => (StatusCode::NOT_FOUND, "unknown_service"),
             DockerError::Api { .. } => (StatusCode::BAD_GATEWAY, "docker_error"),
+            DockerError::Compose(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compose_model_error"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -310,6 +311,9 @@ struct Confirmation {
     confirm: bool,
     #[serde(default)]
     dry_run: bool,
+    /// The service's name, typed: required to stop a service that would lock the user out.
+    #[serde(default)]
+    confirm_service: Option<String>,
 }
 
 const CONFIRM_HELP: &str =
@@ -335,10 +339,13 @@ async fn service_action(
     Path((name, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    if action == "up" {
+        return service_up(state, caller, name, body).await;
+    }
     let action = ServiceAction::parse(&action).ok_or_else(|| {
         ApiError::bad_request(
             "unknown_action",
-            format!("unknown action {action:?}; use start, stop or restart"),
+            format!("unknown action {action:?}; use start, stop, restart or up"),
         )
     })?;
     let (containers, current_state) = state.engine.describe(&name).await?;
@@ -346,16 +353,33 @@ async fn service_action(
         return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
     }
     let confirmation: Confirmation = parse_json(&body)?;
+    // Stopping the edge, the dashboard or the controller cuts the user off from the dashboard.
+    let lockout = (action == ServiceAction::Stop)
+        .then(|| aibox_wire::controller::lockout_risk(&name))
+        .flatten();
     if confirmation.dry_run {
-        return Ok(Json(json!({
+        let mut answer = object(json!({
             "ok": true, "dry_run": true,
             "would": format!("{} {name}", action.verb()),
             "service": name, "action": action.verb(),
             "containers": containers, "state": current_state,
-        })));
+        }));
+        if let Some(why) = lockout {
+            answer.insert("warning".into(), json!(why));
+            answer.insert("confirm_service_required".into(), json!(true));
+        }
+        return Ok(Json(Value::Object(answer)));
     }
     if !confirmation.confirm {
         return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
+    }
+    if let Some(why) = lockout {
+        if confirmation.confirm_service.as_deref() != Some(name.as_str()) {
+            return Err(ApiError::bad_request(
+                "service_name_required",
+                format!("stopping {name} locks you out: {why} To stop it anyway, send \"confirm_service\": \"{name}\" with \"confirm\": true."),
+            ));
+        }
     }
     let mut intent_meta = Map::new();
     intent_meta.insert("containers".into(), json!(containers));
@@ -379,6 +403,64 @@ async fn service_action(
     Ok(Json(json!({
         "ok": true, "service": name, "action": action.past(),
         "changed": outcome.changed, "containers": outcome.containers,
+    })))
+}
+
+/// `up`: create, recreate or start one service as `docker compose up -d <service>` would.
+async fn service_up(
+    state: Shared,
+    caller: Caller,
+    name: String,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let plan = state.engine.up_plan(&name).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
+    }
+    let confirmation: Confirmation = parse_json(&body)?;
+    let would = match plan.step {
+        UpStep::Create => format!("create and start {name}"),
+        UpStep::Recreate => format!("recreate {name} with the image {} now names", plan.image),
+        UpStep::Start => format!("start {name}"),
+        UpStep::Nothing => format!("nothing: {name} runs its current image"),
+    };
+    if confirmation.dry_run {
+        let mut answer = object(json!({
+            "ok": true, "dry_run": true, "would": would, "service": name, "action": "up",
+        }));
+        answer.extend(object(json!(plan)));
+        return Ok(Json(Value::Object(answer)));
+    }
+    if !confirmation.confirm {
+        return Err(ApiError::bad_request("confirmation_required", CONFIRM_HELP));
+    }
+    let intent_meta =
+        object(json!({"step": plan.step, "containers": plan.containers, "image": plan.image}));
+    let intent = caller.event("up", &name, INTENT, intent_meta);
+    let task_state = state.clone();
+    let task_name = name.clone();
+    let result = audited::run(state.audit.clone(), intent, async move {
+        let result = task_state.engine.up(&task_name).await;
+        let audited = match &result {
+            Ok((plan, o)) => {
+                let mut m = object(json!({"step": plan.step, "containers": o.containers,
+                    "changed": o.changed, "image": plan.image,
+                    "container_image_id": plan.container_image_id, "image_id": plan.current_image_id}));
+                m.retain(|_, v| !v.is_null());
+                Outcome::ok(m)
+            }
+            Err(e) => Outcome::error(e, Map::new()),
+        };
+        (result, audited)
+    })
+    .await
+    .map_err(|e| audited_error(e, &format!("up {name}")))?;
+    let (plan, outcome) = result?;
+    tracing::info!(service = %name, step = ?plan.step, actor = %caller.actor, changed = outcome.changed, "up");
+    Ok(Json(json!({
+        "ok": true, "service": name, "action": "up", "step": plan.step,
+        "changed": outcome.changed, "containers": outcome.containers,
+        "image_id": plan.current_image_id,
     })))
 }
 
@@ -519,7 +601,7 @@ struct PullRequest {
     dry_run: bool,
 }
 
-const PULL_NOTE: &str = "Pulling does not change running containers; services with \"drift\": true run an older image than the one now pulled and need a recreate (docker compose up -d <service>) to use it.";
+const PULL_NOTE: &str = "Pulling does not change running containers; services with \"drift\": true run an older image than the one now pulled and need a recreate (POST /services/<service>/up, or docker compose up -d <service>) to use it.";
 
 #[derive(Debug, Deserialize)]
 struct PullQuery {

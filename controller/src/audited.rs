@@ -116,7 +116,7 @@ where
 
 /// The controller's own actions; only these intents are closed at start (the edge and the
 /// dashboard close their own through `POST /audit`, which refuses these names).
-pub const OWN_ACTIONS: &[&str] = &["start", "stop", "restart", "pull"];
+pub const OWN_ACTIONS: &[&str] = &["start", "stop", "restart", "pull", "up"];
 
 const RECOVERED_NOTE: &str = "outcome recorded when the controller started again: it stopped before this action finished (its own restart or stop, or a crash)";
 
@@ -150,7 +150,7 @@ pub async fn close_open_intents(
                 metadata.insert("state".into(), json!(state));
                 let running = state == "running";
                 let done = match event.action.as_str() {
-                    "start" | "restart" => running,
+                    "start" | "restart" | "up" => running,
                     // Stopping itself worked if this is a new process of that container.
                     "stop" => !running || is_me,
                     _ => false,

@@ -47,6 +47,10 @@ pub struct ControllerConfig {
     pub audit: AuditConfig,
     /// Tool containers for the MCP registry (`AIBOX_MCP_CONTAINERS=1`), else `None`.
     pub tools: Option<ToolsConfig>,
+    /// `CONTROLLER_COMPOSE_MODEL`: the resolved compose file (`docker compose config`) that
+    /// `./aibox up` writes; without it services never created are not listed and `up` can only
+    /// start existing containers.
+    pub compose_model: Option<PathBuf>,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -168,6 +172,7 @@ impl ControllerConfig {
         let tools = tools_from_env(&project)?;
         Ok(ControllerConfig {
             tools,
+            compose_model: env("CONTROLLER_COMPOSE_MODEL").map(PathBuf::from),
             listen: args.listen,
             project,
             token,

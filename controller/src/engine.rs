@@ -5,11 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
+use bollard::models::NetworkConnectRequest;
 use bollard::models::{ContainerInspectResponse, ContainerSummary};
 use bollard::query_parameters::{
-    CreateImageOptions, ListContainersOptions, RestartContainerOptions, StartContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    RenameContainerOptions, RestartContainerOptions, StartContainerOptions, StopContainerOptions,
 };
+
+use crate::compose_model::{ComposeModel, ContainerSpec};
 use bollard::Docker;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
@@ -37,6 +40,15 @@ pub enum DockerError {
     Gone(String),
     #[error("the Docker engine answered {status}: {message}")]
     Api { status: u16, message: String },
+    /// The compose model is missing, unreadable or asks for something the controller cannot do.
+    #[error("{0}")]
+    Compose(String),
+}
+
+impl From<crate::compose_model::ModelError> for DockerError {
+    fn from(e: crate::compose_model::ModelError) -> Self {
+        DockerError::Compose(e.to_string())
+    }
 }
 
 impl From<bollard::errors::Error> for DockerError {
@@ -110,6 +122,29 @@ pub struct ActionOutcome {
 
 pub use aibox_wire::controller::PullResult;
 
+/// What `up` does for a service (docs/controller.md, `POST /services/<name>/up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpStep {
+    /// No container yet (a profile never started): create it from the compose model, start it.
+    Create,
+    /// The container runs an older image than its reference names now (after a pull or rebuild).
+    Recreate,
+    /// Created but stopped.
+    Start,
+    /// Running the current image already.
+    Nothing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpPlan {
+    pub step: UpStep,
+    pub containers: Vec<String>,
+    pub image: String,
+    pub container_image_id: Option<String>,
+    pub current_image_id: Option<String>,
+}
+
 /// A running container's log body, still to be decoded.
 pub struct LogSource {
     pub container: String,
@@ -146,6 +181,9 @@ impl RawEndpoint {
 pub struct Engine {
     project: String,
     allow: Option<BTreeSet<String>>,
+    /// The resolved compose file (`CONTROLLER_COMPOSE_MODEL`), read at each use: `./aibox up`
+    /// rewrites it.
+    model: Option<PathBuf>,
     docker: OnceCell<Docker>,
     raw: RawEndpoint,
 }
@@ -172,10 +210,11 @@ fn pull_reference(image: &str) -> String {
 }
 
 impl Engine {
-    pub fn new(project: String, allow: Option<BTreeSet<String>>) -> Engine {
+    pub fn new(project: String, allow: Option<BTreeSet<String>>, model: Option<PathBuf>) -> Engine {
         Engine {
             project,
             allow,
+            model,
             docker: OnceCell::new(),
             raw: RawEndpoint::from_env(),
         }
@@ -314,9 +353,269 @@ impl Engine {
                 restart_count: inspect.restart_count.unwrap_or(0),
                 replicas: group.len(),
                 ports,
+                profiles: Vec::new(),
             });
         }
+        // The compose model adds what no container shows: the services never created.
+        match self.model() {
+            Ok(Some(model)) => {
+                for s in &mut out {
+                    s.profiles = model.profiles(&s.name);
+                }
+                for name in model.service_names() {
+                    if out.iter().any(|s| &s.name == name) {
+                        continue;
+                    }
+                    out.push(ServiceView {
+                        allowed: self.allowed(name),
+                        name: name.clone(),
+                        state: aibox_wire::controller::NOT_CREATED.into(),
+                        health: "none".into(),
+                        image: model.image(name).unwrap_or_default(),
+                        profiles: model.profiles(name),
+                        ..Default::default()
+                    });
+                }
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the compose model cannot be used; services never created are not listed")
+            }
+        }
         Ok(out)
+    }
+
+    /// The compose model, if one is configured (read anew each time).
+    fn model(&self) -> Result<Option<ComposeModel>, DockerError> {
+        match &self.model {
+            // Not written (a plain `docker compose up` instead of `./aibox up`): as if unset.
+            Some(path) if path.exists() => Ok(Some(ComposeModel::load(path)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn require_model(&self, why: &str) -> Result<ComposeModel, DockerError> {
+        self.model()?.ok_or_else(|| {
+            DockerError::Compose(format!(
+                "{why} needs the compose model: set CONTROLLER_COMPOSE_MODEL (./aibox up writes it)"
+            ))
+        })
+    }
+
+    /// The id of the image a reference names on this host now, if it is here.
+    async fn local_image_id(&self, reference: &str) -> Result<Option<String>, DockerError> {
+        match self.docker().await?.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What `up` would do for the service, changing nothing.
+    pub async fn up_plan(&self, service: &str) -> Result<UpPlan, DockerError> {
+        if let Some(group) = self.containers().await?.remove(service) {
+            if !self.allowed(service) {
+                return Err(DockerError::NotAllowed(service.to_string()));
+            }
+            let inspect = self.inspect(&group[0]).await?;
+            let image = inspect
+                .config
+                .as_ref()
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let container_image_id = inspect.image.clone();
+            let current_image_id = self.local_image_id(&image).await?;
+            let stopped = group
+                .iter()
+                .any(|c| c.state.map(|s| s.to_string()) != Some("running".into()));
+            let step = if current_image_id.is_some() && current_image_id != container_image_id {
+                UpStep::Recreate
+            } else if stopped {
+                UpStep::Start
+            } else {
+                UpStep::Nothing
+            };
+            return Ok(UpPlan {
+                step,
+                containers: group.iter().map(container_name).collect(),
+                image,
+                container_image_id,
+                current_image_id,
+            });
+        }
+        let model = self.model()?.filter(|m| m.has(service)).ok_or_else(|| {
+            DockerError::UnknownService {
+                service: service.to_string(),
+                project: self.project.clone(),
+            }
+        })?;
+        if !self.allowed(service) {
+            return Err(DockerError::NotAllowed(service.to_string()));
+        }
+        let spec = model.container_spec(&self.project, service)?;
+        let image = spec.body.image.clone().unwrap_or_default();
+        Ok(UpPlan {
+            step: UpStep::Create,
+            containers: vec![spec.name],
+            current_image_id: self.local_image_id(&image).await?,
+            image,
+            container_image_id: None,
+        })
+    }
+
+    /// `docker compose up -d <service>` for one service: creates it when it was never created,
+    /// recreates it when its image reference now names another image, starts it when stopped.
+    pub async fn up(&self, service: &str) -> Result<(UpPlan, ActionOutcome), DockerError> {
+        let plan = self.up_plan(service).await?;
+        let changed = match plan.step {
+            UpStep::Nothing => false,
+            UpStep::Start => self.act(service, ServiceAction::Start).await?.changed,
+            UpStep::Create | UpStep::Recreate => {
+                if plan.current_image_id.is_none() {
+                    return Err(DockerError::Compose(format!(
+                        "the image {} is not on this host: build it (./aibox up) or pull it first",
+                        plan.image
+                    )));
+                }
+                let model = self.require_model(&format!("creating {service}"))?;
+                let spec = model.container_spec(&self.project, service)?;
+                if plan.step == UpStep::Create {
+                    self.create_and_start(&spec).await?;
+                } else {
+                    self.recreate(service, &spec).await?;
+                }
+                true
+            }
+        };
+        let containers = plan.containers.clone();
+        Ok((
+            plan,
+            ActionOutcome {
+                changed,
+                containers,
+            },
+        ))
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
+        let docker = self.docker().await?;
+        for net in &spec.networks {
+            if let Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) = docker.inspect_network(&net.name, None).await
+            {
+                docker.create_network(net.clone()).await?;
+            }
+        }
+        for vol in &spec.volumes {
+            let name = vol.name.clone().unwrap_or_default();
+            if let Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) = docker.inspect_volume(&name).await
+            {
+                docker.create_volume(vol.clone()).await?;
+            }
+        }
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(spec.name.clone()),
+                    ..Default::default()
+                }),
+                spec.body.clone(),
+            )
+            .await?;
+        let started = async {
+            for (net, endpoint) in &spec.more_networks {
+                docker
+                    .connect_network(
+                        net,
+                        NetworkConnectRequest {
+                            container: created.id.clone(),
+                            endpoint_config: Some(endpoint.clone()),
+                        },
+                    )
+                    .await?;
+            }
+            docker
+                .start_container(&created.id, None::<StartContainerOptions>)
+                .await
+        }
+        .await;
+        if let Err(e) = started {
+            // Leave nothing half-made behind: a later `up` starts from scratch.
+            let _ = docker
+                .remove_container(
+                    &created.id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Replaces the service's container with one of the image its reference names now: the old
+    /// one is stopped and set aside under another name, and put back if the new one fails.
+    async fn recreate(&self, service: &str, spec: &ContainerSpec) -> Result<(), DockerError> {
+        let group = self.resolve(service).await?;
+        if group.len() > 1 {
+            return Err(DockerError::Compose(format!(
+                "{service} runs {} containers; recreate a scaled service with docker compose",
+                group.len()
+            )));
+        }
+        let docker = self.docker().await?;
+        let old = &group[0];
+        let old_id = old.id.clone().unwrap_or_default();
+        let was_running = old.state.map(|s| s.to_string()) == Some("running".into());
+        let set_aside = format!(
+            "{}-replaced-{}",
+            container_name(old),
+            &old_id[..old_id.len().min(12)]
+        );
+        docker
+            .stop_container(&old_id, None::<StopContainerOptions>)
+            .await?;
+        docker
+            .rename_container(&old_id, RenameContainerOptions { name: set_aside })
+            .await?;
+        match self.create_and_start(spec).await {
+            Ok(()) => {
+                docker
+                    .remove_container(
+                        &old_id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = docker
+                    .rename_container(
+                        &old_id,
+                        RenameContainerOptions {
+                            name: container_name(old),
+                        },
+                    )
+                    .await;
+                if was_running {
+                    let _ = docker
+                        .start_container(&old_id, None::<StartContainerOptions>)
+                        .await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Checks the service exists and may be acted on; returns its container names and state.

@@ -3,6 +3,7 @@
 mod api;
 mod audit;
 mod audited;
+mod compose_model;
 mod config;
 mod engine;
 mod logstream;
@@ -135,7 +136,11 @@ fn serve(args: ServeArgs, log_format: aibox_log::LogFormat) -> anyhow::Result<()
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let audit = Arc::new(audit);
-        let engine = engine::Engine::new(cfg.project.clone(), cfg.allow.clone());
+        let engine = engine::Engine::new(
+            cfg.project.clone(),
+            cfg.allow.clone(),
+            cfg.compose_model.clone(),
+        );
         // Actions left open by the previous process (its own restart, a crash) get their outcome
         // before anything new is done.
         audited::close_open_intents(&audit, &engine)

@@ -359,18 +359,20 @@ impl ControllerClient {
         parse(self.send(rb).await?)
     }
 
-    /// `start`, `stop` or `restart`; with `dry_run` the controller only says what it would do.
+    /// `start`, `stop`, `restart` or `up`; with `dry_run` the controller only says what it would
+    /// do. `confirm_service` is the name the user typed (needed to stop a lock-out service).
     pub async fn act(
         &self,
         actor: &Actor,
         service: &str,
         action: &str,
         dry_run: bool,
+        confirm_service: Option<&str>,
     ) -> Result<Value, BackendError> {
-        let body = if dry_run {
-            json!({"dry_run": true})
-        } else {
-            json!({"confirm": true})
+        let body = match (dry_run, confirm_service) {
+            (true, _) => json!({"dry_run": true}),
+            (false, None) => json!({"confirm": true}),
+            (false, Some(typed)) => json!({"confirm": true, "confirm_service": typed}),
         };
         let path = format!(
             "/services/{}/{}",

@@ -109,8 +109,76 @@ pub fn group(stats: &TrafficStats, by: GroupBy) -> Vec<Series> {
 const W: u32 = 240;
 const H: u32 = 48;
 
+/// Every series summed into one, on the same axis (the overview's "all traffic").
+pub fn total(stats: &TrafficStats, name: &str) -> Option<Series> {
+    let groups = group(stats, GroupBy::Client);
+    let first = groups.first()?;
+    let mut minutes = vec![MinuteTotals::default(); first.minutes.len()];
+    for g in &groups {
+        for (sum, m) in minutes.iter_mut().zip(&g.minutes) {
+            sum.add(m);
+        }
+    }
+    Some(Series {
+        name: name.to_string(),
+        minutes,
+    })
+}
+
+/// A bar per minute of the tokens in and out (no error overlay).
+pub fn tokens_chart(series: &Series) -> Markup {
+    let tokens = Series {
+        name: series.name.clone(),
+        minutes: series
+            .minutes
+            .iter()
+            .map(|m| MinuteTotals {
+                requests: m.tokens_in + m.tokens_out,
+                errors: 0,
+                ..*m
+            })
+            .collect(),
+    };
+    let t = series.total();
+    let n = series.minutes.len();
+    let label = format!(
+        "{}: {} tokens in, {} tokens out over the last {n} minutes",
+        series.name, t.tokens_in, t.tokens_out
+    );
+    bars(
+        &tokens,
+        &label,
+        html! {
+            strong { (series.name) }
+            span.muted { " " (t.tokens_in) " in · " (t.tokens_out) " out" }
+        },
+    )
+}
+
 /// A bar per minute (requests), errors drawn over them in the error colour.
 pub fn bar_chart(series: &Series) -> Markup {
+    let t = series.total();
+    let n = series.minutes.len().max(1);
+    let label = format!(
+        "{}: {} requests, {} errors, {} tokens in, {} tokens out over the last {} minutes",
+        series.name, t.requests, t.errors, t.tokens_in, t.tokens_out, n
+    );
+    bars(
+        series,
+        &label,
+        html! {
+            strong { (series.name) }
+            span.muted {
+                " " (t.requests) " req · "
+                span class=@if t.errors > 0 { "err-text" } @else { "" } { (t.errors) " err" }
+                " · " (t.tokens_in) "/" (t.tokens_out) " tok in/out"
+            }
+        },
+    )
+}
+
+/// The chart itself: `requests` as bars, `errors` over them; `label` for screen readers.
+fn bars(series: &Series, label: &str, caption: Markup) -> Markup {
     let n = series.minutes.len().max(1) as u32;
     let max = series
         .minutes
@@ -120,11 +188,6 @@ pub fn bar_chart(series: &Series) -> Markup {
         .unwrap_or(0)
         .max(1);
     let bar_w = f64::from(W) / f64::from(n);
-    let t = series.total();
-    let label = format!(
-        "{}: {} requests, {} errors, {} tokens in, {} tokens out over the last {} minutes",
-        series.name, t.requests, t.errors, t.tokens_in, t.tokens_out, n
-    );
     let scale = |v: u64| (v as f64 / max as f64) * f64::from(H - 2);
     html! {
         figure.chart {
@@ -145,14 +208,7 @@ pub fn bar_chart(series: &Series) -> Markup {
                 }
             }
             div.axis-labels aria-hidden="true" { span { (n) " min ago" } span { "now" } }
-            figcaption {
-                strong { (series.name) }
-                span.muted {
-                    " " (t.requests) " req · "
-                    span class=@if t.errors > 0 { "err-text" } @else { "" } { (t.errors) " err" }
-                    " · " (t.tokens_in) "/" (t.tokens_out) " tok in/out"
-                }
-            }
+            figcaption { (caption) }
         }
     }
 }
@@ -223,5 +279,17 @@ mod tests {
         assert_eq!(svg.matches("class=\"bar\"").count(), 2);
         assert_eq!(svg.matches("class=\"errbar\"").count(), 1);
         assert!(group(&TrafficStats::default(), GroupBy::Client).is_empty());
+        let all = total(&stats, "all").unwrap();
+        assert_eq!(
+            all.minutes.iter().map(|m| m.requests).collect::<Vec<_>>(),
+            vec![3, 0, 3]
+        );
+        let tokens = tokens_chart(&all).into_string();
+        assert!(
+            tokens.contains("all: 60 tokens in, 120 tokens out"),
+            "{tokens}"
+        );
+        assert_eq!(tokens.matches("class=\"errbar\"").count(), 0);
+        assert!(total(&TrafficStats::default(), "all").is_none());
     }
 }

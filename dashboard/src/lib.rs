@@ -66,14 +66,15 @@ impl AppState {
 }
 
 pub fn router(state: SharedState) -> Router {
-    use pages::{audit, keys, login, models, services, tools};
+    use pages::{audit, keys, login, models, overview, services, tools};
     Router::new()
         .route("/healthz", get(pages::healthz))
         .route("/static/app.css", get(pages::assets::css))
         .route("/static/app.js", get(pages::assets::js))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
-        .route("/", get(services::page))
+        .route("/", get(overview::page))
+        .route("/services", get(services::page))
         .route("/services/{name}/logs", get(services::logs_page))
         .route("/services/{name}/logs/stream", get(services::logs_stream))
         .route("/services/{name}/pull", post(services::pull_image))

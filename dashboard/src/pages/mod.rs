@@ -2,11 +2,13 @@
 pub mod assets;
 pub mod audit;
 pub mod egress;
+pub mod gpu;
 pub mod keys;
 pub mod log_line;
 pub mod login;
 pub mod models;
 pub mod openclaw_card;
+pub mod overview;
 pub mod services;
 pub mod tools;
 
@@ -22,6 +24,7 @@ use crate::backend::BackendError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
+    Overview,
     Services,
     Models,
     Tools,
@@ -131,7 +134,8 @@ pub fn layout(ctx: PageContext<'_>, body: Markup) -> Markup {
                     @if ctx.viewer.is_some() {
                         nav aria-label="Main" {
                             ul {
-                                (nav_item(Nav::Services, "/", "Services"))
+                                (nav_item(Nav::Overview, "/", "Overview"))
+                                (nav_item(Nav::Services, "/services", "Services"))
                                 (nav_item(Nav::Models, "/models", "Models"))
                                 (nav_item(Nav::Tools, "/tools", "Tools"))
                                 (nav_item(Nav::Keys, "/keys", "Keys"))

@@ -80,7 +80,10 @@ fn loaded_section(loaded: &Result<LoadedModels, BackendError>) -> Markup {
             @match loaded {
                 Err(e) => (unavailable("Loaded models", e)),
                 Ok(l) if l.models.is_empty() => p.muted { "No model is loaded in memory right now." },
-                Ok(l) => div.table-wrap tabindex="0" role="region" aria-label="Loaded models" {
+                Ok(l) => {
+                    (super::gpu::vram_bars(l))
+                    p.muted { (super::gpu::VRAM_NOTE) }
+                    div.table-wrap tabindex="0" role="region" aria-label="Loaded models" {
                     table.responsive #loaded {
                         thead { tr { th scope="col" { "Model" } th scope="col" { "Size" } th scope="col" { "GPU memory" } th scope="col" { "Unloads" } } }
                         tbody {
@@ -101,6 +104,7 @@ fn loaded_section(loaded: &Result<LoadedModels, BackendError>) -> Markup {
                                 }
                             }
                         }
+                    }
                     }
                 },
             }

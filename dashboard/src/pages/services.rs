@@ -14,10 +14,12 @@ use serde_json::Value;
 use super::log_line::{self, short_ts};
 use super::{error_page, human_duration, layout, unavailable, FlashKind, Nav, PageContext};
 use crate::auth::{csrf_refusal, Viewer};
-use crate::backend::{valid_service_name, Actor, BackendError, Readiness, ServiceStatus};
+use crate::backend::{
+    valid_service_name, Actor, BackendError, Readiness, ServiceList, ServiceStatus,
+};
 use crate::SharedState;
 
-pub const ACTIONS: [&str; 3] = ["start", "stop", "restart"];
+pub const ACTIONS: [&str; 4] = ["start", "stop", "restart", "up"];
 
 /// What an image pull through the dashboard found for one service.
 #[derive(Debug, Clone)]
@@ -79,6 +81,7 @@ fn state_class(state: &str) -> &'static str {
     match state {
         "running" => "good",
         "restarting" | "paused" | "created" | "removing" => "warn",
+        aibox_wire::controller::NOT_CREATED => "neutral",
         _ => "bad",
     }
 }
@@ -126,6 +129,7 @@ fn card(
 ) -> Markup {
     let id = format!("svc-{}", s.name);
     let allowed = s.allowed;
+    let not_created = s.state == aibox_wire::controller::NOT_CREATED;
     let running = s.state == "running";
     let ports: Vec<String> = s
         .ports
@@ -171,7 +175,20 @@ fn card(
                 @if let Some(extra) = extra { (extra) }
             }
             @if !s.status.is_empty() { p.status.muted { (s.status) } }
+            @if not_created {
+                p.muted {
+                    "Never started"
+                    @if !s.profiles.is_empty() { " (profile " (s.profiles.join(", ")) ")" }
+                    ". Creating it runs " code { "docker compose up -d " (s.name) } "."
+                }
+                div.actions {
+                    @if allowed { a.button href={ "/services/" (s.name) "/up" } { "Create and start" span.sr-only { " " (s.name) } } }
+                }
+            } @else {
             div.actions {
+                @if allowed && drift {
+                    a.button.primary href={ "/services/" (s.name) "/up" } { "Recreate" span.sr-only { " " (s.name) " on the newer image" } }
+                }
                 @if allowed {
                     @if !running { a.button href={ "/services/" (s.name) "/start" } { "Start" span.sr-only { " " (s.name) } } }
                     @if running { a.button href={ "/services/" (s.name) "/stop" } { "Stop" span.sr-only { " " (s.name) } } }
@@ -188,7 +205,33 @@ fn card(
             @if allowed && locally_built(&s.image) {
                 p.muted.local-image { (LOCAL_IMAGE_NOTE) }
             }
+            }
             @if !allowed { p.muted { "Read-only: outside the controller's service allowlist." } }
+        }
+    }
+}
+
+/// Every service's card (the services page and the overview).
+pub fn cards(
+    list: &ServiceList,
+    ready: Option<&Readiness>,
+    drift_notes: &std::collections::HashMap<String, DriftNote>,
+    csrf: &str,
+) -> Markup {
+    html! {
+        div.cards {
+            @for s in &list.services {
+                @let r = ready.and_then(|r| model_readiness(&s.name, r));
+                @let drift = drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
+                @let extra = if s.name == super::openclaw_card::SERVICE {
+                    Some(super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)))
+                } else if s.name == super::openclaw_card::BROWSER_SERVICE {
+                    Some(super::openclaw_card::browser_facts())
+                } else {
+                    super::openclaw_card::web_ui_facts(s)
+                };
+                (card(s, r.as_ref(), drift, csrf, extra))
+            }
         }
     }
 }
@@ -215,20 +258,7 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                     p { "Services, logs and start/stop need the controller. Models, tools and traffic still work." }
                 },
                 Ok(list) if list.services.is_empty() => p { "The controller found no services in its compose project." },
-                Ok(list) => div.cards {
-                    @for s in &list.services {
-                        @let r = ready.as_ref().ok().and_then(|r| model_readiness(&s.name, r));
-                        @let drift = drift_notes.get(&s.name).is_some_and(|n| n.drift && (s.image_id.is_empty() || n.container_image_id == s.image_id));
-                        @let extra = if s.name == super::openclaw_card::SERVICE {
-                            Some(super::openclaw_card::facts(s, list.services.iter().find(|x| x.name == super::openclaw_card::SYNC_SERVICE)))
-                        } else if s.name == super::openclaw_card::BROWSER_SERVICE {
-                            Some(super::openclaw_card::browser_facts())
-                        } else {
-                            super::openclaw_card::web_ui_facts(s)
-                        };
-                        (card(s, r.as_ref(), drift, &viewer.csrf, extra))
-                    }
-                },
+                Ok(list) => (cards(list, ready.as_ref().ok(), &drift_notes, &viewer.csrf)),
             }
         }
     };
@@ -267,7 +297,18 @@ fn past(action: &str) -> &'static str {
     match action {
         "start" => "Started",
         "stop" => "Stopped",
+        "up" => "Brought up",
         _ => "Restarted",
+    }
+}
+
+/// The flash after `up`, by what the controller did.
+fn up_text(name: &str, step: &str) -> String {
+    match step {
+        "create" => format!("Created and started {name}."),
+        "recreate" => format!("Recreated {name} on its newer image."),
+        "start" => format!("Started {name}."),
+        _ => format!("{name} already runs its current image."),
     }
 }
 
@@ -281,8 +322,17 @@ pub async fn confirm_page(
         return r;
     }
     let actor = Actor::new(&viewer.user);
-    let dry = state.controller.act(&actor, &name, &action, true).await;
-    let title = format!("{} {name}?", capitalize(&action));
+    let dry = state
+        .controller
+        .act(&actor, &name, &action, true, None)
+        .await;
+    // `up` reads as what compose calls it.
+    let verb = if action == "up" {
+        "bring up"
+    } else {
+        action.as_str()
+    };
+    let title = format!("{} {name}?", capitalize(verb));
     let body = html! {
         h1 { (title) }
         @match &dry {
@@ -298,11 +348,25 @@ pub async fn confirm_page(
                         p { "Containers: " @for (i, c) in cs.iter().enumerate() { @if i > 0 { ", " } code { (c.as_str().unwrap_or("?")) } } }
                     }
                     @if let Some(st) = v.get("state").and_then(Value::as_str) { p { "Current state: " (st) } }
+                    @let lockout = needs_typed_name(&name, &action);
+                    @if let Some(why) = lockout {
+                        div.notice.warn #lockout role="alert" {
+                            strong { "Stopping " (name) " locks you out. " }
+                            (why)
+                        }
+                    }
                     form method="post" action={ "/services/" (name) "/" (action) } {
                         input type="hidden" name="csrf" value=(viewer.csrf);
                         input type="hidden" name="confirm" value="yes";
+                        @if lockout.is_some() {
+                            p {
+                                label for="confirm-service" { "Type " code { (name) } " to confirm" }
+                                " "
+                                input #confirm-service type="text" name="confirm_service" required autocomplete="off" spellcheck="false" aria-describedby="lockout";
+                            }
+                        }
                         div.actions {
-                            button.primary.danger type="submit" { "Yes, " (action) " " (name) }
+                            button.primary.danger type="submit" { "Yes, " (verb) " " (name) }
                             a.button href="/" { "Cancel" }
                         }
                     }
@@ -315,7 +379,7 @@ pub async fn confirm_page(
             title: &title,
             nav: Nav::Services,
             viewer: Some(&viewer),
-            flashes: vec![],
+            flashes: state.flashes.take(&viewer),
             noscript_refresh: None,
         },
         body,
@@ -336,6 +400,17 @@ pub struct ActionForm {
     csrf: String,
     #[serde(default)]
     confirm: String,
+    /// The service's name as typed, for actions that would lock the user out.
+    #[serde(default)]
+    confirm_service: Option<String>,
+}
+
+/// What the action would cut off, when it stops a service the dashboard depends on (the user
+/// types the service's name to confirm it; the controller checks the same).
+fn needs_typed_name(name: &str, action: &str) -> Option<&'static str> {
+    (action == "stop")
+        .then(|| aibox_wire::controller::lockout_risk(name))
+        .flatten()
 }
 
 pub async fn act(
@@ -354,12 +429,31 @@ pub async fn act(
     if f.confirm != "yes" {
         return Redirect::to(&format!("/services/{name}/{action}")).into_response();
     }
+    let typed = f.confirm_service.as_deref().map(str::trim);
+    if needs_typed_name(&name, &action).is_some() && typed != Some(name.as_str()) {
+        state.flashes.push(
+            &viewer,
+            FlashKind::Error,
+            format!("Not stopped: type {name} to confirm that you want to stop it."),
+        );
+        return Redirect::to(&format!("/services/{name}/{action}")).into_response();
+    }
     // The edge's request id, so the audit events join the edge's and the dashboard's log lines.
     let actor = Actor::for_request(&viewer.user, &headers);
-    match state.controller.act(&actor, &name, &action, false).await {
+    let typed = needs_typed_name(&name, &action).and(typed);
+    match state
+        .controller
+        .act(&actor, &name, &action, false, typed)
+        .await
+    {
         Ok(v) => {
             let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
-            let text = if changed {
+            let text = if action == "up" {
+                if changed {
+                    state.drift.lock().expect("drift lock").remove(&name);
+                }
+                up_text(&name, v.get("step").and_then(Value::as_str).unwrap_or(""))
+            } else if changed {
                 format!("{} {name}.", past(&action))
             } else {
                 format!(
@@ -462,7 +556,7 @@ pub async fn pull_image(
                     },
                 );
                 let text = if drift {
-                    format!("Pulled {image} for {service}: a newer image is ready; recreate the service (docker compose up -d {service}) to run it.")
+                    format!("Pulled {image} for {service}: a newer image is ready; use Recreate on its card to run it.")
                 } else {
                     format!("Pulled {image} for {service}: the running container already uses it.")
                 };

@@ -42,7 +42,14 @@ pub struct ServiceStatus {
     pub restart_count: i64,
     pub replicas: usize,
     pub ports: Vec<PortBinding>,
+    /// The compose profiles the service belongs to (from the compose model; empty when unknown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
 }
+
+/// The `state` of a service the compose model has but no container exists for (a profile never
+/// started): `POST /services/<name>/up` creates and starts it.
+pub const NOT_CREATED: &str = "not created";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortBinding {
@@ -80,4 +87,35 @@ pub struct PullResult {
     pub drift: Option<bool>,
     /// Milestones of Docker's progress stream.
     pub progress: Vec<String>,
+}
+
+/// The services whose stop cuts the user off from the dashboard, and what happens then. Stopping
+/// one needs `"confirm_service": "<name>"` besides `"confirm": true` (the controller refuses it
+/// otherwise with `service_name_required`); the dashboard asks for the name typed.
+pub const LOCKOUT_SERVICES: [(&str, &str); 3] = [
+    (
+        "edge",
+        "The edge serves this dashboard and every model, tool and egress request: the dashboard, \
+         every client (Open WebUI, n8n, OpenClaw, the SDKs) and the browser's way out stop answering. \
+         Only the host can bring it back: `./aibox up` (or `docker compose start edge`).",
+    ),
+    (
+        "dashboard",
+        "This dashboard stops answering (the edge keeps serving models and tools). Only the host \
+         can bring it back: `./aibox up` (or `docker compose start dashboard`).",
+    ),
+    (
+        "controller",
+        "The dashboard can no longer list, start, stop or read the logs of any service (itself \
+         included), and audit events of the edge's admin actions are refused. Only the host can \
+         bring it back: `./aibox up` (or `docker compose start controller`).",
+    ),
+];
+
+/// What stopping `service` would cut off, if it is one of [`LOCKOUT_SERVICES`].
+pub fn lockout_risk(service: &str) -> Option<&'static str> {
+    LOCKOUT_SERVICES
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, why)| *why)
 }
