@@ -114,6 +114,8 @@ def test_a_streamed_response_has_the_documented_event_sequence(stack, model):
     assert [e for e in events if e in order and e != "response.output_text.delta"] == \
         [e for e in order if e != "response.output_text.delta"]
     assert final.usage.output_tokens > 0
+    # Kept (translated) or remembered (passed through) once the stream is over.
+    assert client(stack).responses.retrieve(final.id).output_text == final.output_text
 
 
 @pytest.mark.parametrize("model", EVERY)

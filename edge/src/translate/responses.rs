@@ -143,13 +143,15 @@ pub fn input_items_to_chat(items: &[Value]) -> Result<Vec<Value>, TranslateError
             .unwrap_or("message");
         match kind {
             "message" => out.push(message_to_chat(item, i)?),
-            "function_call" => {
+            // Custom (free-form) tool calls, as Codex sends them back, travel as function calls
+            // whose arguments are the raw input.
+            "function_call" | "custom_tool_call" => {
                 let call_id = item
                     .get("call_id")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad("input", format!("input[{i}].call_id: required")))?;
                 let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
-                let arguments = match item.get("arguments") {
+                let arguments = match item.get("arguments").or_else(|| item.get("input")) {
                     Some(Value::String(s)) => s.clone(),
                     Some(v @ Value::Object(_)) => v.to_string(),
                     _ => "{}".to_owned(),
@@ -168,7 +170,7 @@ pub fn input_items_to_chat(items: &[Value]) -> Result<Vec<Value>, TranslateError
                     _ => out.push(json!({"role": "assistant", "content": "", "tool_calls": [call]})),
                 }
             }
-            "function_call_output" => {
+            "function_call_output" | "custom_tool_call_output" => {
                 let call_id = item
                     .get("call_id")
                     .and_then(Value::as_str)
