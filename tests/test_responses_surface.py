@@ -307,3 +307,40 @@ def test_pass_through_routes_check_input_and_policy(stack):
     assert e.value.body["param"] == "model"
     with pytest.raises(openai.PermissionDeniedError):
         client(stack, CODEX_KEY).moderations.create(model="oai/omni-moderation-latest", input="x")
+
+
+def test_pass_through_routes_fail_over_like_chat(procs, tmp_path):
+    """The preferred endpoint of a provider dies mid-run: every upload and every JSON call
+    still lands on the other one (the multipart form is built again for the second attempt)."""
+    first = fake_upstream(procs, "openai", "--models", OAI_MODELS, name="fake-first")
+    second = fake_upstream(procs, "openai", "--models", OAI_MODELS, name="fake-second")
+    edge = start_edge(procs, tmp_path, f"""
+[[providers]]
+name = "oai"
+kind = "openai"
+[[providers.endpoints]]
+url = "{first.url()}/v1"
+weight = 100
+[[providers.endpoints]]
+url = "{second.url()}/v1"
+weight = 1
+[egress]
+dns_servers = ["127.0.0.1:9"]
+""")
+    wait_ready(edge.url())
+    c = openai.OpenAI(base_url=edge.url() + "/v1", api_key="x", max_retries=0, timeout=20)
+
+    def requests_to(proc) -> int:
+        with urllib.request.urlopen(proc.url() + "/_fake/stats") as r:
+            return json.load(r)["requests"]
+
+    # The heavier endpoint answers while it is up.
+    assert c.moderations.create(model="oai/omni-moderation-latest", input="x").results
+    assert requests_to(first) == 1 and requests_to(second) == 0
+    first.stop()
+    for _ in range(3):
+        assert c.audio.transcriptions.create(
+            model="oai/whisper-1", file=("a.wav", small_wav(), "audio/wav")).text.startswith("heard ")
+        assert c.moderations.create(model="oai/omni-moderation-latest", input="x").results[0].flagged is False
+    assert requests_to(second) == 6
+    assert "upstream attempt failed" in edge.output()

@@ -528,3 +528,57 @@ async fn ask_provider(
     .await?;
     openai::relay(state, ctx, up).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(client: &str) -> Stored {
+        Stored::Upstream {
+            client: client.into(),
+            provider: "p".into(),
+            model: "m".into(),
+        }
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_per_client() {
+        let store = ResponseStore::default();
+        for i in 0..STORE_CAPACITY + 10 {
+            store.put(format!("resp_{i}"), upstream("a"));
+        }
+        assert!(store.get("resp_0", "a").is_none(), "the oldest went first");
+        assert!(store
+            .get(&format!("resp_{}", STORE_CAPACITY + 9), "a")
+            .is_some());
+        assert!(
+            store.get("resp_100", "b").is_none(),
+            "another client sees nothing"
+        );
+        store.remove("resp_100");
+        assert!(store.get("resp_100", "a").is_none());
+        assert_eq!(store.inner.lock().unwrap().order.len(), STORE_CAPACITY - 1);
+    }
+
+    #[test]
+    fn a_kept_response_carries_its_conversation_on() {
+        let store = ResponseStore::default();
+        let response = json!({"id": "resp_x", "output": [{"type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": "hi"}]}]});
+        store.put_translated(
+            "a",
+            response,
+            vec![json!({"role": "user", "content": "hello"})],
+        );
+        let Some(Stored::Translated { conversation, .. }) = store.get("resp_x", "a") else {
+            panic!("kept");
+        };
+        assert_eq!(
+            conversation,
+            vec![
+                json!({"role": "user", "content": "hello"}),
+                json!({"role": "assistant", "content": "hi"})
+            ]
+        );
+    }
+}
