@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 import wave
@@ -172,6 +173,30 @@ def test_retrieve_and_delete_go_where_the_response_was_made(stack, model):
     with pytest.raises(openai.NotFoundError) as e:
         c.responses.retrieve(r.id)
     assert e.value.body["code"] == "response_not_found"
+
+
+def request_log_line(stack, request_id: str) -> dict:
+    """The edge's one log line for a request (written once the body is out)."""
+    deadline = time.monotonic() + 10
+    while True:
+        for line in stack["edge"].output().splitlines():
+            if line.startswith("{") and '"message":"request"' in line and request_id in line:
+                return json.loads(line)
+        assert time.monotonic() < deadline, f"no log line for {request_id}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("model", EVERY)
+def test_tokens_are_counted_streamed_or_not(stack, model):
+    c = client(stack)
+    r = c.responses.create(model=model, input="count these words")
+    stream = c.responses.create(model=model, input="count these words too", stream=True)
+    events = [e.type for e in stream]
+    assert events[-1] == "response.completed"
+    for request_id in (r._request_id, stream.response.headers["x-request-id"]):
+        line = request_log_line(stack, request_id)
+        assert line["tokens_in"] > 0 and line["tokens_out"] > 0, line
+        assert line["provider"] == model.split("/")[0] and line["status"] == 200
 
 
 @pytest.mark.parametrize("model", TRANSLATED)

@@ -764,13 +764,23 @@ pub(crate) async fn relay(
     ))))
 }
 
+/// Tokens from an answer's `usage`: chat and completions name them `prompt_tokens` and
+/// `completion_tokens`; Responses `input_tokens` and `output_tokens`, and a Responses stream
+/// carries them in `response.completed`'s `response.usage`.
 fn record_openai_usage(ctx: &RequestContext, v: &Value) {
-    if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-        let tin = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-        let tout = u
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+    let usage = v
+        .get("usage")
+        .filter(|u| u.is_object())
+        .or_else(|| v.pointer("/response/usage").filter(|u| u.is_object()));
+    if let Some(u) = usage {
+        let get = |a: &str, b: &str| {
+            u.get(a)
+                .or_else(|| u.get(b))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let tin = get("prompt_tokens", "input_tokens");
+        let tout = get("completion_tokens", "output_tokens");
         ctx.update(|m| {
             m.tokens_in = tin;
             m.tokens_out = tout;
