@@ -870,10 +870,7 @@ async fn v_speech(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> R
     let mut audio = b"ID3".to_vec();
     audio.extend(text.bytes());
     let quarter = audio.len().div_ceil(4).max(1);
-    let items: Vec<Bytes> = audio
-        .chunks(quarter)
-        .map(|c| Bytes::copy_from_slice(c))
-        .collect();
+    let items: Vec<Bytes> = audio.chunks(quarter).map(Bytes::copy_from_slice).collect();
     let ct = match body["response_format"].as_str() {
         Some("wav") => "audio/wav",
         Some("opus") => "audio/ogg",
