@@ -97,8 +97,15 @@ impl ResponseStore {
         }
     }
 
-    fn put_translated(&self, client: &str, response: Value, mut conversation: Vec<Value>) {
-        if serde_json::to_vec(&response).map_or(0, |b| b.len()) > STORE_ITEM_LIMIT {
+    /// `size` is the upstream answer's size in bytes, a cheap stand-in for the response's.
+    fn put_translated(
+        &self,
+        client: &str,
+        response: Value,
+        mut conversation: Vec<Value>,
+        size: usize,
+    ) {
+        if size > STORE_ITEM_LIMIT {
             return;
         }
         let Some(id) = response["id"].as_str().map(str::to_owned) else {
@@ -313,7 +320,7 @@ async fn translated(
         })?;
         let out = tr::chat_response_to_response(&v, &ids, &body);
         if let Some(keep) = store {
-            keep.keep(out.clone());
+            keep.keep(out.clone(), bytes.len());
         }
         return Ok(Json(out).into_response());
     }
@@ -327,6 +334,7 @@ async fn translated(
         done: false,
         ctx: ctx.clone(),
         keep: store,
+        read: 0,
     };
     Ok(openai::event_stream(Body::from_stream(
         futures::stream::unfold(relay, ResponsesSse::step),
@@ -341,9 +349,9 @@ struct Keep {
 }
 
 impl Keep {
-    fn keep(self, response: Value) {
+    fn keep(self, response: Value, size: usize) {
         self.store
-            .put_translated(&self.client, response, self.conversation);
+            .put_translated(&self.client, response, self.conversation, size);
     }
 }
 
@@ -361,6 +369,8 @@ struct ResponsesSse {
     done: bool,
     ctx: RequestContext,
     keep: Option<Keep>,
+    /// Bytes of the chat stream read so far (the stored response's size, roughly).
+    read: usize,
 }
 
 impl ResponsesSse {
@@ -376,6 +386,7 @@ impl ResponsesSse {
             }
             match self.chunks.next().await {
                 Some(Ok(chunk)) => {
+                    self.read += chunk.len();
                     for line in self.lines.push(&chunk) {
                         self.on_line(&line);
                     }
@@ -431,7 +442,7 @@ impl ResponsesSse {
             self.pending.push_back(event(e));
         }
         if let (Some(keep), Some(r)) = (self.keep.take(), self.translator.final_response.take()) {
-            keep.keep(r);
+            keep.keep(r, self.read);
         }
     }
 }
@@ -569,7 +580,10 @@ mod tests {
             "a",
             response,
             vec![json!({"role": "user", "content": "hello"})],
+            100,
         );
+        store.put_translated("a", json!({"id": "resp_big"}), vec![], STORE_ITEM_LIMIT + 1);
+        assert!(store.get("resp_big", "a").is_none(), "too big to keep");
         let Some(Stored::Translated { conversation, .. }) = store.get("resp_x", "a") else {
             panic!("kept");
         };
