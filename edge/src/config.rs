@@ -73,6 +73,10 @@ pub struct ProviderConfig {
     pub endpoints: Vec<EndpointConfig>,
     /// Name of the environment variable holding this provider's API key (never logged).
     pub api_key_env: Option<String>,
+    /// The server serves OpenAI's Responses API (`/v1/responses`) itself: pass it through
+    /// instead of translating it to chat completions. Only for `kind = "openai"`.
+    #[serde(default)]
+    pub responses: bool,
 }
 
 /// One client: its key (by environment variable or by hash) and its policy. The same shape in
@@ -305,6 +309,8 @@ pub struct ResolvedProvider {
     pub kind: ProviderKind,
     pub endpoints: Vec<ResolvedEndpoint>,
     pub api_key: Option<String>,
+    /// Serves `/v1/responses` itself (`responses = true`).
+    pub responses: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -477,6 +483,7 @@ impl EdgeConfig {
                 ),
                 base_urls: vec![],
                 endpoints: vec![],
+                responses: false,
                 api_key_env: None,
             }]
         } else {
@@ -552,11 +559,18 @@ impl EdgeConfig {
                 })?),
                 None => None,
             };
+            if p.responses && p.kind != ProviderKind::Openai {
+                return Err(invalid(
+                    format!("{key}.responses"),
+                    "only an OpenAI-compatible provider (kind = \"openai\") can serve the Responses API; the edge translates it for Ollama",
+                ));
+            }
             providers.push(ResolvedProvider {
                 name: p.name.clone(),
                 kind: p.kind,
                 endpoints,
                 api_key,
+                responses: p.responses,
             });
         }
 
@@ -819,6 +833,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("EDGE_API_EXCLUDE: "), "{err}");
+    }
+
+    #[test]
+    fn responses_is_only_for_openai_providers() {
+        let file = EdgeConfig::parse_file(
+            "x.toml",
+            "[[providers]]\nname='o'\nkind='ollama'\nbase_url='http://o:11434'\nresponses=true\n",
+        )
+        .unwrap();
+        let err = EdgeConfig::resolve(file, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("providers[0].responses: "), "{err}");
+        let file = EdgeConfig::parse_file(
+            "x.toml",
+            "[[providers]]\nname='v'\nkind='openai'\nbase_url='http://v/v1'\nresponses=true\n",
+        )
+        .unwrap();
+        assert!(EdgeConfig::resolve(file, &env(&[])).unwrap().providers[0].responses);
     }
 
     #[test]

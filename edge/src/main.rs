@@ -141,6 +141,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         clients,
         audit,
+        responses: Default::default(),
     });
     let router = api::router(state.clone(), hub.router());
 

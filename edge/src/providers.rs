@@ -163,6 +163,8 @@ pub struct Provider {
     pub kind: ProviderKind,
     pub endpoints: Vec<Arc<Endpoint>>,
     api_key: Option<String>,
+    /// Serves OpenAI's Responses API itself (config `responses = true`).
+    pub responses: bool,
 }
 
 impl Provider {
@@ -317,6 +319,7 @@ impl ProviderSet {
                     name: p.name.clone(),
                     kind: p.kind,
                     api_key: p.api_key.clone(),
+                    responses: p.responses,
                     endpoints: p
                         .endpoints
                         .iter()
@@ -854,6 +857,7 @@ mod tests {
             kind: ProviderKind::Ollama,
             endpoints: vec![a.clone(), b.clone()],
             api_key: None,
+            responses: false,
         };
         assert_eq!(provider.all_ejected_for(), None);
         a.record_failure("HTTP 500", &health);

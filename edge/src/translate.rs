@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 pub mod anthropic;
 pub mod completions;
+pub mod responses;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

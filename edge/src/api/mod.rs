@@ -21,6 +21,8 @@ pub mod keys;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
+pub mod passthrough;
+pub mod responses;
 pub mod stream;
 
 /// Shared by every request; built once at start-up.
@@ -30,6 +32,8 @@ pub struct EdgeState {
     pub metrics: Arc<Metrics>,
     pub clients: Arc<ClientDirectory>,
     pub audit: Option<Arc<dyn aibox_mcp::AuditSink>>,
+    /// Recent `/v1/responses` ids: translated answers, and which provider made the others.
+    pub responses: responses::ResponseStore,
 }
 
 /// What the handlers learn about a request, for its log line, metrics and `Server-Timing`.
@@ -79,6 +83,12 @@ pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
+        .merge(passthrough::routes())
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .merge(ollama::routes())

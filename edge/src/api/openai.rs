@@ -131,7 +131,7 @@ pub fn fail(ctx: &RequestContext, e: OpenAiError) -> Response {
     e.into_response()
 }
 
-fn parse_body(body: &Bytes) -> Result<Value> {
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value> {
     if body.is_empty() {
         return Err(OpenAiError::new(
             StatusCode::BAD_REQUEST,
@@ -151,7 +151,7 @@ fn parse_body(body: &Bytes) -> Result<Value> {
     })
 }
 
-fn requested_model(body: &Value) -> Result<String> {
+pub(crate) fn requested_model(body: &Value) -> Result<String> {
     match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
         None | Some(Value::Null) => Err(OpenAiError::new(
@@ -661,19 +661,32 @@ pub async fn send(
 ) -> std::result::Result<UpstreamResponse, UpstreamError> {
     let encoded = Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"));
     let http = &state.providers.http;
+    send_with(state, ctx, route, |ep| {
+        http.post(format!("{}{path}", ep.url))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(encoded.clone())
+    })
+    .await
+}
+
+/// Send the request `build` makes for an endpoint (with failover), with the request id, and
+/// record the endpoint and upstream time for the log line.
+pub async fn send_with(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    route: &ProviderRoute,
+    build: impl Fn(&crate::providers::Endpoint) -> reqwest::RequestBuilder,
+) -> std::result::Result<UpstreamResponse, UpstreamError> {
     let up = state
         .providers
         .send(route, |ep| {
-            let req = http
-                .post(format!("{}{path}", ep.url))
-                .header(header::CONTENT_TYPE, "application/json")
+            let req = build(ep)
                 .header("x-request-id", &ctx.id)
                 .header("traceparent", ctx.trace.traceparent());
             match &ctx.trace.tracestate {
                 Some(state) => req.header("tracestate", state),
                 None => req,
             }
-            .body(encoded.clone())
         })
         .await?;
     let t = up.upstream_time;
@@ -723,7 +736,7 @@ async fn ollama_status_error(response: reqwest::Response) -> OpenAiError {
 }
 
 /// OpenAI-compatible upstream: same body with `model` rewritten, response streamed byte for byte.
-async fn passthrough(
+pub(crate) async fn passthrough(
     state: &EdgeState,
     ctx: &RequestContext,
     mut body: Value,
@@ -733,6 +746,17 @@ async fn passthrough(
     body["model"] = json!(route.model);
     let strip_usage = ask_for_usage(&mut body, path);
     let up = send(state, ctx, route, path, &body).await?;
+    relay(state, ctx, up).await
+}
+
+/// An OpenAI-compatible upstream's answer as it came: an error status with its body (or in
+/// OpenAI's shape when it had none), JSON read whole (for its usage), SSE and any other body
+/// (audio, images) streamed chunk by chunk under the idle and total timeouts.
+pub(crate) async fn relay(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    up: UpstreamResponse,
+) -> Result<Response> {
     let status = stream::upstream_status(&up.response);
     let content_type = up.response.headers().get(header::CONTENT_TYPE).cloned();
     let is_stream = content_type
@@ -760,6 +784,33 @@ async fn passthrough(
             .code("upstream_error")
             .into_response(),
         });
+    }
+    let is_json = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_stream && !is_json && content_type.is_some() {
+        let timed = TimedBody::new(
+            up.response,
+            state.config.timeouts.idle(),
+            state.config.timeouts.total(),
+            ctx.started,
+        );
+        let relay = RawRelay {
+            timed,
+            ctx: ctx.clone(),
+            done: false,
+            _in_flight: up.in_flight,
+        };
+        let mut resp = Response::new(Body::from_stream(futures::stream::unfold(
+            relay,
+            RawRelay::step,
+        )));
+        *resp.status_mut() = status;
+        if let Some(ct) = content_type {
+            resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Ok(resp);
     }
     if !is_stream {
         let bytes = read_all(state, up.response).await?;
@@ -845,13 +896,23 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// Tokens from an answer's `usage`: chat and completions name them `prompt_tokens` and
+/// `completion_tokens`; Responses `input_tokens` and `output_tokens`, and a Responses stream
+/// carries them in `response.completed`'s `response.usage`.
 fn record_openai_usage(ctx: &RequestContext, v: &Value) {
-    if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-        let tin = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-        let tout = u
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+    let usage = v
+        .get("usage")
+        .filter(|u| u.is_object())
+        .or_else(|| v.pointer("/response/usage").filter(|u| u.is_object()));
+    if let Some(u) = usage {
+        let get = |a: &str, b: &str| {
+            u.get(a)
+                .or_else(|| u.get(b))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let tin = get("prompt_tokens", "input_tokens");
+        let tout = get("completion_tokens", "output_tokens");
         ctx.update(|m| {
             m.tokens_in = tin;
             m.tokens_out = tout;
@@ -937,6 +998,34 @@ impl SsePassthrough {
         }
         if !has(&self.tail) {
             self.tail.clear();
+        }
+    }
+}
+
+/// A binary body (speech audio, ...) relayed chunk by chunk. A failure after the headers can
+/// only cut the body short: the client sees a truncated file, and the log says why.
+struct RawRelay {
+    timed: TimedBody,
+    ctx: RequestContext,
+    done: bool,
+    _in_flight: InFlight,
+}
+
+impl RawRelay {
+    async fn step(mut self) -> Option<(std::result::Result<Bytes, std::io::Error>, Self)> {
+        if self.done {
+            return None;
+        }
+        match self.timed.next().await {
+            Read::Chunk(chunk) => Some((Ok(chunk), self)),
+            Read::End => None,
+            Read::Failed(msg) => {
+                self.done = true;
+                log_stream_failure(&self.ctx, &msg);
+                self.ctx
+                    .update(|m| m.error = Some("upstream_stream_failed"));
+                Some((Err(std::io::Error::other(msg)), self))
+            }
         }
     }
 }

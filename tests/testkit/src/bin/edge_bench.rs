@@ -234,6 +234,9 @@ async fn main() -> Result<()> {
             r#"{{"model":"{model}","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"hello bench"}}]}}"#
         )
     };
+    let responses = |model: &str, stream: bool| {
+        format!(r#"{{"model":"{model}","stream":{stream},"input":"hello bench"}}"#)
+    };
     let scenarios = vec![
         Scenario {
             name: "openai passthrough, chat",
@@ -331,7 +334,41 @@ async fn main() -> Result<()> {
             edge_path: "/v1/messages",
             edge_body: messages("vllm/Qwen/Qwen2.5-0.5B-Instruct", true),
         },
+        Scenario {
+            name: "responses → ollama, chat",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", false),
+            edge_path: "/v1/responses",
+            edge_body: responses("ollama/llama3:8b", false),
+        },
+        Scenario {
+            name: "responses → ollama, stream",
+            direct_addr: ollama.addr.clone(),
+            direct_path: "/api/chat",
+            direct_body: chat("llama3:8b", true),
+            edge_path: "/v1/responses",
+            edge_body: responses("ollama/llama3:8b", true),
+        },
+        Scenario {
+            name: "responses → openai, chat",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", false),
+            edge_path: "/v1/responses",
+            edge_body: responses("vllm/Qwen/Qwen2.5-0.5B-Instruct", false),
+        },
+        Scenario {
+            name: "responses → openai, stream",
+            direct_addr: openai.addr.clone(),
+            direct_path: "/v1/chat/completions",
+            direct_body: chat("Qwen/Qwen2.5-0.5B-Instruct", true),
+            edge_path: "/v1/responses",
+            edge_body: responses("vllm/Qwen/Qwen2.5-0.5B-Instruct", true),
+        },
     ];
+    // Added p50 per scenario, for the translation overhead summary below.
+    let mut added = std::collections::HashMap::new();
 
     println!(
         "{:<28} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>7}",
@@ -354,6 +391,7 @@ async fn main() -> Result<()> {
         .await?;
         let via = latencies(&edge.addr, s.edge_path, &s.edge_body, args.latency_requests).await?;
         let added50 = us(pct(&via, 0.5)) - us(pct(&direct, 0.5));
+        added.insert(s.name, added50);
         let added99 = us(pct(&via, 0.99)) - us(pct(&direct, 0.99));
         let direct_rps = throughput(
             &s.direct_addr,
@@ -382,6 +420,22 @@ async fn main() -> Result<()> {
             edge_rps,
             edge_rps / direct_rps
         );
+    }
+    // The cost of a second translation layer (Responses or Messages on top of the chat path),
+    // as added latency relative to chat's to the same provider: chat translated (Ollama) or
+    // chat passed through (OpenAI-compatible, no translation at all: the stricter bar).
+    for (what, base, how) in [
+        ("ollama", "ollama translated", "translated"),
+        ("openai", "openai passthrough", "passed through"),
+    ] {
+        for mode in ["chat", "stream"] {
+            let chat = added[format!("{base}, {mode}").as_str()].max(1.0);
+            println!(
+                "added p50 vs chat {how} ({what}, {mode}): responses {:.2}×, messages {:.2}×",
+                added[format!("responses → {what}, {mode}").as_str()] / chat,
+                added[format!("anthropic → {what}, {mode}").as_str()] / chat,
+            );
+        }
     }
     // Policy checks on the hot path: the same request as a keyed client with every limit set
     // (key hash, model globs, rpm, tpm, concurrency, usage) and as anonymous with the open

@@ -10,6 +10,9 @@
 //! - any unknown model answers 404 as the real server does.
 //!
 //! `--loaded` sets what `/api/ps` reports; `--context-length` makes long chats fail as vLLM does.
+//! With `--responses` the OpenAI kind serves the Responses API as well; rerank, moderations,
+//! images, speech and (multipart) transcriptions are always served, as vLLM and the
+//! OpenAI-compatible whisper/TTS servers do.
 //!
 //! `GET /_fake/stats` counts requests; `GET /_fake/last` shows the last request's headers/body.
 use std::collections::BTreeSet;
@@ -58,6 +61,9 @@ struct Args {
     /// Name reported in `x-fake-upstream` and in `/_fake/stats`.
     #[arg(long, default_value = "fake")]
     name: String,
+    /// Serve OpenAI's Responses API too (`/v1/responses`, OpenAI kind), as newer vLLM does.
+    #[arg(long)]
+    responses: bool,
 }
 
 struct Fake {
@@ -65,6 +71,8 @@ struct Fake {
     models: Mutex<BTreeSet<String>>,
     requests: AtomicU64,
     last: Mutex<Value>,
+    /// Responses made by `/v1/responses`, for GET and DELETE.
+    responses: Mutex<std::collections::HashMap<String, Value>>,
 }
 
 type S = State<Arc<Fake>>;
@@ -789,6 +797,366 @@ async fn v_embeddings(State(f): S, headers: HeaderMap, Json(body): Json<Value>) 
     .into_response()
 }
 
+/// The model check every OpenAI route starts with: 404 as vLLM answers an unknown model.
+fn known_model(f: &Fake, headers: &HeaderMap, model: &str) -> Option<Response> {
+    if let Some(r) = check_key(f, headers) {
+        return Some(r);
+    }
+    f.has(model).is_none().then(|| {
+        openai_err(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist."),
+            "NotFoundError",
+        )
+    })
+}
+
+/// `POST /v1/rerank` as vLLM, Jina and Cohere answer it: documents by relevance.
+async fn v_rerank(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.enter(&headers, &body).await;
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    if let Some(r) = known_model(&f, &headers, &model) {
+        return r;
+    }
+    let query = body["query"].as_str().unwrap_or("");
+    let docs: Vec<String> = body["documents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| d.as_str().or(d["text"].as_str()).unwrap_or("").to_owned())
+        .collect();
+    // Relevance: shared words with the query, so the order is predictable.
+    let mut results: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let shared = d
+                .split_whitespace()
+                .filter(|w| query.split_whitespace().any(|q| q.eq_ignore_ascii_case(w)))
+                .count();
+            json!({"index": i, "document": {"text": d}, "relevance_score": shared as f64 / 10.0})
+        })
+        .collect();
+    results.sort_by(|a, b| {
+        b["relevance_score"]
+            .as_f64()
+            .partial_cmp(&a["relevance_score"].as_f64())
+            .unwrap()
+    });
+    if let Some(n) = body["top_n"].as_u64() {
+        results.truncate(n as usize);
+    }
+    Json(json!({"id": "rerank-fake0001", "model": model,
+                "usage": {"total_tokens": docs.len() * 4}, "results": results}))
+    .into_response()
+}
+
+async fn v_moderations(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.enter(&headers, &body).await;
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    if let Some(r) = known_model(&f, &headers, &model) {
+        return r;
+    }
+    let flagged = body["input"].to_string().contains("kill");
+    Json(json!({"id": "modr-fake0001", "model": model, "results": [{
+        "flagged": flagged,
+        "categories": {"violence": flagged, "harassment": false, "hate": false, "self-harm": false, "sexual": false},
+        "category_scores": {"violence": if flagged { 0.9 } else { 0.01 }, "harassment": 0.0, "hate": 0.0, "self-harm": 0.0, "sexual": 0.0}}]}))
+    .into_response()
+}
+
+async fn v_images(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.enter(&headers, &body).await;
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    if let Some(r) = known_model(&f, &headers, &model) {
+        return r;
+    }
+    // A 1×1 PNG.
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let n = body["n"].as_u64().unwrap_or(1);
+    let data: Vec<Value> = (0..n)
+        .map(|_| json!({"b64_json": png, "revised_prompt": body["prompt"]}))
+        .collect();
+    Json(json!({"created": 1_764_000_000, "data": data})).into_response()
+}
+
+/// `POST /v1/audio/speech`: audio bytes in several chunks, as a TTS server streams them.
+async fn v_speech(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.enter(&headers, &body).await;
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    if let Some(r) = known_model(&f, &headers, &model) {
+        return r;
+    }
+    let text = body["input"].as_str().unwrap_or("");
+    // "ID3" and then one byte per character of the input, in 4 chunks.
+    let mut audio = b"ID3".to_vec();
+    audio.extend(text.bytes());
+    let quarter = audio.len().div_ceil(4).max(1);
+    let items: Vec<Bytes> = audio.chunks(quarter).map(Bytes::copy_from_slice).collect();
+    let ct = match body["response_format"].as_str() {
+        Some("wav") => "audio/wav",
+        Some("opus") => "audio/ogg",
+        _ => "audio/mpeg",
+    };
+    with_type(
+        stream_body(items, Duration::from_millis(f.args.chunk_delay_ms), false),
+        ct,
+    )
+}
+
+/// `POST /v1/audio/transcriptions` and `/translations`: multipart/form-data, as whisper
+/// servers take it. The "transcript" names the file and its size.
+async fn v_transcribe(State(f): S, headers: HeaderMap, body: Bytes) -> Response {
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Ok(boundary) = multer::parse_boundary(ct) else {
+        return openai_err(
+            StatusCode::BAD_REQUEST,
+            "expected multipart/form-data",
+            "BadRequestError",
+        );
+    };
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut fields = serde_json::Map::new();
+    let mut file: Option<(String, usize, String)> = None;
+    while let Ok(Some(field)) = form.next_field().await {
+        let name = field.name().unwrap_or("").to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let mime = field
+            .content_type()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let data = field.bytes().await.unwrap_or_default();
+        match file_name {
+            Some(n) => file = Some((n, data.len(), mime)),
+            None => {
+                fields.insert(name, json!(String::from_utf8_lossy(&data)));
+            }
+        }
+    }
+    let (file_name, size, mime) = file.unwrap_or_default();
+    let recorded =
+        json!({"fields": fields, "file": {"name": file_name, "size": size, "content_type": mime}});
+    f.enter(&headers, &recorded).await;
+    let model = fields
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if let Some(r) = known_model(&f, &headers, &model) {
+        return r;
+    }
+    if size == 0 {
+        return openai_err(
+            StatusCode::BAD_REQUEST,
+            "file is required",
+            "BadRequestError",
+        );
+    }
+    let text = format!("heard {size} bytes of {file_name}");
+    if fields.get("response_format").and_then(Value::as_str) == Some("text") {
+        return with_type(Body::from(text), "text/plain; charset=utf-8");
+    }
+    Json(json!({"text": text, "usage": {"type": "duration", "seconds": 1}})).into_response()
+}
+
+// -------------------------------------------------------- OpenAI Responses ----
+
+/// The last user text of a Responses `input` (a string, or items with text parts).
+fn responses_user_text(body: &Value) -> String {
+    match &body["input"] {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .rev()
+            .find(|i| i["role"] == "user")
+            .map(|i| match &i["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn response_object(
+    id: &str,
+    model: &str,
+    body: &Value,
+    status: &str,
+    output: Vec<Value>,
+    usage: Value,
+) -> Value {
+    json!({"id": id, "object": "response", "created_at": 1_764_000_000, "status": status,
+           "background": false, "error": null, "incomplete_details": null,
+           "instructions": body.get("instructions").cloned().unwrap_or(Value::Null),
+           "max_output_tokens": body.get("max_output_tokens").cloned().unwrap_or(Value::Null),
+           "model": model, "output": output, "parallel_tool_calls": true,
+           "previous_response_id": body.get("previous_response_id").cloned().unwrap_or(Value::Null),
+           "reasoning": {"effort": null, "summary": null}, "store": true, "temperature": 1.0,
+           "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+           "tools": body.get("tools").cloned().unwrap_or(json!([])), "top_p": 1.0,
+           "truncation": "disabled", "usage": usage, "user": null, "metadata": {}})
+}
+
+/// `POST /v1/responses`, written from OpenAI's API reference: a message answer (or two
+/// function calls when tools are offered and the last item is the user's), streamed as the
+/// documented event sequence when `stream` is set.
+async fn v_responses(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.enter(&headers, &body).await;
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    if let Some(r) = known_model(&f, &headers, &model) {
+        return r;
+    }
+    if f.behaviour(&model) == "fake-error" {
+        return openai_err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "engine crashed",
+            "InternalServerError",
+        );
+    }
+    let n = f.requests.load(Ordering::Relaxed);
+    let id = format!("resp_fake{n:04}");
+    let text = format!("You said: {}", responses_user_text(&body));
+    let last_is_user = match &body["input"] {
+        Value::String(_) => true,
+        Value::Array(items) => items.last().is_some_and(|i| i["role"] == "user"),
+        _ => false,
+    };
+    let tool = body["tools"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["type"] == "function"))
+        .and_then(|t| t["name"].as_str())
+        .filter(|_| last_is_user)
+        .map(str::to_owned);
+    let output: Vec<Value> = match &tool {
+        Some(name) => ["Paris", "Berlin"]
+            .iter()
+            .enumerate()
+            .map(|(i, city)| json!({"id": format!("fc_fake{n}_{i}"), "type": "function_call", "status": "completed",
+                                     "call_id": format!("call_fake{n}_{i}"), "name": name,
+                                     "arguments": json!({"location": city}).to_string()}))
+            .collect(),
+        None => vec![json!({"id": format!("msg_fake{n}"), "type": "message", "status": "completed", "role": "assistant",
+                             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})],
+    };
+    let words = text.split(' ').count() as u64;
+    let input_tokens = responses_user_text(&body).split_whitespace().count() as u64 + 5;
+    let usage = json!({"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                       "output_tokens": words, "output_tokens_details": {"reasoning_tokens": 0},
+                       "total_tokens": input_tokens + words});
+    let done = response_object(&id, &model, &body, "completed", output.clone(), usage);
+    f.responses.lock().unwrap().insert(id.clone(), done.clone());
+    if body["stream"] != true {
+        return Json(done).into_response();
+    }
+    let mut seq = 0u64;
+    let mut items = Vec::new();
+    let mut ev = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+    };
+    let pending = response_object(&id, &model, &body, "in_progress", vec![], Value::Null);
+    items.push(ev("response.created", json!({"response": pending})));
+    items.push(ev("response.in_progress", json!({"response": pending})));
+    for (i, item) in output.iter().enumerate() {
+        let mut added = item.clone();
+        added["status"] = json!("in_progress");
+        if item["type"] == "message" {
+            added["content"] = json!([]);
+            items.push(ev(
+                "response.output_item.added",
+                json!({"output_index": i, "item": added}),
+            ));
+            let part =
+                json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
+            items.push(ev(
+                "response.content_part.added",
+                json!({"item_id": item["id"], "output_index": i, "content_index": 0, "part": part}),
+            ));
+            for w in reply_words(
+                &json!({"messages": [{"role": "user", "content": responses_user_text(&body)}]}),
+            ) {
+                items.push(ev("response.output_text.delta", json!({"item_id": item["id"], "output_index": i, "content_index": 0, "delta": w, "logprobs": []})));
+            }
+            items.push(ev("response.output_text.done", json!({"item_id": item["id"], "output_index": i, "content_index": 0, "text": text, "logprobs": []})));
+            items.push(ev("response.content_part.done", json!({"item_id": item["id"], "output_index": i, "content_index": 0, "part": item["content"][0]})));
+        } else {
+            added["arguments"] = json!("");
+            items.push(ev(
+                "response.output_item.added",
+                json!({"output_index": i, "item": added}),
+            ));
+            let args = item["arguments"].as_str().unwrap_or("").to_owned();
+            let (a1, a2) = args.split_at(args.len() / 2);
+            for part in [a1, a2] {
+                items.push(ev(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": item["id"], "output_index": i, "delta": part}),
+                ));
+            }
+            items.push(ev("response.function_call_arguments.done", json!({"item_id": item["id"], "output_index": i, "name": item["name"], "arguments": args})));
+        }
+        items.push(ev(
+            "response.output_item.done",
+            json!({"output_index": i, "item": item}),
+        ));
+    }
+    items.push(ev("response.completed", json!({"response": done})));
+    with_type(
+        stream_body(items, Duration::from_millis(f.args.chunk_delay_ms), false),
+        "text/event-stream",
+    )
+}
+
+fn response_not_found(id: &str) -> Response {
+    openai_err(
+        StatusCode::NOT_FOUND,
+        &format!("Response with id '{id}' not found."),
+        "invalid_request_error",
+    )
+}
+
+async fn v_response_get(
+    State(f): S,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    f.enter(&headers, &json!({"get": id})).await;
+    if let Some(r) = check_key(&f, &headers) {
+        return r;
+    }
+    match f.responses.lock().unwrap().get(&id) {
+        Some(r) => Json(r.clone()).into_response(),
+        None => response_not_found(&id),
+    }
+}
+
+async fn v_response_delete(
+    State(f): S,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    f.enter(&headers, &json!({"delete": id})).await;
+    if let Some(r) = check_key(&f, &headers) {
+        return r;
+    }
+    match f.responses.lock().unwrap().remove(&id) {
+        Some(_) => Json(json!({"id": id, "object": "response", "deleted": true})).into_response(),
+        None => response_not_found(&id),
+    }
+}
+
 // ------------------------------------------------------------- test hooks ----
 
 async fn stats(State(f): S) -> Json<Value> {
@@ -811,6 +1179,7 @@ async fn main() -> anyhow::Result<()> {
         models: Mutex::new(models.into_iter().collect()),
         requests: AtomicU64::new(0),
         last: Mutex::new(Value::Null),
+        responses: Mutex::new(Default::default()),
         args: args.clone(),
     });
     let app = if args.kind == "ollama" {
@@ -834,6 +1203,20 @@ async fn main() -> anyhow::Result<()> {
             .route("/v1/chat/completions", post(v_chat))
             .route("/v1/completions", post(v_completions))
             .route("/v1/embeddings", post(v_embeddings))
+            .route("/v1/rerank", post(v_rerank))
+            .route("/v1/moderations", post(v_moderations))
+            .route("/v1/images/generations", post(v_images))
+            .route("/v1/audio/speech", post(v_speech))
+            .route("/v1/audio/transcriptions", post(v_transcribe))
+            .route("/v1/audio/translations", post(v_transcribe))
+    };
+    let app = if args.kind == "openai" && args.responses {
+        app.route("/v1/responses", post(v_responses)).route(
+            "/v1/responses/{id}",
+            get(v_response_get).delete(v_response_delete),
+        )
+    } else {
+        app
     };
     let name = args.name.clone();
     let app = app

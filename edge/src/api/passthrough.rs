@@ -1,0 +1,216 @@
+//! OpenAI-shaped routes the edge only passes through, routed by `model` like chat (same
+//! request id, policy, failover, log line and metrics): `/v1/rerank`, `/v1/moderations`,
+//! `/v1/images/generations`, `/v1/audio/speech` (audio streamed back as it comes), and the
+//! multipart uploads `/v1/audio/transcriptions` and `/v1/audio/translations`.
+//!
+//! Only OpenAI-compatible providers serve them; Ollama has none of these APIs, so a model on an
+//! Ollama provider gets a 404 in OpenAI's shape naming the model and the route, as OpenAI
+//! answers a model used on an endpoint it does not serve.
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use axum::{Extension, Router};
+use bytes::Bytes;
+use http::{header, HeaderMap, StatusCode, Uri};
+
+use super::openai::{self, OpenAiError};
+use super::{EdgeState, RequestContext};
+use crate::config::ProviderKind;
+use crate::providers::ProviderRoute;
+
+pub fn routes() -> Router<Arc<EdgeState>> {
+    Router::new()
+        .route("/v1/rerank", post(json_route))
+        .route("/v1/moderations", post(json_route))
+        .route("/v1/images/generations", post(json_route))
+        .route("/v1/audio/speech", post(json_route))
+        .route("/v1/audio/transcriptions", post(multipart_route))
+        .route("/v1/audio/translations", post(multipart_route))
+}
+
+type Result<T> = std::result::Result<T, OpenAiError>;
+
+/// The path under the provider's base URL (which ends in `/v1`).
+fn upstream_path(uri: &Uri) -> &str {
+    uri.path().strip_prefix("/v1").unwrap_or(uri.path())
+}
+
+/// Route by model; a provider kind without the API answers 404 naming model and route.
+fn route_for(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    model: &str,
+    uri: &Uri,
+) -> Result<ProviderRoute> {
+    let route = openai::route(state, ctx, model)?;
+    if route.provider.kind != ProviderKind::Openai {
+        return Err(OpenAiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "The model `{model}` is served by provider `{}` ({}), which does not serve {}",
+                route.provider.name,
+                route.provider.kind.as_str(),
+                uri.path()
+            ),
+        )
+        .code("route_not_supported")
+        .param("model"));
+    }
+    Ok(route)
+}
+
+/// JSON bodies: `model` rewritten, everything else as it came; the answer (JSON, SSE or
+/// audio bytes) streamed back.
+async fn json_route(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    ctx.update(|m| m.surface = "openai");
+    let result = async {
+        let body = openai::parse_body(&body)?;
+        let model = openai::requested_model(&body)?;
+        let route = route_for(&state, &ctx, &model, &uri)?;
+        openai::passthrough(&state, &ctx, body, &route, upstream_path(&uri)).await
+    }
+    .await;
+    result.unwrap_or_else(|e| openai::fail(&ctx, e))
+}
+
+/// One field of a multipart form, kept to be sent again.
+struct FormField {
+    name: String,
+    file_name: Option<String>,
+    content_type: Option<String>,
+    data: Bytes,
+}
+
+fn bad_form(message: impl Into<String>) -> OpenAiError {
+    OpenAiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// The form's fields in order, read with multer from the body the gateway already bounded.
+async fn read_form(headers: &HeaderMap, body: Bytes) -> Result<Vec<FormField>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        bad_form(format!(
+            "This endpoint takes multipart/form-data, not {:?}",
+            content_type
+        ))
+    })?;
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut fields = Vec::new();
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(bad_form(format!("The multipart body is malformed: {e}"))),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(|m| m.to_string());
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| bad_form(format!("The multipart body is malformed: {e}")))?;
+        fields.push(FormField {
+            name,
+            file_name,
+            content_type,
+            data,
+        });
+    }
+    Ok(fields)
+}
+
+/// The form again, `model` replaced by the provider's name for it.
+fn form_for(fields: &[FormField], model: &str) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new();
+    for f in fields {
+        if f.name == "model" {
+            form = form.text("model", model.to_owned());
+            continue;
+        }
+        let part = || {
+            let p =
+                reqwest::multipart::Part::stream_with_length(f.data.clone(), f.data.len() as u64);
+            match &f.file_name {
+                Some(n) => p.file_name(n.clone()),
+                None => p,
+            }
+        };
+        // A content type reqwest cannot parse is left out rather than failing the upload.
+        let part = match &f.content_type {
+            Some(ct) => part().mime_str(ct).unwrap_or_else(|_| part()),
+            None => part(),
+        };
+        form = form.part(f.name.clone(), part);
+    }
+    form
+}
+
+/// multipart/form-data uploads (audio): `model` found among the fields and rewritten, the
+/// other fields (the file included) sent as they came.
+async fn multipart_route(
+    State(state): State<Arc<EdgeState>>,
+    Extension(ctx): Extension<RequestContext>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    ctx.update(|m| m.surface = "openai");
+    let result = async {
+        let fields = read_form(&headers, body).await?;
+        let model = fields
+            .iter()
+            .find(|f| f.name == "model")
+            .map(|f| String::from_utf8_lossy(&f.data).trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| bad_form("Missing required parameter: 'model'").param("model"))?;
+        let route = route_for(&state, &ctx, &model, &uri)?;
+        let path = upstream_path(&uri);
+        let http = &state.providers.http;
+        let up = openai::send_with(&state, &ctx, &route, |ep| {
+            http.post(format!("{}{path}", ep.url))
+                .multipart(form_for(&fields, &route.model))
+        })
+        .await?;
+        openai::relay(&state, &ctx, up).await
+    }
+    .await;
+    result.unwrap_or_else(|e| openai::fail(&ctx, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_form_comes_back_with_only_model_changed() {
+        let body = Bytes::from_static(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nvllm/whisper\r\n\
+              --XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\
+              Content-Type: audio/wav\r\n\r\nRIFF\x00\x01\r\n--XyZ--\r\n",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "multipart/form-data; boundary=XyZ".parse().unwrap(),
+        );
+        let fields = read_form(&headers, body).await.unwrap();
+        assert_eq!(fields.len(), 2);
+        assert_eq!(&fields[0].data[..], b"vllm/whisper");
+        assert_eq!(fields[1].file_name.as_deref(), Some("a.wav"));
+        assert_eq!(fields[1].content_type.as_deref(), Some("audio/wav"));
+        assert_eq!(&fields[1].data[..], b"RIFF\x00\x01");
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(read_form(&headers, Bytes::new()).await.is_err());
+    }
+}
