@@ -746,16 +746,19 @@ pub(crate) async fn passthrough(
     body["model"] = json!(route.model);
     let strip_usage = ask_for_usage(&mut body, path);
     let up = send(state, ctx, route, path, &body).await?;
-    relay(state, ctx, up).await
+    relay(state, ctx, up, strip_usage).await
 }
 
 /// An OpenAI-compatible upstream's answer as it came: an error status with its body (or in
 /// OpenAI's shape when it had none), JSON read whole (for its usage), SSE and any other body
-/// (audio, images) streamed chunk by chunk under the idle and total timeouts.
+/// (audio, images) streamed chunk by chunk under the idle and total timeouts. `strip_usage`: the
+/// edge asked for the stream's usage chunk on the client's behalf (`ask_for_usage`), so it is
+/// taken out again.
 pub(crate) async fn relay(
     state: &EdgeState,
     ctx: &RequestContext,
     up: UpstreamResponse,
+    strip_usage: bool,
 ) -> Result<Response> {
     let status = stream::upstream_status(&up.response);
     let content_type = up.response.headers().get(header::CONTENT_TYPE).cloned();

@@ -182,7 +182,7 @@ async fn multipart_route(
                 .multipart(form_for(&fields, &route.model))
         })
         .await?;
-        openai::relay(&state, &ctx, up).await
+        openai::relay(&state, &ctx, up, false).await
     }
     .await;
     result.unwrap_or_else(|e| openai::fail(&ctx, e))

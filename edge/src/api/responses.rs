@@ -537,7 +537,7 @@ async fn ask_provider(
         http.request(method.clone(), format!("{}/responses/{id}{query}", ep.url))
     })
     .await?;
-    openai::relay(state, ctx, up).await
+    openai::relay(state, ctx, up, false).await
 }
 
 #[cfg(test)]
