@@ -5,7 +5,9 @@
 # after COMPOSE_PROJECT_NAME. Secrets go from .env into Swarm secrets named
 # <stack>_<secret>_<hash of the value> (a Swarm secret cannot change; a new value is a new name and
 # a rolling update). Settings: AIBOX_EDGE_REPLICAS (default 2), AIBOX_SWARM_PUBLISH (1),
-# AIBOX_SWARM_PUBLISH_MODE (ingress | host), AIBOX_REDIS_PASSWORD (generated into .env).
+# AIBOX_SWARM_PUBLISH_MODE (ingress | host), AIBOX_SWARM_ENDPOINT_MODE (vip | dnsrr: for kernels
+# without IPVS, where virtual IPs and the routing mesh cannot work), AIBOX_REDIS_PASSWORD
+# (generated into .env).
 # What Swarm changes, and what the controller does not do there: docs/SCALING.md.
 
 swarm_require() {
@@ -103,7 +105,7 @@ swarm_up() {
   AIBOX_EDGE_CONFIG=$(setting AIBOX_EDGE_CONFIG "$ROOT/deploy/edge.toml")
   case "$AIBOX_EDGE_CONFIG" in /*) ;; *) AIBOX_EDGE_CONFIG="$ROOT/${AIBOX_EDGE_CONFIG#./}" ;; esac
   local v
-  for v in OLLAMA_URL AIBOX_EDGE_REPLICAS AIBOX_SWARM_PUBLISH_MODE EDGE_LOG CONTROLLER_LOG DASHBOARD_LOG \
+  for v in OLLAMA_URL AIBOX_EDGE_REPLICAS AIBOX_SWARM_PUBLISH_MODE AIBOX_SWARM_ENDPOINT_MODE EDGE_LOG CONTROLLER_LOG DASHBOARD_LOG \
            DASHBOARD_USER DASHBOARD_COOKIE_SECURE DASHBOARD_SESSION_HOURS AUDIT_MAX_BYTES AUDIT_KEEP \
            AUDIT_CHECK_INTERVAL_SECS DOCKER_SOCKET; do
     if [ -n "$(setting "$v")" ]; then export "$v=$(setting "$v")"; fi

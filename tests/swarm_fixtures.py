@@ -28,6 +28,15 @@ from compose_fixtures import DEBUG_BIN, FAKE_DOCKERFILE, ROOT, require_docker, r
 SWARM_KEY_ENV = "AIBOX_SWARM_TEST_KEY"
 
 
+def kernel_has_ipvs() -> bool:
+    """Swarm's virtual IPs and routing mesh are the kernel's IPVS. Without it (a minimal VM
+    kernel), services are reached by DNS round-robin (endpoint_mode dnsrr) instead."""
+    release = os.uname().release
+    modules = Path("/proc/modules").read_text() if Path("/proc/modules").exists() else ""
+    return (Path("/proc/net/ip_vs").exists() or Path("/sys/module/ip_vs").exists() or "ip_vs " in modules
+            or any(Path(f"/lib/modules/{release}").glob("**/ip_vs.ko*")))
+
+
 def swarm_state() -> str:
     return run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout.strip()
 
@@ -59,6 +68,7 @@ class SwarmStack:
         self.fake_service = f"{self.stack}-ollama"
         self.forwarder = f"{self.stack}-client"
         self.ports: dict[int, int] = {}
+        self.ipvs = kernel_has_ipvs()
         self.up_output = ""
         self.up_seconds = 0.0
 
@@ -77,6 +87,7 @@ class SwarmStack:
             "AIBOX_PROFILES": "",
             "AIBOX_GPU": "none",
             "AIBOX_SWARM_PUBLISH": "0",
+            "AIBOX_SWARM_ENDPOINT_MODE": "vip" if self.ipvs else "dnsrr",
             "OLLAMA_URL": f"http://{self.fake_service}:11434",
             "EDGE_LOG": "info,pingora_core=warn,pingora_proxy=warn",
         }
@@ -109,7 +120,7 @@ class SwarmStack:
             args = [str(DEBUG_BIN / "edge"), "key", "add", name, "--key-env", SWARM_KEY_ENV, "--file", str(keys)]
             for k, v in policy.items():
                 args += [f"--{k}", str(v)]
-            run(args, env={SWARM_KEY_ENV: f"key-{name}"})
+            run(args, env={SWARM_KEY_ENV: f"swarm-test-key-{name}"})
 
     def build_fake(self) -> None:
         """The fake Ollama's image, FROM the edge image (its C runtime and busybox)."""
@@ -138,18 +149,30 @@ class SwarmStack:
         run(["docker", "service", "create", "--detach", "--name", self.fake_service,
              "--network", f"{self.stack}_models", "--read-only", "--cap-drop", "ALL",
              "--user", "65532:65532", "--label", f"io.aibox.test={self.stack}",
+             # The edge image's check (inherited) asks port 11435; a service's own check would
+             # need a shell. The test waits for the fake's answers instead.
+             "--no-healthcheck", "--endpoint-mode", "vip" if self.ipvs else "dnsrr",
              self.fake_image, "--kind", "ollama", "--listen", "0.0.0.0:11434", "--chunk-delay-ms", "300"])
         wait_until(lambda: self.running_tasks(self.fake_service), "the fake Ollama's task", timeout=90)
 
     def start_forwarder(self) -> None:
-        """Port 8080 -> the edge service's virtual IP; 8081, 8082 -> each edge task (started
-        again after a task was replaced: the new one has a new address)."""
+        """Port 8080 -> the edge service's virtual IP (with IPVS; without, 8080 is the first
+        task too); 8081, 8082 -> each edge task (started again after a task was replaced: the
+        new one has a new address)."""
         run(["docker", "rm", "-f", self.forwarder], check=False)
         tasks = self.edge_tasks()
         assert len(tasks) == 2, tasks
+        # By address: a static busybox cannot resolve names (no NSS), so the service's virtual IP
+        # on `front` is looked up here.
+        vip = tasks[0]["ip"]
+        if self.ipvs:
+            front = run(["docker", "network", "inspect", "-f", "{{.Id}}", f"{self.stack}_front"]).stdout.strip()
+            vips = json.loads(run(["docker", "service", "inspect", "-f", "{{json .Endpoint.VirtualIPs}}",
+                                   f"{self.stack}_edge"]).stdout)
+            vip = next(v["Addr"].split("/")[0] for v in vips if v["NetworkID"] == front)
         script = (f"/bin/busybox nc -ll -p 8081 -e /bin/busybox nc {tasks[0]['ip']} 11435 & "
                   f"/bin/busybox nc -ll -p 8082 -e /bin/busybox nc {tasks[1]['ip']} 11435 & "
-                  "exec /bin/busybox nc -ll -p 8080 -e /bin/busybox nc edge 11435")
+                  f"exec /bin/busybox nc -ll -p 8080 -e /bin/busybox nc {vip} 11435")
         run(["docker", "run", "-d", "--name", self.forwarder, "--network", f"{self.stack}_front",
              "--read-only", "--cap-drop", "ALL", "--user", "65532:65532",
              "-p", "127.0.0.1::8080", "-p", "127.0.0.1::8081", "-p", "127.0.0.1::8082",
@@ -192,6 +215,13 @@ class SwarmStack:
         run(["docker", "rm", "-f", self.forwarder], check=False)
         run(["docker", "service", "rm", self.fake_service], check=False)
         run(["deploy/compose.sh", "down", "--swarm"], env=self.env, timeout=180, check=False)
+        # `service rm` returns before its task's container is gone (and its image is in use).
+        try:
+            wait_until(lambda: not run(["docker", "ps", "-aq", "--filter",
+                                        f"label=com.docker.swarm.service.name={self.fake_service}"]).stdout.strip(),
+                       "the fake Ollama's container to go", timeout=60)
+        except AssertionError:
+            pass  # reported by leftovers()
 
     def leftovers(self) -> dict[str, list[str]]:
         ns = f"label=com.docker.stack.namespace={self.stack}"
@@ -199,7 +229,9 @@ class SwarmStack:
             "services": run(["docker", "service", "ls", "-q", "--filter", ns]).stdout.split()
             + run(["docker", "service", "ls", "-q", "--filter", f"label=io.aibox.test={self.stack}"]).stdout.split(),
             "containers": run(["docker", "ps", "-aq", "--filter", ns]).stdout.split()
-            + run(["docker", "ps", "-aq", "--filter", f"label=io.aibox.test={self.stack}"]).stdout.split(),
+            + run(["docker", "ps", "-aq", "--filter", f"label=io.aibox.test={self.stack}"]).stdout.split()
+            + run(["docker", "ps", "-aq", "--filter",
+                   f"label=com.docker.swarm.service.name={self.fake_service}"]).stdout.split(),
             "networks": run(["docker", "network", "ls", "-q", "--filter", ns]).stdout.split(),
             "secrets": run(["docker", "secret", "ls", "-q", "--filter", f"label=io.aibox.stack={self.stack}"]).stdout.split(),
         }
