@@ -286,48 +286,58 @@ impl ClientState {
     /// Takes a slot for one request: tokens first (nothing consumed when over), then the
     /// concurrency slot, then the request cell.
     pub async fn admit(self: &Arc<Self>) -> Result<Admission, Refusal> {
-        let limited = |limit, retry_after| Refusal::Limited { limit, retry_after };
-        if let Some(t) = &self.tpm {
-            let shared = match (&self.shared, self.policy.tpm) {
-                (Some(s), Some(tpm)) => s.tokens_admit(&self.name, tpm.get()).await,
-                _ => None,
-            };
-            shared
-                .unwrap_or_else(|| t.admit())
-                .map_err(|wait| limited("tpm", wait))?;
-        }
-        let mut admission = Admission {
-            state: self.clone(),
-            slot: Slot::None,
+        let limits = aibox_limits::Limits {
+            rpm: self.policy.rpm.map(NonZeroU32::get),
+            tpm: self.policy.tpm.map(NonZeroU32::get),
+            concurrency: self.policy.concurrency.map(NonZeroU32::get),
         };
-        if let Some(max) = self.policy.concurrency {
-            let shared = match &self.shared {
-                Some(s) => s.slot_take(&self.name, max.get()).await,
-                None => None,
-            };
-            match shared {
-                Some(true) => admission.slot = Slot::Shared,
-                Some(false) => return Err(limited("concurrency", Duration::from_secs(1))),
-                None => {
-                    admission.slot = Slot::Local;
-                    if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max.get() {
-                        // Dropping the admission gives the slot back.
-                        return Err(limited("concurrency", Duration::from_secs(1)));
+        if let Some(shared) = &self.shared {
+            if limits != aibox_limits::Limits::default() {
+                match shared.admit(&self.name, &limits).await {
+                    Some(Ok(())) => {
+                        return Ok(Admission {
+                            state: self.clone(),
+                            slot: if limits.concurrency.is_some() {
+                                Slot::Shared
+                            } else {
+                                Slot::None
+                            },
+                        })
                     }
+                    Some(Err((limit, retry_after))) => {
+                        return Err(Refusal::Limited { limit, retry_after })
+                    }
+                    // Redis cannot answer: this replica's own limiters hold the client.
+                    None => {}
                 }
             }
         }
+        self.admit_locally()
+    }
+
+    /// The in-process limiters: the limits on one host, the fallback of shared ones.
+    fn admit_locally(self: &Arc<Self>) -> Result<Admission, Refusal> {
+        let limited = |limit, retry_after| Refusal::Limited { limit, retry_after };
+        if let Some(t) = &self.tpm {
+            t.admit().map_err(|wait| limited("tpm", wait))?;
+        }
+        let admission = Admission {
+            state: self.clone(),
+            slot: if self.policy.concurrency.is_some() {
+                Slot::Local
+            } else {
+                Slot::None
+            },
+        };
+        if let Some(max) = self.policy.concurrency {
+            if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max.get() {
+                // Dropping the admission gives the slot back.
+                return Err(limited("concurrency", Duration::from_secs(1)));
+            }
+        }
         if let Some(r) = &self.rpm {
-            let shared = match (&self.shared, self.policy.rpm) {
-                (Some(s), Some(rpm)) => s.hit("rpm", &self.name, rpm.get()).await,
-                _ => None,
-            };
-            shared
-                .unwrap_or_else(|| {
-                    r.check()
-                        .map_err(|nu| nu.wait_time_from(DefaultClock::default().now()))
-                })
-                .map_err(|wait| limited("rpm", wait))?;
+            r.check()
+                .map_err(|nu| limited("rpm", nu.wait_time_from(DefaultClock::default().now())))?;
         }
         Ok(admission)
     }

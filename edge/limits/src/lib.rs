@@ -39,13 +39,39 @@ if t < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]); t = tonumber(ARGV[2]) end
 return t
 ";
 
-/// Tokens used in the current window: -1 while under the budget, else ms until it refills.
-const TOKENS_ADMIT: &str = r"
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used < tonumber(ARGV[1]) then return -1 end
-local t = redis.call('PTTL', KEYS[1])
-if t < 0 then t = 0 end
-return t
+/// One request's admission, in one round trip: the token budget (nothing taken when over), then a
+/// concurrency slot (a lease, renewed by each taker), then the request window; a refusal later in
+/// the line gives back what was taken before it. A limit of 0 is "not set". Answers
+/// `{0, 0}` admitted, or `{1 tpm | 2 concurrency | 3 rpm, ms to wait}`.
+const ADMIT: &str = r"
+local tpm, conc, rpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if tpm > 0 then
+  local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if used >= tpm then
+    local t = redis.call('PTTL', KEYS[1])
+    if t < 0 then t = 0 end
+    return {1, t}
+  end
+end
+if conc > 0 then
+  local n = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  if n > conc then
+    redis.call('DECR', KEYS[2])
+    return {2, 1000}
+  end
+end
+if rpm > 0 then
+  local n = redis.call('INCR', KEYS[3])
+  if n == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
+  if n > rpm then
+    if conc > 0 then redis.call('DECR', KEYS[2]) end
+    local t = redis.call('PTTL', KEYS[3])
+    if t < 0 then redis.call('PEXPIRE', KEYS[3], ARGV[4]); t = tonumber(ARGV[4]) end
+    return {3, t}
+  end
+end
+return {0, 0}
 ";
 
 /// Adds a response's tokens. What goes over the budget is debt: the window is stretched by the
@@ -60,14 +86,6 @@ local over = total - math.max(prev, limit)
 if over > 0 then t = t + math.floor(over * tonumber(ARGV[3]) / limit) end
 redis.call('PEXPIRE', KEYS[1], t)
 return total
-";
-
-/// Takes a concurrency slot (1) or refuses (0); the key is a lease, renewed by each taker.
-const SLOT_TAKE: &str = r"
-local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]); return 0 end
-return 1
 ";
 
 const SLOT_GIVE_BACK: &str = r"
@@ -98,9 +116,8 @@ pub struct SharedLimits {
     next_probe_ms: AtomicU64,
     epoch: Instant,
     window: Script,
-    tokens_admit: Script,
+    admit: Script,
     tokens_charge: Script,
-    slot_take: Script,
     slot_give_back: Script,
 }
 
@@ -132,9 +149,8 @@ impl SharedLimits {
             next_probe_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             window: Script::new(WINDOW),
-            tokens_admit: Script::new(TOKENS_ADMIT),
+            admit: Script::new(ADMIT),
             tokens_charge: Script::new(TOKENS_CHARGE),
-            slot_take: Script::new(SLOT_TAKE),
             slot_give_back: Script::new(SLOT_GIVE_BACK),
         })
     }
@@ -160,20 +176,37 @@ impl SharedLimits {
         let ms: i64 = self
             .run(
                 &self.window,
-                kind,
-                name,
+                &[key(kind, name)],
                 &[u64::from(per_minute), MINUTE_MS],
             )
             .await?;
         Some(refusal_after(ms))
     }
 
-    /// Whether a client under a tokens-per-minute budget may start a request.
-    pub async fn tokens_admit(&self, name: &str, per_minute: u32) -> Option<Result<(), Duration>> {
-        let ms: i64 = self
-            .run(&self.tokens_admit, "tpm", name, &[u64::from(per_minute)])
-            .await?;
-        Some(refusal_after(ms))
+    /// Admits one request of `name` under the limits that are set, in one round trip: `Ok`
+    /// (a concurrency slot is then held if `concurrency` is set: give it back with
+    /// [`slot_give_back`](Self::slot_give_back)), or which limit refused and for how long.
+    pub async fn admit(
+        &self,
+        name: &str,
+        limits: &Limits,
+    ) -> Option<Result<(), (&'static str, Duration)>> {
+        let keys = [key("tpm", name), key("concurrency", name), key("rpm", name)];
+        let args = [
+            limits.tpm.unwrap_or(0).into(),
+            limits.concurrency.unwrap_or(0).into(),
+            limits.rpm.unwrap_or(0).into(),
+            MINUTE_MS,
+            SLOT_LEASE_MS,
+        ];
+        let (which, ms): (i64, i64) = self.run(&self.admit, &keys, &args).await?;
+        let wait = Duration::from_millis(ms.max(1) as u64);
+        Some(match which {
+            0 => Ok(()),
+            1 => Err(("tpm", wait)),
+            2 => Err(("concurrency", wait)),
+            _ => Err(("rpm", wait)),
+        })
     }
 
     /// Charges a finished response's tokens; `None` when they could not be (charge locally).
@@ -181,44 +214,31 @@ impl SharedLimits {
         let _total: i64 = self
             .run(
                 &self.tokens_charge,
-                "tpm",
-                name,
+                &[key("tpm", name)],
                 &[u64::from(per_minute), tokens, MINUTE_MS],
             )
             .await?;
         Some(())
     }
 
-    /// Takes one of `max` concurrency slots: `Some(true)` taken, `Some(false)` all in use.
-    pub async fn slot_take(&self, name: &str, max: u32) -> Option<bool> {
-        let taken: i64 = self
-            .run(
-                &self.slot_take,
-                "concurrency",
-                name,
-                &[u64::from(max), SLOT_LEASE_MS],
-            )
-            .await?;
-        Some(taken == 1)
-    }
-
-    /// Gives a slot taken with [`slot_take`](Self::slot_take) back.
+    /// Gives back the concurrency slot an [`admit`](Self::admit) took.
     pub async fn slot_give_back(&self, name: &str) {
         let _: Option<i64> = self
-            .run(&self.slot_give_back, "concurrency", name, &[])
+            .run(&self.slot_give_back, &[key("concurrency", name)], &[])
             .await;
     }
 
     async fn run<T: FromRedisValue>(
         &self,
         script: &Script,
-        kind: &str,
-        name: &str,
+        keys: &[String],
         args: &[u64],
     ) -> Option<T> {
         let mut conn = self.connection()?;
         let mut invocation = script.prepare_invoke();
-        invocation.key(format!("aibox:{kind}:{name}"));
+        for k in keys {
+            invocation.key(k);
+        }
         for a in args {
             invocation.arg(*a);
         }
@@ -296,6 +316,20 @@ impl SharedLimits {
             );
         }
     }
+}
+
+/// The limits of one client, as `admit` takes them (`None`: not set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub concurrency: Option<u32>,
+}
+
+/// `aibox:{name}:kind`: the braces are a Redis Cluster hash tag, so one client's keys share a
+/// slot and one script may touch them all.
+fn key(kind: &str, name: &str) -> String {
+    format!("aibox:{{{name}}}:{kind}")
 }
 
 /// A script's answer: -1 admitted, else the milliseconds to wait (at least one).

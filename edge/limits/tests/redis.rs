@@ -3,7 +3,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aibox_limits::{SharedLimits, DEFAULT_TIMEOUT, PROBE_INTERVAL};
+use aibox_limits::{Limits, SharedLimits, DEFAULT_TIMEOUT, PROBE_INTERVAL};
 
 /// A redis-server of our own; killed when dropped.
 struct RedisServer {
@@ -88,12 +88,16 @@ async fn two_replicas_share_one_window() {
 async fn tokens_over_the_budget_are_debt() {
     let redis = RedisServer::start();
     let l = limits(&redis.url());
-    assert_eq!(l.tokens_admit("c", 100).await, Some(Ok(())));
+    let tpm = Limits {
+        tpm: Some(100),
+        ..Limits::default()
+    };
+    assert_eq!(l.admit("c", &tpm).await, Some(Ok(())));
     l.tokens_charge("c", 100, 60).await.unwrap();
-    assert_eq!(l.tokens_admit("c", 100).await, Some(Ok(())), "60 of 100");
+    assert_eq!(l.admit("c", &tpm).await, Some(Ok(())), "60 of 100");
     l.tokens_charge("c", 100, 250).await.unwrap();
-    match l.tokens_admit("c", 100).await {
-        Some(Err(wait)) => assert!(wait > Duration::from_secs(60), "{wait:?}"),
+    match l.admit("c", &tpm).await {
+        Some(Err(("tpm", wait))) => assert!(wait > Duration::from_secs(60), "{wait:?}"),
         other => panic!("over the budget must be refused: {other:?}"),
     }
 }
@@ -102,11 +106,35 @@ async fn tokens_over_the_budget_are_debt() {
 async fn concurrency_slots_are_shared_and_come_back() {
     let redis = RedisServer::start();
     let (a, b) = (limits(&redis.url()), limits(&redis.url()));
-    assert_eq!(a.slot_take("c", 2).await, Some(true));
-    assert_eq!(b.slot_take("c", 2).await, Some(true));
-    assert_eq!(a.slot_take("c", 2).await, Some(false));
+    let two = Limits {
+        concurrency: Some(2),
+        ..Limits::default()
+    };
+    assert_eq!(a.admit("c", &two).await, Some(Ok(())));
+    assert_eq!(b.admit("c", &two).await, Some(Ok(())));
+    assert!(matches!(a.admit("c", &two).await, Some(Err(("concurrency", _)))));
     b.slot_give_back("c").await;
-    assert_eq!(a.slot_take("c", 2).await, Some(true));
+    assert_eq!(a.admit("c", &two).await, Some(Ok(())));
+}
+
+#[tokio::test]
+async fn a_request_refused_by_rpm_gives_its_slot_back() {
+    let redis = RedisServer::start();
+    let l = limits(&redis.url());
+    let both = Limits {
+        rpm: Some(1),
+        concurrency: Some(1),
+        ..Limits::default()
+    };
+    assert_eq!(l.admit("c", &both).await, Some(Ok(())));
+    l.slot_give_back("c").await;
+    assert!(matches!(l.admit("c", &both).await, Some(Err(("rpm", _)))));
+    // The refused request took no slot: with rpm out of the way, one slot is free.
+    let conc = Limits {
+        concurrency: Some(1),
+        ..Limits::default()
+    };
+    assert_eq!(l.admit("c", &conc).await, Some(Ok(())));
 }
 
 #[tokio::test]
