@@ -112,7 +112,10 @@ async fn concurrency_slots_are_shared_and_come_back() {
     };
     assert_eq!(a.admit("c", &two).await, Some(Ok(())));
     assert_eq!(b.admit("c", &two).await, Some(Ok(())));
-    assert!(matches!(a.admit("c", &two).await, Some(Err(("concurrency", _)))));
+    assert!(matches!(
+        a.admit("c", &two).await,
+        Some(Err(("concurrency", _)))
+    ));
     b.slot_give_back("c").await;
     assert_eq!(a.admit("c", &two).await, Some(Ok(())));
 }
