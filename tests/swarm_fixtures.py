@@ -90,6 +90,8 @@ class SwarmStack:
             "AIBOX_SWARM_ENDPOINT_MODE": "vip" if self.ipvs else "dnsrr",
             "OLLAMA_URL": f"http://{self.fake_service}:11434",
             "EDGE_LOG": "info,pingora_core=warn,pingora_proxy=warn",
+            # A loaded machine must not turn a slow Redis answer into the local fallback.
+            "AIBOX_REDIS_TIMEOUT_MS": "3000",
         }
 
     def image(self, service: str) -> str:

@@ -166,7 +166,7 @@ def test_without_redis_the_replicas_fall_back_to_local_limits_and_share_again_wh
     # for want of Redis), and each replica says so.
     statuses = [chat(stack, "outage", (8081, 8082)[i % 2]) for i in range(6)]
     assert statuses == [200] * 6, statuses
-    wait_until(lambda: all("Redis is unreachable" in stack.logs(t["id"]) for t in tasks),
+    wait_until(lambda: all("shared limits: Redis is unreachable" in stack.logs(t["id"]) for t in tasks),
                "both replicas to log the local fallback", timeout=30)
     # Bounded: the fallback is the client's own limit, per replica (10 each, 6 used).
     statuses = [chat(stack, "outage", (8081, 8082)[i % 2]) for i in range(20)]
@@ -182,7 +182,7 @@ def test_without_redis_the_replicas_fall_back_to_local_limits_and_share_again_wh
                 chat(stack, "streamer", port)
             except openai.APIConnectionError:
                 pass
-        return all("Redis answers again" in stack.logs(t["id"]) for t in tasks)
+        return all("shared limits: Redis answers again" in stack.logs(t["id"]) for t in tasks)
     wait_until(resumed, "both replicas to log that sharing resumed", timeout=60, interval=1)
 
     # Shared again: 3 a minute across both replicas.
