@@ -177,9 +177,10 @@ def test_without_redis_the_replicas_fall_back_to_local_limits_and_share_again_wh
                             "--filter", "health=healthy"]).stdout.strip(), "Redis to be back", timeout=90)
 
     def resumed() -> bool:
+        # A client with limits: only its admission asks Redis (one without limits never does).
         for port in (8081, 8082):
             try:
-                chat(stack, "streamer", port)
+                chat(stack, "outage", port)
             except openai.APIConnectionError:
                 pass
         return all("shared limits: Redis answers again" in stack.logs(t["id"]) for t in tasks)
