@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # deploy/compose.sh: what `./aibox up | down | status` runs.
 #
-#   up [--no-build]   check the prerequisites, build the binaries and images (offline), write
+#   up [--no-build] [--swarm]
+#                     check the prerequisites, build the binaries and images (offline), write
 #                     missing secrets into .env, prepare data/, register the services' edge keys,
 #                     start the core (plus AIBOX_PROFILES), wait until healthy
 #   check [--no-build] only the prerequisite check that `up` starts with
-#   down              stop and remove the project's containers and networks (data/ stays)
+#                     --swarm: deploy the stack (deploy/stack.yml) on this node's swarm instead
+#                     (deploy/swarm.sh, docs/SCALING.md)
+#   down [--swarm]    stop and remove the project's containers and networks (data/ stays)
 #   status            the project's services, state and health, and the GPU Ollama has
 #   logs [svc] [-f]   the last lines of every (or one) service's log; -f follows
 #   doctor            checks Docker, compose, .env, ports, disk, GPU, images, health; says what to do
@@ -469,16 +472,19 @@ write_compose_model() {
 }
 
 cmd_up() {
-  local do_build=1
+  local do_build=1 swarm=0
   for a in "$@"; do
     case $a in
       --no-build) do_build=0 ;;
+      --swarm) swarm=1 ;;
       *) die "up: unknown option $a" ;;
     esac
   done
   check_prerequisites "$do_build"
   setup
+  [ "$swarm" = 0 ] || swarm_require
   ensure_secrets
+  [ "$swarm" = 0 ] || swarm_ensure_redis_password
   if [ "$do_build" = 1 ]; then
     build
   else
@@ -492,6 +498,10 @@ cmd_up() {
   prepare_data
   say "GPU: $GPU_MODE ($GPU_REASON)"
   register_keys
+  if [ "$swarm" = 1 ]; then
+    SWARM_BUILD=$do_build swarm_up
+    return
+  fi
   write_compose_model
   local t0
   t0=$(date +%s)
@@ -504,6 +514,10 @@ cmd_up() {
 
 cmd_down() {
   setup
+  if [ "${1:-}" = --swarm ]; then
+    swarm_down
+    return
+  fi
   # Every profile, so services started with AIBOX_PROFILES go too.
   export COMPOSE_PROFILES=full
   export AIBOX_TAG
@@ -632,6 +646,9 @@ cmd_check() {
   say "all prerequisites are installed"
 }
 
+# shellcheck source=deploy/swarm.sh
+. "$ROOT/deploy/swarm.sh"
+
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   key) shift; cmd_key "$@" ;;
@@ -643,5 +660,5 @@ case "${1:-}" in
   audit) shift; cmd_audit "$@" ;;
   # shellcheck source=deploy/doctor.sh
   doctor) shift; . "$ROOT/deploy/doctor.sh"; cmd_doctor "$@" ;;
-  *) echo "usage: deploy/compose.sh up [--no-build] | down | status | logs [service...] [-f] | check [--no-build] | doctor | audit verify | key ARGS | n8n-credentials" >&2; exit 2 ;;
+  *) echo "usage: deploy/compose.sh up [--no-build] [--swarm] | down [--swarm] | status | logs [service...] [-f] | check [--no-build] | doctor | audit verify | key ARGS | n8n-credentials" >&2; exit 2 ;;
 esac

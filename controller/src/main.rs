@@ -60,6 +60,11 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    // Secrets that may come from files (`NAME_FILE`; Swarm secrets).
+    if let Err(e) = aibox_log::secret_files::load(&["OPS_CONTROLLER_TOKEN", "AUDIT_HMAC_KEY"]) {
+        eprintln!("controller: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Audit {

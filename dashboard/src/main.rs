@@ -134,6 +134,14 @@ fn print_password_hash() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Secrets that may come from files (`NAME_FILE`; Swarm secrets). `DASHBOARD_PASSWORD_FILE`
+    // keeps its own meaning (docs/runbooks), so the password is not in this list.
+    aibox_log::secret_files::load(&[
+        "OPS_CONTROLLER_TOKEN",
+        "EDGE_ADMIN_TOKEN",
+        "DASHBOARD_SESSION_KEY",
+        "DASHBOARD_PASSWORD_HASH",
+    ])?;
     let args = Args::parse();
     match args.command {
         Some(Command::HashPassword) => return print_password_hash(),

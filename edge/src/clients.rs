@@ -46,6 +46,8 @@ pub struct ClientDirectory {
     usage: Mutex<HashMap<String, Arc<Usage>>>,
     admin: Option<[u8; 32]>,
     trust_client_id_header: bool,
+    /// Limits shared with the other replicas (`AIBOX_REDIS_URL`), handed to every client.
+    shared: Option<Arc<aibox_limits::SharedLimits>>,
 }
 
 /// The caller of one request, as the edge resolved it.
@@ -87,10 +89,10 @@ impl ClientIdentity {
 
     /// Admission to a governed route: 401 when keys are required and this caller has none,
     /// then the client's limits. The admission is held until the response is written.
-    pub fn admit(&self) -> Result<Option<Admission>, Refusal> {
+    pub async fn admit(&self) -> Result<Option<Admission>, Refusal> {
         self.authenticate()?;
         match &self.state {
-            Some(state) => state.admit().map(Some),
+            Some(state) => state.admit().await.map(Some),
             None => Ok(None),
         }
     }
@@ -117,9 +119,9 @@ impl ClientIdentity {
     }
 
     /// Tokens of a finished response, for the token budget and the usage table.
-    pub fn finished(&self, tokens: u64) {
+    pub async fn finished(&self, tokens: u64) {
         if let Some(state) = &self.state {
-            state.charge(tokens);
+            state.charge(tokens).await;
             state.usage.record(1, tokens);
         }
     }
@@ -166,6 +168,7 @@ impl ClientDirectory {
             usage: Mutex::new(HashMap::new()),
             admin: config.admin_token_sha256,
             trust_client_id_header: config.trust_client_id_header,
+            shared: config.shared_limits.clone(),
         };
         let stamp = dir.file_stamp();
         let file = dir.read_file()?;
@@ -236,10 +239,11 @@ impl ClientDirectory {
             };
             match reuse {
                 Some(s) if &s.policy == policy => s,
-                _ => Arc::new(ClientState::new(
+                _ => Arc::new(ClientState::with_shared(
                     name.to_owned(),
                     policy.clone(),
                     self.usage_of(name),
+                    self.shared.clone(),
                 )),
             }
         };
@@ -564,8 +568,8 @@ mod tests {
         assert_eq!(unknown.label, "other");
     }
 
-    #[test]
-    fn the_keys_file_is_reread_and_policy_follows() {
+    #[tokio::test]
+    async fn the_keys_file_is_reread_and_policy_follows() {
         let dir = std::env::temp_dir().join(format!("aibox-clients-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("clients.toml");
@@ -575,7 +579,7 @@ mod tests {
         let d = ClientDirectory::new(&EdgeConfig::resolve(file, &E).unwrap()).unwrap();
         let anon = d.identify(&headers(&[]));
         assert!(matches!(
-            anon.admit(),
+            anon.admit().await,
             Err(Refusal::Unauthenticated {
                 key_presented: false
             })
@@ -597,7 +601,7 @@ mod tests {
         std::thread::sleep(MISS_RECHECK);
         let id = d.identify(&h);
         assert_eq!(id.name, "fresh");
-        assert!(id.admit().is_ok());
+        assert!(id.admit().await.is_ok());
         assert!(id.allows_model("ollama", "llama3:8b") && !id.allows_model("ollama", "qwen2.5"));
         assert_eq!(d.summaries()[0].name, "fresh");
 
@@ -606,7 +610,7 @@ mod tests {
         let gone = d.identify(&h);
         assert_eq!(gone.name, ANONYMOUS);
         assert!(matches!(
-            gone.admit(),
+            gone.admit().await,
             Err(Refusal::Unauthenticated {
                 key_presented: true
             })

@@ -2,6 +2,7 @@
 //! file (`EDGE_CONFIG`), validated once at start-up with errors that name the key.
 use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -350,6 +351,9 @@ pub struct EdgeConfig {
     pub clients_file: Option<std::path::PathBuf>,
     pub mcp: aibox_mcp::McpConfig,
     pub egress: egress::EgressConfig,
+    /// `AIBOX_REDIS_URL`: the limits every edge replica shares (docs/SCALING.md); `None` keeps
+    /// them in this process.
+    pub shared_limits: Option<Arc<aibox_limits::SharedLimits>>,
 }
 
 impl TimeoutConfig {
@@ -630,6 +634,7 @@ impl EdgeConfig {
             },
         };
 
+        let shared_limits = shared_limits(env)?;
         let mut service_names: HashSet<String> = file.service_names.iter().cloned().collect();
         service_names.extend(clients.iter().map(|c| c.name.clone()));
 
@@ -671,11 +676,36 @@ impl EdgeConfig {
                         ))
                     }
                 },
+                shared_limits: shared_limits.clone(),
                 ..file.mcp.clone()
             },
             egress: file.egress.clone(),
+            shared_limits,
         })
     }
+}
+
+/// `AIBOX_REDIS_URL` (and `AIBOX_REDIS_TIMEOUT_MS`, default 250): checked now, connected when
+/// first used, so the edge starts even while Redis does not answer yet.
+fn shared_limits(env: &dyn Env) -> Result<Option<Arc<aibox_limits::SharedLimits>>, ConfigError> {
+    let Some(url) = env.var("AIBOX_REDIS_URL") else {
+        return Ok(None);
+    };
+    let timeout = match env.var("AIBOX_REDIS_TIMEOUT_MS") {
+        None => aibox_limits::DEFAULT_TIMEOUT,
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if (1..=10_000).contains(&ms) => Duration::from_millis(ms),
+            _ => {
+                return Err(invalid(
+                    "AIBOX_REDIS_TIMEOUT_MS",
+                    format!("{v:?} is not a number of milliseconds from 1 to 10000"),
+                ))
+            }
+        },
+    };
+    aibox_limits::SharedLimits::new(&url, timeout)
+        .map(|l| Some(Arc::new(l)))
+        .map_err(|e| invalid("AIBOX_REDIS_URL", e.to_string()))
 }
 
 /// Checks every client (names, keys, policies); `list` names the table in errors.

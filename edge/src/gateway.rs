@@ -131,7 +131,7 @@ impl EdgeGateway {
             // MCP's GET streams live as long as the session: they need a key, not a slot.
             client.authenticate().map(|()| None)
         } else {
-            client.admit()
+            client.admit().await
         };
         let response = match (body, admission) {
             (None, _) => {
@@ -220,7 +220,7 @@ impl EdgeGateway {
         }
         let meta = meta.lock().map(|m| m.clone()).unwrap_or_default();
         if admitted {
-            rc.client.finished(meta.tokens_in + meta.tokens_out);
+            rc.client.finished(meta.tokens_in + meta.tokens_out).await;
         }
         self.finish(&rc, &path, status, &meta, client_gone, first_frame);
         Ok(())

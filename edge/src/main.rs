@@ -47,7 +47,18 @@ enum Command {
     Key(key_cli::KeyCommand),
 }
 
+/// Secrets the edge reads that may come from files (`NAME_FILE`; Swarm secrets).
+const SECRETS: [&str; 3] = [
+    "OPS_CONTROLLER_TOKEN",
+    "AIBOX_ADMIN_TOKEN",
+    "AIBOX_REDIS_URL",
+];
+
 fn main() {
+    if let Err(e) = aibox_log::secret_files::load(&SECRETS) {
+        eprintln!("edge: {e}");
+        std::process::exit(2);
+    }
     let mut args = Args::parse();
     if let Some(Command::Key(key)) = args.command.take() {
         if let Err(e) = key_cli::run(key) {

@@ -4,11 +4,17 @@
 //!
 //! Tokens are known only after a response, so they are charged then and weigh on the client's
 //! following requests: a client over its budget is refused until the budget has refilled.
+//!
+//! With `AIBOX_REDIS_URL` every limit is asked of the shared limits first (one window per
+//! client across every replica; aibox-limits); the in-process limiters below are then the
+//! fallback while Redis cannot answer. Without it they are the limits, as on one host. The
+//! request path sees only `admit`, `charge` and the `Admission`, whichever holds the count.
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aibox_limits::SharedLimits;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -259,11 +265,23 @@ pub struct ClientState {
     tpm: Option<TokenBudget>,
     in_flight: AtomicU32,
     pub usage: Arc<Usage>,
+    /// The limits every replica shares (`AIBOX_REDIS_URL`); the ones above are then the fallback.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl ClientState {
     pub fn new(name: String, policy: Policy, usage: Arc<Usage>) -> Self {
+        Self::with_shared(name, policy, usage, None)
+    }
+
+    pub fn with_shared(
+        name: String,
+        policy: Policy,
+        usage: Arc<Usage>,
+        shared: Option<Arc<SharedLimits>>,
+    ) -> Self {
         Self {
+            shared,
             rpm: policy
                 .rpm
                 .map(|n| RateLimiter::direct(Quota::per_minute(n))),
@@ -277,14 +295,49 @@ impl ClientState {
 
     /// Takes a slot for one request: tokens first (nothing consumed when over), then the
     /// concurrency slot, then the request cell.
-    pub fn admit(self: &Arc<Self>) -> Result<Admission, Refusal> {
+    pub async fn admit(self: &Arc<Self>) -> Result<Admission, Refusal> {
+        let limits = aibox_limits::Limits {
+            rpm: self.policy.rpm.map(NonZeroU32::get),
+            tpm: self.policy.tpm.map(NonZeroU32::get),
+            concurrency: self.policy.concurrency.map(NonZeroU32::get),
+        };
+        if let Some(shared) = &self.shared {
+            if limits != aibox_limits::Limits::default() {
+                match shared.admit(&self.name, &limits).await {
+                    Some(Ok(())) => {
+                        return Ok(Admission {
+                            state: self.clone(),
+                            slot: if limits.concurrency.is_some() {
+                                Slot::Shared
+                            } else {
+                                Slot::None
+                            },
+                        })
+                    }
+                    Some(Err((limit, retry_after))) => {
+                        return Err(Refusal::Limited { limit, retry_after })
+                    }
+                    // Redis cannot answer: this replica's own limiters hold the client.
+                    None => {}
+                }
+            }
+        }
+        self.admit_locally()
+    }
+
+    /// The in-process limiters: the limits on one host, the fallback of shared ones.
+    fn admit_locally(self: &Arc<Self>) -> Result<Admission, Refusal> {
         let limited = |limit, retry_after| Refusal::Limited { limit, retry_after };
         if let Some(t) = &self.tpm {
             t.admit().map_err(|wait| limited("tpm", wait))?;
         }
         let admission = Admission {
             state: self.clone(),
-            counted: self.policy.concurrency.is_some(),
+            slot: if self.policy.concurrency.is_some() {
+                Slot::Local
+            } else {
+                Slot::None
+            },
         };
         if let Some(max) = self.policy.concurrency {
             if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max.get() {
@@ -300,10 +353,18 @@ impl ClientState {
     }
 
     /// Tokens of a finished response, charged against the following requests.
-    pub fn charge(&self, tokens: u64) {
-        if let Some(t) = &self.tpm {
-            t.charge(tokens);
+    pub async fn charge(&self, tokens: u64) {
+        let Some(t) = &self.tpm else { return };
+        if let (Some(s), Some(tpm)) = (&self.shared, self.policy.tpm) {
+            if tokens == 0
+                || s.tokens_charge(&self.name, tpm.get(), tokens)
+                    .await
+                    .is_some()
+            {
+                return;
+            }
         }
+        t.charge(tokens);
     }
 }
 
@@ -316,13 +377,34 @@ impl aibox_mcp::ServerGrant for ClientState {
 /// Held for the life of one request; gives the concurrency slot back when dropped.
 pub struct Admission {
     state: Arc<ClientState>,
-    counted: bool,
+    slot: Slot,
+}
+
+/// Where an admission's concurrency slot was taken, so it goes back to the same place.
+enum Slot {
+    None,
+    Local,
+    Shared,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.counted {
-            self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        match self.slot {
+            Slot::None => {}
+            Slot::Local => {
+                self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            Slot::Shared => {
+                // Drop cannot wait; the give-back runs on the request's runtime. Without one (a
+                // runtime shutting down) the slot's lease expires it instead.
+                if let (Ok(rt), Some(shared)) = (
+                    tokio::runtime::Handle::try_current(),
+                    self.state.shared.clone(),
+                ) {
+                    let name = self.state.name.clone();
+                    rt.spawn(async move { shared.slot_give_back(&name).await });
+                }
+            }
         }
     }
 }
@@ -374,8 +456,8 @@ mod tests {
         assert!(!Policy::open().allows_nothing());
     }
 
-    #[test]
-    fn concurrency_slots_come_back_on_drop() {
+    #[tokio::test]
+    async fn concurrency_slots_come_back_on_drop() {
         let s = Arc::new(ClientState::new(
             "c".into(),
             Policy {
@@ -384,20 +466,20 @@ mod tests {
             },
             Arc::default(),
         ));
-        let first = s.admit().unwrap();
+        let first = s.admit().await.unwrap();
         assert!(matches!(
-            s.admit(),
+            s.admit().await,
             Err(Refusal::Limited {
                 limit: "concurrency",
                 ..
             })
         ));
         drop(first);
-        assert!(s.admit().is_ok());
+        assert!(s.admit().await.is_ok());
     }
 
-    #[test]
-    fn rpm_refuses_with_a_wait() {
+    #[tokio::test]
+    async fn rpm_refuses_with_a_wait() {
         let s = Arc::new(ClientState::new(
             "c".into(),
             Policy {
@@ -406,9 +488,9 @@ mod tests {
             },
             Arc::default(),
         ));
-        assert!(s.admit().is_ok());
-        assert!(s.admit().is_ok());
-        match s.admit() {
+        assert!(s.admit().await.is_ok());
+        assert!(s.admit().await.is_ok());
+        match s.admit().await {
             Err(Refusal::Limited { limit, retry_after }) => {
                 assert_eq!(limit, "rpm");
                 assert!(retry_after > Duration::from_secs(20), "{retry_after:?}");
@@ -417,8 +499,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tokens_are_charged_against_the_next_request() {
+    #[tokio::test]
+    async fn tokens_are_charged_against_the_next_request() {
         let s = Arc::new(ClientState::new(
             "c".into(),
             Policy {
@@ -427,11 +509,11 @@ mod tests {
             },
             Arc::default(),
         ));
-        assert!(s.admit().is_ok());
-        s.charge(60);
-        assert!(s.admit().is_ok(), "60 of 100 used");
-        s.charge(250);
-        match s.admit() {
+        assert!(s.admit().await.is_ok());
+        s.charge(60).await;
+        assert!(s.admit().await.is_ok(), "60 of 100 used");
+        s.charge(250).await;
+        match s.admit().await {
             Err(Refusal::Limited { limit, retry_after }) => {
                 assert_eq!(limit, "tpm");
                 assert!(retry_after >= Duration::from_secs(60), "{retry_after:?}");

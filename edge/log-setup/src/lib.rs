@@ -2,6 +2,8 @@
 //! the same lines: JSON objects (one per line, fields flattened) when stdout is not a terminal —
 //! containers, pipes, tests — and human-readable, coloured lines only on a terminal. `LOG_FORMAT`
 //! (`--log-format`) overrides the choice; `RUST_LOG` overrides the level filter.
+pub mod secret_files;
+
 use std::io::IsTerminal;
 use std::str::FromStr;
 

@@ -55,6 +55,10 @@ pub struct McpConfig {
     pub allowed_hosts: Option<Vec<String>>,
     /// Accepted `Origin` values (scheme://host[:port|:*]); requests without `Origin` always pass.
     pub allowed_origins: Option<Vec<String>>,
+    /// Per-server `rate_limit_rpm` windows shared by every edge replica (`AIBOX_REDIS_URL`, set
+    /// by the edge); the in-process limiter is then the fallback while Redis cannot answer.
+    #[serde(skip)]
+    pub shared_limits: Option<std::sync::Arc<aibox_limits::SharedLimits>>,
 }
 
 impl McpConfig {

@@ -371,6 +371,7 @@ impl ServerHandler for HubService {
             if let Err(wait) = self
                 .core
                 .check_rate(&server, spec.policy.rate_limit_rpm, client)
+                .await
             {
                 m.rate_limited
                     .with_label_values(&[&server, &exposed, client])

@@ -150,10 +150,22 @@ impl HubCore {
     }
 
     /// `Ok(())` when the call may go ahead, else how long until it may.
-    pub fn check_rate(&self, server: &str, rpm: Option<u32>, client: &str) -> Result<(), Duration> {
+    pub async fn check_rate(
+        &self,
+        server: &str,
+        rpm: Option<u32>,
+        client: &str,
+    ) -> Result<(), Duration> {
         let Some(rpm) = rpm.and_then(NonZeroU32::new) else {
             return Ok(());
         };
+        if let Some(shared) = &self.config.shared_limits {
+            // One window per (server, client) across replicas; `/` cannot be in a server name.
+            let name = format!("{server}/{client}");
+            if let Some(verdict) = shared.hit("mcp", &name, rpm.get()).await {
+                return verdict;
+            }
+        }
         let limiter = {
             let mut map = self.limiters.lock().expect("limiters lock");
             match map.get(server) {

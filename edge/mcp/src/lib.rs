@@ -246,7 +246,10 @@ async fn precheck(State(core): State<Arc<HubCore>>, req: Request, next: Next) ->
         if let Some((up, _)) = core.route(name) {
             let spec = up.spec();
             if caller.may_use(&up.name, &spec.policy) {
-                match core.check_rate(&up.name, spec.policy.rate_limit_rpm, &caller.client) {
+                match core
+                    .check_rate(&up.name, spec.policy.rate_limit_rpm, &caller.client)
+                    .await
+                {
                     Ok(()) => {
                         parts.extensions.insert(RateAdmitted);
                     }

@@ -1,6 +1,8 @@
 //! `./aibox bench`: the edge's cost, measured against hitting the same upstream directly, in one
 //! run on this machine. Prints, per scenario: added latency p50/p99 at concurrency 1, and
-//! requests per second at concurrency 64 (edge ÷ direct), then the edge's idle memory.
+//! requests per second at concurrency 64 (edge ÷ direct), then requests per second of a keyed
+//! client with its limits in process vs in a local `redis-server` (skipped with a message when
+//! none is installed), then the edge's idle memory.
 //!
 //! Both sides use one keep-alive HTTP/1.1 connection per worker, so the comparison is the same
 //! client doing the same work with and without the edge in the path.
@@ -65,6 +67,51 @@ fn start(cmd: &mut Command, label: &str) -> Result<Running> {
     // Keep draining so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Ok(Running { child, addr })
+}
+
+/// A redis-server of the benchmark's own on a free loopback port, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `Err` says why there is none (the row is then skipped with that message).
+fn start_redis() -> std::result::Result<Redis, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!("redis-server is not installed ({e}; Debian: apt-get install redis-server)")
+        })?;
+    let redis = Redis { child, port };
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(redis);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("redis-server did not listen on 127.0.0.1:{port}"))
 }
 
 struct Scenario {
@@ -139,6 +186,17 @@ async fn latencies_as(
 }
 
 async fn throughput(addr: &str, path: &str, body: &str, workers: usize, secs: u64) -> Result<f64> {
+    throughput_as(addr, path, body, workers, secs, None).await
+}
+
+async fn throughput_as(
+    addr: &str,
+    path: &str,
+    body: &str,
+    workers: usize,
+    secs: u64,
+    key: Option<&'static str>,
+) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -151,7 +209,7 @@ async fn throughput(addr: &str, path: &str, body: &str, workers: usize, secs: u6
             let mut sender = connect(&addr).await?;
             let mut n = 0u64;
             while Instant::now() < deadline {
-                one(&mut sender, &addr, &path, &body, None).await?;
+                one(&mut sender, &addr, &path, &body, key).await?;
                 n += 1;
             }
             anyhow::Ok(n)
@@ -197,6 +255,8 @@ async fn main() -> Result<()> {
     )?;
     let dir = std::env::temp_dir().join(format!("aibox-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // The same edge with its limits in Redis, when Debian's redis-server is here.
+    let redis = start_redis();
     let config = dir.join("edge.toml");
     std::fs::write(
         &config,
@@ -221,6 +281,19 @@ async fn main() -> Result<()> {
             .env("RUST_LOG", "warn"),
         "api",
     )?;
+    let shared_edge = match &redis {
+        Ok(r) => Some(start(
+            Command::new(&args.edge)
+                .env("EDGE_CONFIG", &config)
+                .env("AIBOX_BENCH_KEY", BENCH_KEY)
+                .env("EDGE_LISTEN", "127.0.0.1:0")
+                .env("EGRESS_LISTEN", "127.0.0.1:0")
+                .env("AIBOX_REDIS_URL", format!("redis://127.0.0.1:{}/", r.port))
+                .env("RUST_LOG", "warn"),
+            "api",
+        )?),
+        Err(_) => None,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(edge.child.id());
 
@@ -461,6 +534,49 @@ async fn main() -> Result<()> {
         us(pct(&keyed, 0.5)) - us(pct(&open, 0.5)),
         us(pct(&keyed, 0.99)) - us(pct(&open, 0.99)),
     );
+    // Shared limits: the keyed client (rpm, tpm, concurrency all set) on one edge with its limits
+    // in Redis vs in process; three interleaved rounds, the best of each.
+    println!(
+        "{:<28} {:>12} {:>12} {:>7}",
+        "limits (ollama surface)", "in-process", "redis", "ratio"
+    );
+    match (&shared_edge, &redis) {
+        (Some(shared), Ok(r)) => {
+            let (mut local_rps, mut shared_rps) = (0f64, 0f64);
+            for _ in 0..3 {
+                let l = throughput_as(
+                    &edge.addr,
+                    "/api/chat",
+                    &body,
+                    args.concurrency,
+                    args.seconds,
+                    Some(BENCH_KEY),
+                )
+                .await?;
+                let s = throughput_as(
+                    &shared.addr,
+                    "/api/chat",
+                    &body,
+                    args.concurrency,
+                    args.seconds,
+                    Some(BENCH_KEY),
+                )
+                .await?;
+                local_rps = local_rps.max(l);
+                shared_rps = shared_rps.max(s);
+            }
+            println!(
+                "{:<28} {:>8.0} rps {:>8.0} rps {:>6.2}×",
+                format!("keyed, c={}", args.concurrency),
+                local_rps,
+                shared_rps,
+                shared_rps / local_rps
+            );
+            let _ = r;
+        }
+        (_, Err(why)) => println!("{:<28} skipped: {why}", "keyed, shared in Redis"),
+        (None, Ok(_)) => unreachable!("an edge is started whenever Redis is"),
+    }
     println!(
         "edge memory: idle {:.1} MiB, after the run {:.1} MiB (VmRSS)",
         idle_rss as f64 / 1024.0,
