@@ -76,21 +76,17 @@ fn server_card(
     secrets_set: &[String],
     csrf: &str,
 ) -> Markup {
-    // The variables the entry declares, with whether the secrets file sets each.
+    // The variables the entry declares (read as the registry's own type, so the RFC's
+    // "required"/"optional" words and the object form mean the same here as at the edge), with
+    // whether the secrets file sets each.
     let schema: Vec<(String, bool, bool)> = entry
-        .and_then(|e| e.get("env_schema"))
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
+        .and_then(|e| serde_json::from_value::<ServerEntry>(Value::Object(e.clone())).ok())
+        .map(|e| {
+            e.env_schema
+                .into_iter()
                 .map(|(k, spec)| {
-                    let required = match spec {
-                        Value::String(w) => w == "required",
-                        Value::Object(o) => {
-                            o.get("required").and_then(Value::as_bool).unwrap_or(true)
-                        }
-                        _ => true,
-                    };
-                    (k.clone(), required, secrets_set.contains(k))
+                    let set = secrets_set.contains(&k);
+                    (k, spec.required, set)
                 })
                 .collect()
         })

@@ -288,6 +288,9 @@ pub async fn put_secrets(
             "\"set\" names no variable",
         );
     }
+    // One change at a time: each is a read, change and rewrite of the whole file.
+    static ONE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let one = ONE_WRITER.lock().await;
     let path = core.config.env_file_path();
     let current = match registry::read_optional(&path) {
         Ok(t) => t.unwrap_or_default(),
@@ -341,6 +344,7 @@ pub async fn put_secrets(
             };
             let _ = intent.finish(result.is_ok(), detail).await;
         }
+        drop(one);
         result
     })
     .await;
