@@ -56,6 +56,11 @@ class DashboardStack:
         """Where users open the dashboard: the edge's one port."""
         return self.edge.url()
 
+    @property
+    def mcp_dir(self) -> Path:
+        """The edge's MCP registry directory (registry.json, .env)."""
+        return self.audit_log.parent.parent / "mcp"
+
     def audit_events(self) -> list[dict]:
         if not self.audit_log.exists():
             return []

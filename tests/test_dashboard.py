@@ -19,8 +19,8 @@ from selenium.webdriver.common.by import By
 
 from conftest import BIN, free_port, start_edge
 from controller_fixtures import BUSYBOX, ComposeProject, docker
-from dashboard_fixtures import (CONTROLLER_TOKEN, EDGE_ADMIN, N8N_KEY, PASSWORD, PlainClient, chrome, dashboard_stack, screenshot,
-                                wait_edge_ready, wait_until)
+from dashboard_fixtures import (CONTROLLER_TOKEN, EDGE_ADMIN, N8N_KEY, PASSWORD, VENV_BIN, PlainClient, chrome, dashboard_stack,
+                                screenshot, wait_edge_ready, wait_until)
 
 PAGES = {
     "overview": "/",
@@ -388,6 +388,71 @@ def test_dashboard_refuses_mcp_server_names_the_edge_refuses(stack):
         _, _, page = c.request("GET", headers["location"].split("#")[0])
         assert "is not a server name" in page and "__" in page, page
     assert not [e for e in stack.audit_events() if e["action"] == "mcp_add"], "nothing was added"
+
+
+def test_dashboard_adds_servers_of_each_kind_and_keeps_secrets_out_of_the_registry(stack):
+    secret = "ghp_" + os.urandom(12).hex()
+    d = chrome(1280)
+    try:
+        sign_in(d, stack.url, PASSWORD)
+
+        def add(name: str, kind: str, target: str, **fields: str) -> str:
+            d.get(stack.url + "/tools")
+            form = wait_until(lambda: d.find_element(By.ID, "add-server"), what="the add form")
+            form.find_element(By.NAME, "name").send_keys(name)
+            form.find_element(By.CSS_SELECTOR, f"input[name=source][value={kind}]").click()
+            form.find_element(By.NAME, "target").send_keys(target)
+            for field, text in fields.items():
+                form.find_element(By.NAME, field).send_keys(text)
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            return wait_until(lambda: flash_text(d), what=f"the flash after adding {name}")
+
+        # An image entry with its secret: entered once, into the secrets file.
+        flash = add("github", "image", "mcp/github", secrets=f"GITHUB_PERSONAL_ACCESS_TOKEN={secret}")
+        assert "Added github" in flash and "Saved GITHUB_PERSONAL_ACCESS_TOKEN" in flash, flash
+        card = wait_until(lambda: d.find_element(By.ID, "tool-github").text, what="github's card")
+        assert "GITHUB_PERSONAL_ACCESS_TOKEN" in card and "••••••••" in card, card
+        assert secret not in d.page_source
+        registry = json.loads((stack.mcp_dir / "registry.json").read_text())
+        assert registry["servers"]["github"] == {
+            "image": "mcp/github", "env_schema": {"GITHUB_PERSONAL_ACCESS_TOKEN": {"required": True}}}
+        assert secret not in (stack.mcp_dir / "registry.json").read_text()
+        env_file = stack.mcp_dir / ".env"
+        assert f'GITHUB_PERSONAL_ACCESS_TOKEN="{secret}"' in env_file.read_text()
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        # The edge (outside the box here) loaded it with its secret: not served, not missing secrets.
+        wait_until(lambda: "not served" in d.find_element(By.ID, "tool-github").text or d.refresh(),
+                   what="github not served natively")
+        # Audited by name, never by value.
+        events = wait_until(lambda: [e for e in stack.audit_events() if e["action"] == "mcp_secret_set"],
+                            what="the mcp_secret_set event")
+        assert events[-1]["metadata"]["names"] == ["GITHUB_PERSONAL_ACCESS_TOKEN"], events[-1]
+        assert secret not in stack.audit_log.read_text()
+
+        # A command entry: here (no tool containers) the edge's own child, served at once.
+        server = str(VENV_BIN / "mcp-server-time")
+        flash = add("clock", "command", server, args="--local-timezone\nUTC")
+        assert "Added clock" in flash, flash
+        wait_until(lambda: "healthy" in d.find_element(By.ID, "tool-clock").text or d.refresh(), timeout=30,
+                   what="the command server healthy")
+        assert json.loads((stack.mcp_dir / "registry.json").read_text())["servers"]["clock"] == {
+            "command": server, "args": ["--local-timezone", "UTC"]}
+
+        # A URL entry, and one the edge's own rules refuse (checked before anything is written).
+        assert "Added far" in add("far", "url", "http://127.0.0.1:9/mcp")
+        flash = add("bad", "url", "ftp://127.0.0.1/mcp")
+        assert "Not added" in flash and "servers.bad.url" in flash, flash
+        assert "bad" not in json.loads((stack.mcp_dir / "registry.json").read_text())["servers"]
+    finally:
+        d.quit()
+        # Leave the registry as the other tests expect it.
+        reg = json.loads((stack.mcp_dir / "registry.json").read_text())
+        for name in ("github", "clock", "far"):
+            reg["servers"].pop(name, None)
+        req = urllib.request.Request(stack.url + "/api/mcp/registry", data=json.dumps(reg).encode(), method="PUT",
+                                     headers={"Authorization": f"Bearer {EDGE_ADMIN}",
+                                              "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).read()
 
 
 def test_audit_page_shows_the_head_the_alarm_and_a_correct_plural(stack, module_procs, tmp_path):

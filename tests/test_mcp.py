@@ -477,3 +477,28 @@ def test_mcp_transport_field_is_validated(procs, tmp_path):
     status, body = edge.admin("PUT", "/api/mcp/registry", json.dumps(
         {"servers": {"y": {"command": "x", "transport": "sse"}}}).encode())
     assert status == 400 and "servers.y.transport" in body["detail"], body
+
+
+def test_mcp_secrets_are_written_by_name_and_never_read_back(procs, tmp_path):
+    edge = start_mcp_edge(procs, tmp_path, {"servers": {"gh": {
+        "url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer ${GH_TOKEN}"},
+        "env_schema": {"GH_TOKEN": "required"}}}})
+    edge.wait_health("gh", lambda h: h["state"] == "missing_secrets", what="missing its secret")
+    (edge.dir / ".env").write_text("# tool secrets\nOTHER=1\n")
+    status, body = edge.admin("PUT", "/api/mcp/secrets", json.dumps({"set": {"GH_TOKEN": "s3cret value"}}).encode())
+    assert (status, body) == (200, {"names": ["GH_TOKEN", "OTHER"]}), body
+    # Applied at once: the server is no longer waiting for it.
+    edge.wait_health("gh", lambda h: h["state"] != "missing_secrets", what="started with its secret")
+    env = edge.dir / ".env"
+    assert env.read_text() == '# tool secrets\nOTHER=1\nGH_TOKEN="s3cret value"\n'
+    assert env.stat().st_mode & 0o777 == 0o600
+    # Names come back, values never.
+    status, body = edge.admin("GET", "/api/mcp/secrets")
+    assert (status, body) == (200, {"names": ["GH_TOKEN", "OTHER"]})
+    for bad, why in [({"set": {"A": "x\nB=1"}}, "line break"), ({"set": {"A B": "x"}}, "variable name"),
+                     ({"set": {}}, "no variable"), (["GH_TOKEN"], "object"), ({"GH_TOKEN": "x"}, "unknown field")]:
+        status, body = edge.admin("PUT", "/api/mcp/secrets", json.dumps(bad).encode())
+        assert status == 400 and why in body["detail"], (bad, body)
+    assert edge.admin("PUT", "/api/mcp/secrets", b'{"set": {"A": "1"}}', token=KEYS["n8n"])[0] == 403
+    assert edge.admin("GET", "/api/mcp/secrets", token=None)[0] == 401
+    assert "A=" not in env.read_text()

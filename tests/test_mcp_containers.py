@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from compose_fixtures import DEBUG_BIN, ROOT, CoreStack, require_docker, run
 from conftest import free_port
-from mcp_fixtures import v1_run, v2, v2_client
+from dashboard_fixtures import PlainClient
+from mcp_fixtures import SERVERS_DIR, v1_run, v2, v2_client
 
 SERVER_LABEL = "io.aibox.mcp.server"
+FORBIDDEN, TIMEOUT, RATE_LIMITED = -32003, -32001, -32029
 PY = Path("/usr/bin/python3.11")
 SITE = (ROOT / ".venv").resolve() / "lib" / "python3.11" / "site-packages"
 # Not needed by the two servers; left out to keep the image small.
@@ -92,6 +96,9 @@ def build_tool_images(ctx: Path, prefix: str) -> dict[str, str]:
     (root / "etc").mkdir(exist_ok=True)
     (root / "etc/passwd").write_text("root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534::/:/sbin/nologin\n")
     (root / "tmp").mkdir()
+    # The SDK's own test server (echo, sleep, ...), run over stdio as a `command` server.
+    (root / "srv").mkdir()
+    shutil.copy2(SERVERS_DIR / "http_tools.py", root / "srv/http_tools.py")
     (ctx / "Dockerfile").write_text(
         "FROM scratch\nCOPY rootfs/ /\n"
         "ENV PYTHONPATH=/venv PYTHONDONTWRITEBYTECODE=1 PATH=/usr/bin GIT_PYTHON_REFRESH=quiet\n"
@@ -156,17 +163,21 @@ class ToolBox(CoreStack):
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
-    def wait_served(self, server: str, timeout: float = 90.0) -> dict:
+    def wait_health(self, server: str, pred, what: str, timeout: float = 90.0) -> dict:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             status, body = self.admin("GET", "/api/mcp/health")
             if status == 200:
                 last = {s["name"]: s for s in body["servers"]}.get(server)
-                if last and last["state"] in ("healthy", "degraded") and last["tools"]:
+                if last and pred(last):
                     return last
             time.sleep(0.3)
-        raise AssertionError(f"{server} not served through the edge; last health {last}")
+        raise AssertionError(f"{server}: {what} not reached; last health {last}")
+
+    def wait_served(self, server: str, timeout: float = 90.0) -> dict:
+        return self.wait_health(server, lambda h: h["state"] in ("healthy", "degraded") and h["tools"],
+                                "served through the edge", timeout)
 
 
 def registry(images: dict[str, str], git_enabled: bool = True) -> dict:
@@ -175,6 +186,9 @@ def registry(images: dict[str, str], git_enabled: bool = True) -> dict:
         "git": {"image": images["git"], "enabled": git_enabled},
         "gh": {"image": images["time"], "env_schema": {"GH_TOKEN": "required"}},
         "clock": {"command": "python3.11", "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
+        # Policy, rate limit and timeout, exactly as for a URL server (tests/test_mcp.py).
+        "web": {"command": "python3.11", "args": ["/srv/http_tools.py", "--transport", "stdio"],
+                "deny_clients": ["n8n"], "rate_limit_rpm": 3, "timeout_sec": 1.5},
     }}
 
 
@@ -224,7 +238,7 @@ def test_image_servers_are_hardened_containers_served_through_the_edge(box):
     # One container per enabled server; `gh` lacks its required secret, so it has none.
     containers = s.tool_containers()
     by_server = {c["Config"]["Labels"][SERVER_LABEL]: c for c in containers}
-    assert sorted(by_server) == ["clock", "git", "time"] and len(containers) == 3, by_server.keys()
+    assert sorted(by_server) == ["clock", "git", "time", "web"] and len(containers) == 4, by_server.keys()
     assert by_server["clock"]["Config"]["Labels"]["io.aibox.mcp.kind"] == "command"
     assert by_server["clock"]["Config"]["Entrypoint"][-5:] == ["python3.11", "-m", "mcp_server_time",
                                                               "--local-timezone", "UTC"]
@@ -258,11 +272,94 @@ def test_image_servers_are_hardened_containers_served_through_the_edge(box):
         assert not {"OPS_CONTROLLER_TOKEN", "AIBOX_ADMIN_TOKEN", "AUDIT_HMAC_KEY"} & set(env), env
 
 
-def test_a_killed_container_is_restarted_and_its_tools_return(box):
+def tool_text(result) -> str:
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+def test_policy_rate_limit_and_timeout_apply_to_a_container_server(box):
+    s, _ = box
+    s.wait_served("web")
+    url = f"http://127.0.0.1:{s.port}/mcp"
+
+    async def denied():
+        # n8n is in the server's deny_clients: it does not see the tools and may not call them.
+        async with v2_client(url, s.secret("N8N_EDGE_KEY")) as c:
+            names = [t.name for t in (await c.list_tools()).tools]
+            assert "time__get_current_time" in names and not [n for n in names if n.startswith("web__")], names
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("web__echo", {"text": "x"})
+            assert e.value.code == FORBIDDEN and "may not call" in e.value.message, e.value.error
+
+    v2(denied)
+
+    async def limited_and_timed_out():
+        async with v2_client(url, s.secret("OPEN_WEBUI_EDGE_KEY")) as c:
+            # 1.5 s per call: cancelled upstream, answered with the timeout error.
+            started = time.monotonic()
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("web__sleep", {"seconds": 20}, read_timeout_seconds=60)
+            assert e.value.code == TIMEOUT and "timed out" in e.value.message, e.value.error
+            assert time.monotonic() - started < 15
+            # 3 calls a minute per client: the timed-out one counted, two more pass, the next not.
+            for i in range(2):
+                assert tool_text(await c.call_tool("web__echo", {"text": str(i)})) == str(i)
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("web__echo", {"text": "one too many"})
+            assert e.value.code == RATE_LIMITED and e.value.data["retry_after_ms"] > 0, e.value.error
+
+    v2(limited_and_timed_out)
+    # The timed-out call was cancelled inside the container (the server's note in its log).
+    container = s.tool_containers("web")[0]["Id"]
+    deadline = time.monotonic() + 20
+    while True:
+        logs = run(["docker", "logs", container], check=False)
+        out = logs.stdout + logs.stderr
+        if "sleep 20 cancelled" in out or "sleep 20.0 cancelled" in out:
+            break
+        assert time.monotonic() < deadline, f"the sleep was not cancelled in the container:\n{out[-2000:]}"
+        time.sleep(0.3)
+    assert "finished" not in out
+
+
+def test_the_dashboard_shows_each_tool_container_with_its_last_log_lines(box):
+    s, _ = box
+    s.wait_served("web")
+    c = PlainClient(f"http://127.0.0.1:{s.port}")
+    c.sign_in(s.dashboard_password)
+    status, _, page = c.request("GET", "/tools")
+    assert status == 200, page
+    for server in ("clock", "git", "time", "web"):
+        card = re.search(rf'id="tool-{server}".*?</article>', page, re.S)
+        assert card and 'data-state="running"' in card.group(0), (server, card and card.group(0))
+        logs = re.search(rf'id="tool-log-{server}".*?</article>', page, re.S)
+        # The bridge's own first line is in every container's log.
+        assert logs and "mcp-bridge" in logs.group(0) and "running" in logs.group(0), (server, page)
+    # The log read is the controller's (the dashboard has no socket), and audited there.
+    log = (s.data_dir / "ops-controller" / "audit.log").read_text()
+    assert any(json.loads(line)["action"] == "mcp_container_logs" for line in log.splitlines() if line.strip())
+
+
+def test_a_killed_container_goes_unhealthy_is_restarted_and_its_tools_return(box):
     s, _ = box
     s.wait_served("time")
     before = s.tool_containers("time")[0]
-    run(["docker", "kill", before["Id"]])
+    controller = s.container("controller")["Id"]
+    # The controller is held still while the container is dead, so the edge's own health check
+    # is seen to mark it, before the controller brings it back.
+    run(["docker", "pause", controller])
+    try:
+        run(["docker", "kill", before["Id"]])
+        h = s.wait_health("time", lambda h: h["state"] == "unhealthy", "unhealthy after the kill")
+        assert h["tools"] == [] and h["last_error"], h
+
+        async def gone():
+            async with v2_client(f"http://127.0.0.1:{s.port}/mcp", s.secret("N8N_EDGE_KEY")) as c:
+                names = [t.name for t in (await c.list_tools()).tools]
+                assert not [n for n in names if n.startswith("time__")] and "git__git_status" in names, names
+
+        v2(gone)
+    finally:
+        run(["docker", "unpause", controller])
     s.wait_containers(lambda cs: any(c["Config"]["Labels"][SERVER_LABEL] == "time"
                                      and c["State"]["Running"]
                                      and c["State"]["StartedAt"] != before["State"]["StartedAt"] for c in cs),
@@ -284,11 +381,11 @@ def test_disabling_an_entry_removes_its_container_and_is_audited(box):
     s, images = box
     status, body = s.admin("PUT", "/api/mcp/registry", registry(images, git_enabled=False))
     assert status == 200, body
-    s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "time"],
+    s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "time", "web"],
                       "git's container removed")
     status, body = s.admin("PUT", "/api/mcp/registry", registry(images, git_enabled=True))
     assert status == 200, body
-    s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "git", "time"]
+    s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "git", "time", "web"]
                       and all(c["State"]["Running"] for c in cs), "git's container back")
     # Recorded under the request id of the PUT that caused them (written right after the act).
     want = {("mcp_container_remove", "mcp/git"), ("mcp_container_create", "mcp/git")}
@@ -314,10 +411,10 @@ def test_kill_9_of_the_controller_while_creating_leaves_exactly_one(box):
     time.sleep(1.5)
     run(["docker", "kill", "-s", "KILL", controller])
     run(["docker", "start", controller])
-    cs = s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "git", "time", "time2"]
+    cs = s.wait_containers(lambda cs: sorted(c["Config"]["Labels"][SERVER_LABEL] for c in cs) == ["clock", "git", "time", "time2", "web"]
                            and all(c["State"]["Running"] for c in cs), "exactly one container per server")
     time.sleep(3)  # another reconcile round changes nothing
-    assert sorted(c["Config"]["Labels"][SERVER_LABEL] for c in s.tool_containers()) == ["clock", "git", "time", "time2"]
+    assert sorted(c["Config"]["Labels"][SERVER_LABEL] for c in s.tool_containers()) == ["clock", "git", "time", "time2", "web"]
     assert {c["Id"] for c in s.tool_containers()} == {c["Id"] for c in cs}
 
 

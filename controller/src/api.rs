@@ -19,6 +19,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use aibox_wire::audit::{AuditCheck, AuditHeadReport, AuditRecord};
+use aibox_wire::mcp::ToolContainerList;
 
 use crate::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, NewEvent, INTENT};
 use crate::audited::{self, AuditedError, Outcome};
@@ -159,13 +160,47 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolContainersQuery {
+    tail: Option<String>,
+}
+
+/// Log lines a tool container listing may carry per container.
+const MAX_TOOL_TAIL: u32 = 100;
+
 /// The MCP tool containers and their state (`enabled: false` when the box does not run them).
-async fn list_tool_containers(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let Some(tools) = &state.tools else {
-        return Ok(Json(json!({"enabled": false, "containers": []})));
+/// `?tail=N` adds each one's last N log lines: a log read, audited like `GET /services/{name}/logs`.
+async fn list_tool_containers(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<ToolContainersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ToolContainerList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let tail = match q.tail.as_deref() {
+        None | Some("0") => 0,
+        Some(t) => bounded_param("tail", Some(t), 0, MAX_TOOL_TAIL)?,
     };
-    let containers = tools.views().await?;
-    Ok(Json(json!({"enabled": true, "containers": containers})))
+    let Some(tools) = &state.tools else {
+        return Ok(Json(ToolContainerList::default()));
+    };
+    if tail > 0 {
+        // Before any log line is read (fail closed, as for service logs).
+        ready(&state).await?;
+        let mut metadata = Map::new();
+        metadata.insert("tail".into(), json!(tail));
+        append(
+            &state,
+            caller.event("mcp_container_logs", "mcp", "ok", metadata),
+        )
+        .await
+        .map_err(audit_refused)?;
+    }
+    let containers = tools.views(tail).await?;
+    Ok(Json(ToolContainerList {
+        enabled: true,
+        containers,
+    }))
 }
 
 fn valid_name(s: &str) -> bool {

@@ -96,6 +96,8 @@ fn tools_from_env(project: &str) -> Result<Option<ToolsConfig>, ConfigError> {
         memory_bytes: (memory_mb * 1024 * 1024) as i64,
         pids_limit: env_number("AIBOX_MCP_PIDS_LIMIT", 128, 8)? as i64,
         tmpfs_size: env("AIBOX_MCP_TMPFS_SIZE").unwrap_or_else(|| "64m".into()),
+        // uvx and npx unpack whole packages into their caches under /tmp.
+        runner_tmpfs_size: env("AIBOX_MCP_RUNNER_TMPFS_SIZE").unwrap_or_else(|| "256m".into()),
         interval: std::time::Duration::from_millis(env_number(
             "AIBOX_MCP_RECONCILE_MS",
             2000,
@@ -104,10 +106,11 @@ fn tools_from_env(project: &str) -> Result<Option<ToolsConfig>, ConfigError> {
     }))
 }
 
-/// The runner of `command` servers: uv (uvx) on Debian. Pin it by digest in .env
-/// (AIBOX_MCP_RUNNER_IMAGE) after `deploy/pin-images.sh`; Node servers (npx) need an image
-/// that also carries Node.
-pub const DEFAULT_RUNNER_IMAGE: &str = "ghcr.io/astral-sh/uv:python3.12-bookworm-slim";
+/// The runner of `command` servers: Python 3.12 with uv (`uvx`) and Node 22 (`npx`) on Debian
+/// slim, pinned by digest (the digest a public Dockerfile pins this tag to; refresh it with
+/// `deploy/pin-images.sh` where a registry is reachable). docs/mcp.md, "The runner image".
+pub const DEFAULT_RUNNER_IMAGE: &str =
+    "nikolaik/python-nodejs:python3.12-nodejs22-slim@sha256:15a5d044754b9c8d7a86df9b7bb44087b8737070ea249af084d2670aeaad75ba";
 
 fn token_from_env() -> Result<String, ConfigError> {
     let token = std::env::var("OPS_CONTROLLER_TOKEN").unwrap_or_default();

@@ -17,14 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aibox_mcp_registry::{self as registry, ServerSpec, Sources, SpecStatus, Transport};
+use aibox_wire::mcp::ToolContainer;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, HostConfigLogConfig,
     Mount, MountType, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
-    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, StartContainerOptions,
-    UploadToContainerOptions,
+    ListContainersOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -62,6 +63,8 @@ pub struct ToolsConfig {
     pub memory_bytes: i64,
     pub pids_limit: i64,
     pub tmpfs_size: String,
+    /// The `/tmp` of runner (`command`) containers, which holds the uv and npm caches.
+    pub runner_tmpfs_size: String,
     pub interval: Duration,
 }
 
@@ -93,16 +96,6 @@ struct Plan {
     image: String,
     digest: String,
     body: ContainerCreateBody,
-}
-
-/// The state of one tool container, for the API and the dashboard.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ToolContainerView {
-    pub server: String,
-    pub container: String,
-    pub state: String,
-    pub status: String,
-    pub image: String,
 }
 
 impl Tools {
@@ -202,22 +195,46 @@ impl Tools {
             .await?)
     }
 
-    /// Every tool container of the project.
-    pub async fn views(&self) -> Result<Vec<ToolContainerView>, DockerError> {
-        let mut out: Vec<ToolContainerView> = self
-            .list()
-            .await?
-            .into_iter()
-            .map(|c| ToolContainerView {
+    /// Every tool container of the project; with `tail > 0`, each with its last log lines.
+    pub async fn views(&self, tail: u32) -> Result<Vec<ToolContainer>, DockerError> {
+        let mut out = Vec::new();
+        for c in self.list().await? {
+            let log_tail = match (&c.id, tail) {
+                (Some(id), 1..) => self.log_tail(id, tail).await,
+                _ => Vec::new(),
+            };
+            out.push(ToolContainer {
                 server: label(&c, SERVER_LABEL),
                 container: container_name(&c),
+                kind: label(&c, KIND_LABEL),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 status: c.status.clone().unwrap_or_default(),
                 image: c.image.clone().unwrap_or_default(),
-            })
-            .collect();
+                log_tail,
+            });
+        }
         out.sort_by(|a, b| a.server.cmp(&b.server));
         Ok(out)
+    }
+
+    /// The last `tail` lines of a tool container's log (stdout and stderr as they came). A
+    /// container removed meanwhile, or a log that cannot be read, gives none: this is a view.
+    async fn log_tail(&self, id: &str, tail: u32) -> Vec<String> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut text = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.extend_from_slice(&chunk.into_bytes());
+        }
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let skip = lines.len().saturating_sub(tail as usize);
+        lines.into_iter().skip(skip).collect()
     }
 
     pub async fn reconcile(&self) -> Result<(), String> {
@@ -592,7 +609,14 @@ impl Tools {
                 pids_limit: Some(self.cfg.pids_limit),
                 tmpfs: Some(HashMap::from([(
                     "/tmp".to_string(),
-                    format!("size={},mode=1777", self.cfg.tmpfs_size),
+                    format!(
+                        "size={},mode=1777",
+                        if kind == "command" {
+                            &self.cfg.runner_tmpfs_size
+                        } else {
+                            &self.cfg.tmpfs_size
+                        }
+                    ),
                 )])),
                 mounts,
                 network_mode: Some(self.cfg.network.clone()),

@@ -209,22 +209,9 @@ fn lines_of(resp: reqwest::Response) -> LineStream {
 /// `GET /services`, the controller's own types.
 pub use aibox_wire::controller::{PortBinding, PullAnswer, ServiceList, ServiceStatus};
 
-/// The controller's MCP tool containers (`GET /mcp/containers`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ToolContainers {
-    pub enabled: bool,
-    pub containers: Vec<ToolContainer>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ToolContainer {
-    pub server: String,
-    pub container: String,
-    pub state: String,
-    pub status: String,
-}
+/// The controller's MCP tool containers (`GET /mcp/containers`) and the edge's secret names
+/// (`/api/mcp/secrets`): the producers' own types.
+pub use aibox_wire::mcp::{McpSecretNames, McpSecretsUpdate, ToolContainer, ToolContainerList};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -345,9 +332,18 @@ impl ControllerClient {
         json_or_error(rb.send().await.map_err(transport_error)?).await
     }
 
-    pub async fn tool_containers(&self, actor: &Actor) -> Result<ToolContainers, BackendError> {
+    /// The tool containers; with `tail > 0` each carries its last log lines (an audited read).
+    pub async fn tool_containers(
+        &self,
+        actor: &Actor,
+        tail: u32,
+    ) -> Result<ToolContainerList, BackendError> {
         let rb = self
-            .request(reqwest::Method::GET, "/mcp/containers", actor)?
+            .request(
+                reqwest::Method::GET,
+                &format!("/mcp/containers?tail={tail}"),
+                actor,
+            )?
             .timeout(CALL_TIMEOUT);
         parse(self.send(rb).await?)
     }
@@ -756,6 +752,25 @@ impl EdgeClient {
             .header("Content-Type", "application/json")
             .body(serde_json::to_vec_pretty(registry).unwrap_or_default());
         json_or_error(rb.send().await.map_err(transport_error)?).await
+    }
+
+    /// The variables the MCP secrets file sets (names only; the edge never gives out a value).
+    pub async fn mcp_secrets(&self, actor: &Actor) -> Result<McpSecretNames, BackendError> {
+        parse(self.get("/api/mcp/secrets", actor).await?)
+    }
+
+    /// Adds or replaces variables in the MCP secrets file (`data/mcp/.env`), through the edge
+    /// that owns it.
+    pub async fn put_mcp_secrets(
+        &self,
+        actor: &Actor,
+        update: &McpSecretsUpdate,
+    ) -> Result<McpSecretNames, BackendError> {
+        let rb = self
+            .request(reqwest::Method::PUT, "/api/mcp/secrets", actor)?
+            .timeout(CALL_TIMEOUT)
+            .json(update);
+        parse(json_or_error(rb.send().await.map_err(transport_error)?).await?)
     }
 
     /// Every client with its policy and use (the edge's `GET /api/edge/keys`).

@@ -92,6 +92,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/tools/add", post(tools::add))
         .route("/tools/{name}/enabled", post(tools::set_enabled))
         .route("/tools/{name}/policy", post(tools::set_policy))
+        .route("/tools/{name}/secrets", post(tools::set_secrets))
         .route("/keys", get(keys::page).post(keys::create))
         .route(
             "/keys/{name}/revoke",

@@ -122,6 +122,29 @@ fn fake_controller(rec: Recorder) -> Router {
             .post(|body: Json<Value>| async move { (StatusCode::CREATED, Json(body.0)) }),
         )
         .route(
+            "/mcp/containers",
+            get(|axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                let with_logs = q.unwrap_or_default() != "tail=0";
+                let list = aibox_wire::mcp::ToolContainerList {
+                    enabled: true,
+                    containers: vec![aibox_wire::mcp::ToolContainer {
+                        server: "time".into(),
+                        container: "demo-mcp-time".into(),
+                        kind: "command".into(),
+                        state: "running".into(),
+                        status: "Up 5 seconds".into(),
+                        image: "runner:1".into(),
+                        log_tail: if with_logs {
+                            vec!["mcp-bridge: serving <time>".into(), "second line".into()]
+                        } else {
+                            Vec::new()
+                        },
+                    }],
+                };
+                Json(list)
+            }),
+        )
+        .route(
             "/images/pull",
             post(|| async {
                 Json(json!({"ok": true, "note": "...", "results": [{"service": "ollama", "image": "ollama/ollama:0.5", "ok": true,
@@ -134,7 +157,26 @@ fn fake_controller(rec: Recorder) -> Router {
 fn fake_edge(rec: Recorder, registry: Arc<Mutex<Value>>) -> Router {
     let reg_get = registry.clone();
     let reg_put = registry;
+    // The secrets file as the edge keeps it: values in, names out.
+    let secrets: Arc<Mutex<std::collections::BTreeMap<String, String>>> = Arc::default();
+    let (sec_get, sec_put) = (secrets.clone(), secrets);
     Router::new()
+        .route(
+            "/api/mcp/secrets",
+            get(move || {
+                let s = sec_get.clone();
+                async move { Json(aibox_wire::mcp::McpSecretNames { names: s.lock().unwrap().keys().cloned().collect() }) }
+            })
+            .put(move |body: Bytes| {
+                let s = sec_put.clone();
+                async move {
+                    let u: aibox_wire::mcp::McpSecretsUpdate = aibox_wire::body::from_slice(&body).unwrap();
+                    let mut s = s.lock().unwrap();
+                    s.extend(u.set);
+                    Json(aibox_wire::mcp::McpSecretNames { names: s.keys().cloned().collect() })
+                }
+            }),
+        )
         .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": [
             {"id": "ollama/llama3:8b", "object": "model", "owned_by": "ollama"},
             {"id": "vllm/qwen2.5", "object": "model", "owned_by": "vllm"}]})) }))
@@ -944,6 +986,106 @@ async fn tools_page_health_badges_and_registry_edits() {
     assert!(h.registry.lock().unwrap()["servers"]["time"]
         .get("enabled")
         .is_none());
+}
+
+#[tokio::test]
+async fn tools_page_keeps_secrets_masked_and_shows_tool_container_logs() {
+    let mut h = start(Options::default()).await;
+    h.sign_in().await;
+    let (_, body) = h.get("/tools").await;
+    // The container's state on the card, its last log lines below (read with a tail, escaped).
+    assert!(
+        body.contains("demo-mcp-time") && body.contains("data-state=\"running\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("id=\"tool-log-time\"") && body.contains("mcp-bridge: serving &lt;time&gt;")
+    );
+    assert!(h.controller.find("GET", "/mcp/containers?tail=12").len() == 1);
+    // The live refresh reads no logs (one audited log read per page view).
+    let refresh = h
+        .req(reqwest::Method::GET, "/tools")
+        .header("X-Dashboard-Refresh", "1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refresh.contains("demo-mcp-time") && !refresh.contains("tool-log-time"));
+    assert_eq!(h.controller.find("GET", "/mcp/containers?tail=0").len(), 1);
+
+    let csrf = h.csrf().await;
+    h.post(
+        "/tools/add",
+        &[
+            ("csrf", &csrf),
+            ("name", "github"),
+            ("source", "image"),
+            ("target", "mcp/github"),
+            ("secrets", "GITHUB_PERSONAL_ACCESS_TOKEN=ghp_very_secret"),
+        ],
+    )
+    .await;
+    // The value went to the edge's secrets API; the registry only names it.
+    let put = &h.edge.find("PUT", "/api/mcp/secrets")[0];
+    assert_eq!(
+        serde_json::from_str::<Value>(&put.body).unwrap(),
+        json!({"set": {"GITHUB_PERSONAL_ACCESS_TOKEN": "ghp_very_secret"}})
+    );
+    let entry = h.registry.lock().unwrap()["servers"]["github"].clone();
+    assert_eq!(
+        entry,
+        json!({"image": "mcp/github", "env_schema": {"GITHUB_PERSONAL_ACCESS_TOKEN": {"required": true}}})
+    );
+    assert!(!h.edge.find("PUT", "/api/mcp/registry")[0]
+        .body
+        .contains("ghp_very_secret"));
+    let page = h.get("/tools").await.1;
+    assert!(
+        page.contains("Added github.") && !page.contains("ghp_very_secret"),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-secret=\"GITHUB_PERSONAL_ACCESS_TOKEN\">••••••••<"),
+        "{page}"
+    );
+
+    // Set again from the card: only the variables the entry declares.
+    h.post(
+        "/tools/github/secrets",
+        &[("csrf", &csrf), ("GITHUB_PERSONAL_ACCESS_TOKEN", "ghp_new")],
+    )
+    .await;
+    assert_eq!(h.edge.find("PUT", "/api/mcp/secrets").len(), 2);
+    h.post(
+        "/tools/github/secrets",
+        &[("csrf", &csrf), ("OPS_CONTROLLER_TOKEN", "x")],
+    )
+    .await;
+    assert_eq!(h.edge.find("PUT", "/api/mcp/secrets").len(), 2);
+    assert!(h
+        .get("/tools")
+        .await
+        .1
+        .contains("OPS_CONTROLLER_TOKEN is not a variable github declares."));
+
+    // A command entry, in the registry's own form.
+    h.post(
+        "/tools/add",
+        &[
+            ("csrf", &csrf),
+            ("name", "clock"),
+            ("source", "command"),
+            ("target", "uvx"),
+            ("args", "mcp-server-time\n--local-timezone\nUTC"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        h.registry.lock().unwrap()["servers"]["clock"],
+        json!({"command": "uvx", "args": ["mcp-server-time", "--local-timezone", "UTC"]})
+    );
 }
 
 #[tokio::test]

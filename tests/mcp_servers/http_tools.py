@@ -4,7 +4,8 @@ Tools: `echo` (answers at once), `sleep` (sleeps, for timeouts and cancellation)
 (reports progress), `fail`
 (raises, for tool errors); prompt `greet`; resource `note://readme`. Binds `--port` (0 = any), prints `api listening on HOST:PORT` once
 the socket is bound, then serves `/mcp`; with `--transport sse` it speaks the legacy HTTP+SSE
-transport instead (GET `/sse`, POST `/messages/`).
+transport instead (GET `/sse`, POST `/messages/`); with `--transport stdio` it is a stdio
+server (its notes then go to stderr, stdout being the protocol), e.g. inside a tool container.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("http-tools")
+# Where the tools' notes go: stdout, except under stdio where stdout carries the protocol.
+NOTES = sys.stdout
 
 
 @server.tool()
@@ -30,13 +33,13 @@ def echo(text: str) -> str:
 async def sleep(seconds: float) -> str:
     """Sleep for the given number of seconds, then answer."""
     # Printed so tests can see that a timed-out call was cancelled here, not left running.
-    print(f"sleep {seconds} started", flush=True)
+    print(f"sleep {seconds} started", file=NOTES, flush=True)
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
-        print(f"sleep {seconds} cancelled", flush=True)
+        print(f"sleep {seconds} cancelled", file=NOTES, flush=True)
         raise
-    print(f"sleep {seconds} finished", flush=True)
+    print(f"sleep {seconds} finished", file=NOTES, flush=True)
     return f"slept {seconds}"
 
 
@@ -70,8 +73,13 @@ def readme() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
+    ap.add_argument("--transport", choices=["streamable-http", "sse", "stdio"], default="streamable-http")
     args = ap.parse_args()
+    if args.transport == "stdio":
+        global NOTES
+        NOTES = sys.stderr
+        server.run("stdio")
+        return
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))

@@ -1,6 +1,13 @@
 //! Tools: every MCP server the edge knows, with a green/yellow/red health badge and its last
-//! error; enable/disable; edit allow/deny lists and limits; add a server from an image or a URL.
-//! Every change is a whole-registry `PUT` to the edge, which validates it before applying it.
+//! error; its tool container's state and last log lines (from the controller); enable/disable;
+//! edit allow/deny lists and limits; add a server of any kind (URL, image, command).
+//! Every change is a whole-registry `PUT` to the edge, which validates it before applying it; a
+//! new entry is checked first with the edge's own rules (`aibox_mcp_registry::check_entry`).
+//! Secrets go to the edge's secrets file (`PUT /api/mcp/secrets`), never into registry.json, and
+//! are shown masked: the dashboard only ever learns their names.
+use std::collections::{BTreeMap, HashMap};
+
+use aibox_mcp_registry::{self as registry, EnvVarSpec, ServerEntry};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -10,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::{layout, unavailable, FlashKind, Nav, PageContext};
 use crate::auth::{csrf_refusal, Viewer};
-use crate::backend::{Actor, McpServerHealth, ToolContainer};
+use crate::backend::{Actor, McpSecretsUpdate, McpServerHealth, ToolContainer};
 use crate::SharedState;
 
 /// Health badge colour: green serves tools, yellow needs a look, red is failing.
@@ -34,12 +41,14 @@ fn valid_client(s: &str) -> bool {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
 }
 
-fn valid_env_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-}
+/// The variable-name rule of the registry and its secrets file (one definition).
+use aibox_mcp_registry::env_name_ok as valid_env_name;
+
+/// Log lines shown per tool container.
+const LOG_TAIL: u32 = 12;
+
+/// Masked stand-in for a secret that is set (the dashboard never has its value).
+const MASK: &str = "••••••••";
 
 fn split_list(s: &str) -> Vec<String> {
     s.split([',', ' ', '\n', '\r', '\t'])
@@ -64,8 +73,24 @@ fn server_card(
     health: Option<&McpServerHealth>,
     container: Option<&ToolContainer>,
     entry: Option<&Map<String, Value>>,
+    secrets_set: &[String],
     csrf: &str,
 ) -> Markup {
+    // The variables the entry declares (read as the registry's own type, so the RFC's
+    // "required"/"optional" words and the object form mean the same here as at the edge), with
+    // whether the secrets file sets each.
+    let schema: Vec<(String, bool, bool)> = entry
+        .and_then(|e| serde_json::from_value::<ServerEntry>(Value::Object(e.clone())).ok())
+        .map(|e| {
+            e.env_schema
+                .into_iter()
+                .map(|(k, spec)| {
+                    let set = secrets_set.contains(&k);
+                    (k, spec.required, set)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let id = format!("tool-{name}");
     let state = health.map(|h| h.state.as_str()).unwrap_or("unknown");
     let enabled = entry
@@ -110,7 +135,19 @@ fn server_card(
                 }
                 @if let Some(c) = container {
                     dt { "Container" }
-                    dd { code { (c.container) } " " (c.state) @if !c.status.is_empty() { " · " (c.status) } }
+                    dd.container-state data-state=(c.state) { code { (c.container) } " " (c.state) @if !c.status.is_empty() { " · " (c.status) } }
+                }
+                @if !schema.is_empty() {
+                    dt { "Secrets" }
+                    dd.secrets {
+                        @for (i, (k, required, set)) in schema.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            code { (k) } " "
+                            @if *set { span.masked data-secret=(k) { (MASK) } }
+                            @else if *required { span.err-text data-secret=(k) { "not set" } }
+                            @else { span.muted data-secret=(k) { "not set (optional)" } }
+                        }
+                    }
                 }
                 @if let Some(h) = health {
                     dt { "Tools" } dd { (h.tools.len()) }
@@ -142,6 +179,20 @@ fn server_card(
                             }
                         }
                     }
+                    @if !schema.is_empty() {
+                        details {
+                            summary { "Set secrets" span.sr-only { " of " (name) } }
+                            form.stack method="post" action={ "/tools/" (name) "/secrets" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                p.muted { "Written to the secrets file (data/mcp/.env), never to registry.json. Empty fields keep the value that is set." }
+                                @for (k, _, set) in &schema {
+                                    label for={ (id) "-secret-" (k) } { (k) @if *set { span.muted { " (set)" } } }
+                                    input #{ (id) "-secret-" (k) } type="password" name=(k) autocomplete="new-password" spellcheck="false";
+                                }
+                                button.primary type="submit" { "Save secrets" }
+                            }
+                        }
+                    }
                     details {
                         summary { "Edit access and limits" span.sr-only { " of " (name) } }
                         form.stack method="post" action={ "/tools/" (name) "/policy" } {
@@ -167,38 +218,78 @@ fn add_form(csrf: &str) -> Markup {
     html! {
         section aria-labelledby="add-title" {
             h2 #add-title { "Add a tool server" }
-            form.stack.panel method="post" action="/tools/add" {
+            form #add-server .stack.panel method="post" action="/tools/add" {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="add-name" { "Name" span.muted { " (letters, digits, - and _)" } }
-                input #add-name type="text" name="name" required pattern="[A-Za-z0-9][A-Za-z0-9_-]{0,62}" autocomplete="off";
+                input #add-name type="text" name="name" required pattern="[A-Za-z0-9][A-Za-z0-9_-]{0,47}" autocomplete="off";
                 fieldset {
-                    legend { "Source" }
-                    label.check { input type="radio" name="source" value="url" checked; " URL (streamable HTTP)" }
-                    label.check { input type="radio" name="source" value="image"; " Docker image" }
+                    legend { "Kind" }
+                    label.check { input type="radio" name="source" value="url" checked; " URL (an MCP server reachable over HTTP)" }
+                    label.check { input type="radio" name="source" value="image"; " Docker image (run as a tool container, e.g. mcp/github)" }
+                    label.check { input type="radio" name="source" value="command"; " Command (e.g. uvx or npx; a tool container of the runner image in the box)" }
                 }
-                label for="add-target" { "URL or image" }
-                input #add-target type="text" name="target" required placeholder="http://mcp-git:8000/mcp" autocomplete="off" spellcheck="false";
+                label for="add-target" { "URL, image or command" }
+                input #add-target type="text" name="target" required placeholder="http://mcp-git:8000/mcp · mcp/github · uvx" autocomplete="off" spellcheck="false";
+                label for="add-args" { "Arguments" span.muted { " (command only; one per line)" } }
+                textarea #add-args name="args" rows="2" spellcheck="false" placeholder="mcp-server-time" {}
                 label for="add-desc" { "Description" }
                 input #add-desc type="text" name="description" autocomplete="off";
-                label for="add-schema" { "Variables it needs" span.muted { " (one per line: NAME required|optional description)" } }
-                textarea #add-schema name="env_schema" rows="3" spellcheck="false" placeholder="GITHUB_TOKEN required Token for the API" {}
-                label for="add-env" { "Values" span.muted { " (one per line: NAME=value; use ${SECRET} to read the secrets file)" } }
-                textarea #add-env name="env" rows="3" spellcheck="false" placeholder="GITHUB_TOKEN=${GITHUB_TOKEN}" {}
+                label for="add-secrets" { "Secrets" span.muted { " (image and command; one per line: NAME=value. Stored in data/mcp/.env, never in registry.json, and shown masked)" } }
+                textarea #add-secrets name="secrets" rows="2" spellcheck="false" autocomplete="off" placeholder="GITHUB_PERSONAL_ACCESS_TOKEN=ghp_…" {}
+                label for="add-schema" { "Other variables it needs" span.muted { " (one per line: NAME required|optional description; set them later with Set secrets)" } }
+                textarea #add-schema name="env_schema" rows="2" spellcheck="false" placeholder="GITHUB_HOST optional Enterprise host" {}
+                label for="add-env" { "Plain settings" span.muted { " (image and command; one per line: NAME=value, not secret; ${NAME} reads the secrets file)" } }
+                textarea #add-env name="env" rows="2" spellcheck="false" placeholder="LOG_LEVEL=info" {}
                 button.primary type="submit" { "Add server" }
             }
         }
     }
 }
 
-pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response {
+/// The last log lines of each tool container: outside the refreshed region, so one page view
+/// is one (audited) log read at the controller.
+fn logs_section(containers: &[ToolContainer]) -> Markup {
+    html! {
+        @if !containers.is_empty() {
+            section #tool-logs aria-labelledby="tool-logs-title" {
+                h2 #tool-logs-title { "Tool container logs" }
+                @for c in containers {
+                    article.card id={ "tool-log-" (c.server) } {
+                        header.card-head {
+                            h3 { (c.server) }
+                            span class={ "badge " (if c.state == "running" { "good" } else { "bad" }) } { (c.state) }
+                        }
+                        p.muted { code { (c.container) } " · " (c.kind) " · " (c.image) @if !c.status.is_empty() { " · " (c.status) } }
+                        @if c.log_tail.is_empty() {
+                            p.muted { "No log lines." }
+                        } @else {
+                            pre.log-tail { @for l in &c.log_tail { (l) "\n" } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn page(
+    State(state): State<SharedState>,
+    viewer: Viewer,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let actor = Actor::new(&viewer.user);
-    let (health, registry, containers) = tokio::join!(
+    // A refresh of the live region (app.js) needs no log lines: they are read once per view.
+    let refresh = headers.contains_key("x-dashboard-refresh");
+    let tail = if refresh { 0 } else { LOG_TAIL };
+    let (health, registry, containers, secrets) = tokio::join!(
         state.edge.mcp_health(&actor),
         state.edge.mcp_registry(&actor),
-        state.controller.tool_containers(&actor)
+        state.controller.tool_containers(&actor, tail),
+        state.edge.mcp_secrets(&actor)
     );
     // The box's tool containers (image/command servers); none when the controller runs none.
     let containers = containers.map(|c| c.containers).unwrap_or_default();
+    let secrets_set = secrets.map(|s| s.names).unwrap_or_default();
     let entries: Map<String, Value> = registry
         .as_ref()
         .ok()
@@ -230,13 +321,14 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
                     } @else {
                         div.cards {
                             @for n in &names {
-                                (server_card(n, h.servers.iter().find(|s| &s.name == n), containers.iter().find(|c| &c.server == n), entries.get(n).and_then(Value::as_object), &viewer.csrf))
+                                (server_card(n, h.servers.iter().find(|s| &s.name == n), containers.iter().find(|c| &c.server == n), entries.get(n).and_then(Value::as_object), &secrets_set, &viewer.csrf))
                             }
                         }
                     }
                 },
             }
         }
+        @if !refresh { (logs_section(&containers)) }
         @if health.is_ok() && registry.is_ok() { (add_form(&viewer.csrf)) }
     };
     layout(
@@ -455,7 +547,7 @@ pub async fn set_policy(
     Redirect::to(&format!("/tools#tool-{name}")).into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct AddForm {
     #[serde(default)]
     pub csrf: String,
@@ -466,46 +558,76 @@ pub struct AddForm {
     #[serde(default)]
     pub target: String,
     #[serde(default)]
+    pub args: String,
+    #[serde(default)]
     pub description: String,
+    #[serde(default)]
+    pub secrets: String,
     #[serde(default)]
     pub env_schema: String,
     #[serde(default)]
     pub env: String,
 }
 
-/// A new registry entry from the add form, with its `env_schema` checked: names are valid, values
-/// only for declared variables, and required ones without a value are reported (they must then
-/// come from the secrets file, or the edge reports the server `missing_secrets`).
-pub fn entry_from_form(f: &AddForm) -> Result<(Value, Vec<String>), String> {
+/// A new server from the add form: its registry entry, and the secrets that go to the secrets
+/// file instead (their names are in the entry's `env_schema`, their values only here).
+pub struct NewServer {
+    pub entry: ServerEntry,
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// `NAME=value` lines; `what` names the field in errors.
+fn assignments(text: &str, what: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("{what}, line {}: write NAME=value.", i + 1));
+        };
+        let k = k.trim();
+        if !valid_env_name(k) {
+            return Err(format!(
+                "{what}, line {}: {k:?} is not a variable name (letters, digits, _).",
+                i + 1
+            ));
+        }
+        out.push((k.to_string(), v.trim().to_string()));
+    }
+    Ok(out)
+}
+
+/// A new registry entry from the add form. The entry is the registry's own type and is checked
+/// with the edge's own rules (`check_entry`), so the dashboard accepts exactly what the edge does.
+pub fn entry_from_form(f: &AddForm) -> Result<NewServer, String> {
     let target = f.target.trim();
-    let mut entry = Map::new();
+    if target.is_empty() {
+        return Err("Give the URL, image or command.".into());
+    }
+    let mut entry = ServerEntry::default();
     match f.source.as_str() {
-        "url" => {
-            if !(target.starts_with("http://") || target.starts_with("https://"))
-                || target.len() < 10
-                || target.contains(char::is_whitespace)
-            {
-                return Err("The URL must start with http:// or https://.".into());
-            }
-            entry.insert("url".into(), json!(target));
+        "url" => entry.url = Some(target.to_string()),
+        "image" => entry.image = Some(target.to_string()),
+        "command" => {
+            entry.command = Some(target.to_string());
+            entry.args = f
+                .args
+                .lines()
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
         }
-        "image" => {
-            let ok = !target.is_empty()
-                && target.len() <= 255
-                && target.chars().all(|c| {
-                    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@')
-                });
-            if !ok {
-                return Err("The image must be a reference like ghcr.io/org/server:1.2.".into());
-            }
-            entry.insert("image".into(), json!(target));
-        }
-        _ => return Err("Choose URL or Docker image.".into()),
+        _ => return Err("Choose URL, Docker image or command.".into()),
+    }
+    if f.source != "command" && !f.args.trim().is_empty() {
+        return Err("Arguments apply to a command only.".into());
     }
     if !f.description.trim().is_empty() {
-        entry.insert("description".into(), json!(f.description.trim()));
+        entry.description = Some(f.description.trim().to_string());
     }
-    let mut schema = Map::new();
     for (i, line) in f
         .env_schema
         .lines()
@@ -516,7 +638,7 @@ pub fn entry_from_form(f: &AddForm) -> Result<(Value, Vec<String>), String> {
         let name = parts.next().unwrap_or_default();
         if !valid_env_name(name) {
             return Err(format!(
-                "Variables, line {}: {name:?} is not a variable name (A-Z, 0-9, _).",
+                "Variables, line {}: {name:?} is not a variable name (letters, digits, _).",
                 i + 1
             ));
         }
@@ -526,54 +648,42 @@ pub fn entry_from_form(f: &AddForm) -> Result<(Value, Vec<String>), String> {
             Some("optional") => (false, &rest[1..]),
             _ => (true, &rest[..]),
         };
-        let mut spec = Map::new();
-        spec.insert("required".into(), json!(required));
-        if !desc.is_empty() {
-            spec.insert("description".into(), json!(desc.join(" ")));
-        }
-        schema.insert(name.to_string(), Value::Object(spec));
+        entry.env_schema.insert(
+            name.to_string(),
+            EnvVarSpec {
+                required,
+                description: (!desc.is_empty()).then(|| desc.join(" ")),
+            },
+        );
     }
-    let mut env = Map::new();
-    for (i, line) in f
-        .env
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(format!("Values, line {}: write NAME=value.", i + 1));
-        };
-        let k = k.trim();
-        if !valid_env_name(k) {
-            return Err(format!(
-                "Values, line {}: {k:?} is not a variable name (A-Z, 0-9, _).",
-                i + 1
-            ));
-        }
-        if !schema.is_empty() && !schema.contains_key(k) {
-            return Err(format!(
-                "Values, line {}: {k} is not among the variables it needs; declare it first.",
-                i + 1
-            ));
-        }
-        env.insert(k.to_string(), json!(v.trim()));
+    let secrets: BTreeMap<String, String> =
+        assignments(&f.secrets, "Secrets")?.into_iter().collect();
+    let env = assignments(&f.env, "Plain settings")?;
+    if f.source == "url" && !(secrets.is_empty() && env.is_empty()) {
+        // A URL server gets no environment; its credentials are headers (edit registry.json).
+        return Err("Secrets and settings apply to image and command servers; a URL server takes its credentials as headers in registry.json.".into());
     }
-    let warnings: Vec<String> = schema
-        .iter()
-        .filter(|(k, s)| s.get("required") == Some(&Value::Bool(true)) && !env.contains_key(*k))
-        .map(|(k, _)| k.clone())
-        .collect();
-    if !schema.is_empty() {
-        entry.insert("env_schema".into(), Value::Object(schema));
-    }
-    if !env.is_empty() {
-        if f.source == "url" {
-            // URL servers take their settings as headers; env is for servers the edge runs.
-            return Err("Values apply to image servers only; a URL server takes none here.".into());
+    for (k, v) in &secrets {
+        if v.is_empty() {
+            return Err(format!("Secrets: {k} has no value."));
         }
-        entry.insert("env".into(), Value::Object(env));
+        if entry.env.contains_key(k) {
+            return Err(format!("{k} is both a secret and a plain setting."));
+        }
+        // Declared, so the container gets it from the secrets file (and only it).
+        entry.env_schema.entry(k.clone()).or_insert(EnvVarSpec {
+            required: true,
+            description: None,
+        });
     }
-    Ok((Value::Object(entry), warnings))
+    for (k, v) in env {
+        if secrets.contains_key(&k) {
+            return Err(format!("{k} is both a secret and a plain setting."));
+        }
+        entry.env.insert(k, v);
+    }
+    registry::check_entry(f.name.trim(), &entry)?;
+    Ok(NewServer { entry, secrets })
 }
 
 pub async fn add(
@@ -596,10 +706,36 @@ pub async fn add(
         );
         return Redirect::to("/tools#add-title").into_response();
     }
-    let entry = entry_from_form(&f);
+    let new = match entry_from_form(&f) {
+        Ok(n) => n,
+        Err(e) => {
+            state
+                .flashes
+                .push(&viewer, FlashKind::Error, format!("Not added: {e}"));
+            return Redirect::to("/tools#add-title").into_response();
+        }
+    };
+    // Secrets first: the entry that names them then starts with them instead of being
+    // `missing_secrets` for a moment.
+    if !new.secrets.is_empty() && !save_secrets(&state, &viewer, &name, new.secrets).await {
+        return Redirect::to("/tools#add-title").into_response();
+    }
+    let set = state
+        .edge
+        .mcp_secrets(&Actor::new(&viewer.user))
+        .await
+        .map(|s| s.names)
+        .unwrap_or_default();
+    let missing: Vec<String> = new
+        .entry
+        .env_schema
+        .iter()
+        .filter(|(k, spec)| spec.required && !set.contains(k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let entry = serde_json::to_value(&new.entry).unwrap_or_default();
     let server = name.clone();
     edit_registry(&state, &viewer, "mcp_add", &name, |servers| {
-        let (entry, missing) = entry.map_err(|e| format!("Not added: {e}"))?;
         if servers.keys().any(|k| k.eq_ignore_ascii_case(&server)) {
             return Err(format!(
                 "Not added: a server named {server} exists already."
@@ -610,7 +746,7 @@ pub async fn add(
             format!("Added {server}.")
         } else {
             format!(
-                "Added {server}. It needs {} from the secrets file before it can start.",
+                "Added {server}. It needs {} from the secrets file (Set secrets on its card) before it can start.",
                 missing.join(", ")
             )
         })
@@ -619,15 +755,105 @@ pub async fn add(
     Redirect::to(&format!("/tools#tool-{name}")).into_response()
 }
 
+/// Writes secrets through the edge (which audits the names); false, with a flash, if it failed.
+async fn save_secrets(
+    state: &SharedState,
+    viewer: &Viewer,
+    server: &str,
+    set: BTreeMap<String, String>,
+) -> bool {
+    let names: Vec<String> = set.keys().cloned().collect();
+    let actor = Actor::new(&viewer.user);
+    match state
+        .edge
+        .put_mcp_secrets(&actor, &McpSecretsUpdate { set })
+        .await
+    {
+        Ok(_) => {
+            state.flashes.push(
+                viewer,
+                FlashKind::Ok,
+                format!(
+                    "Saved {} of {server} in the secrets file.",
+                    names.join(", ")
+                ),
+            );
+            true
+        }
+        Err(e) => {
+            state.flashes.push(
+                viewer,
+                FlashKind::Error,
+                format!("The secrets of {server} were not saved: {e}"),
+            );
+            false
+        }
+    }
+}
+
+/// `POST /tools/{name}/secrets`: the card's password fields, one per `env_schema` variable.
+pub async fn set_secrets(
+    State(state): State<SharedState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Form(mut f): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = f.remove("csrf").unwrap_or_default();
+    if let Some(r) = csrf_refusal(&state, &viewer, &csrf) {
+        return r;
+    }
+    let back = Redirect::to(&format!("/tools#tool-{name}")).into_response();
+    let declared: Vec<String> = match state.edge.mcp_registry(&Actor::new(&viewer.user)).await {
+        Ok(r) => r
+            .registry
+            .pointer(&format!(
+                "/servers/{}/env_schema",
+                name.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        Err(e) => {
+            state.flashes.push(
+                &viewer,
+                FlashKind::Error,
+                format!("Could not read the tool registry: {e}"),
+            );
+            return back;
+        }
+    };
+    // Only variables the entry declares; an empty field keeps what is set.
+    if let Some(k) = f.keys().find(|k| !declared.contains(k)) {
+        state.flashes.push(
+            &viewer,
+            FlashKind::Error,
+            format!("{k} is not a variable {name} declares."),
+        );
+        return back;
+    }
+    let set: BTreeMap<String, String> = f.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    if set.is_empty() {
+        state.flashes.push(
+            &viewer,
+            FlashKind::Error,
+            "No secret entered; nothing changed.",
+        );
+        return back;
+    }
+    save_secrets(&state, &viewer, &name, set).await;
+    back
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn form(source: &str, target: &str, schema: &str, env: &str) -> AddForm {
+    fn form(source: &str, target: &str, secrets: &str, schema: &str, env: &str) -> AddForm {
         AddForm {
             name: "x".into(),
             source: source.into(),
             target: target.into(),
+            secrets: secrets.into(),
             env_schema: schema.into(),
             env: env.into(),
             ..Default::default()
@@ -635,33 +861,57 @@ mod tests {
     }
 
     #[test]
-    fn add_form_checks_env_schema() {
-        let (e, missing) = entry_from_form(&form(
+    fn add_form_makes_each_kind_and_keeps_secrets_out_of_the_entry() {
+        let n = entry_from_form(&form(
             "image",
-            "mcp/git:1",
-            "TOKEN required The token\nDEBUG optional",
-            "DEBUG=1",
+            "mcp/github:1",
+            "GH_TOKEN=ghp_secret",
+            "GH_HOST optional The host",
+            "LOG=debug",
         ))
         .unwrap();
-        assert_eq!(e["image"], "mcp/git:1");
-        assert_eq!(e["env_schema"]["TOKEN"]["required"], true);
-        assert_eq!(e["env_schema"]["TOKEN"]["description"], "The token");
-        assert_eq!(e["env"]["DEBUG"], "1");
-        assert_eq!(missing, vec!["TOKEN"]);
-        assert!(entry_from_form(&form("image", "mcp/git:1", "lower", ""))
-            .unwrap_err()
-            .contains("not a variable name"));
-        assert!(entry_from_form(&form("image", "mcp/git:1", "A", "B=1"))
-            .unwrap_err()
-            .contains("declare it first"));
-        assert!(entry_from_form(&form("url", "ftp://x", "", "")).is_err());
-        assert!(entry_from_form(&form("image", "bad image", "", "")).is_err());
+        assert_eq!(n.entry.image.as_deref(), Some("mcp/github:1"));
+        assert!(n.entry.env_schema["GH_TOKEN"].required);
+        assert!(!n.entry.env_schema["GH_HOST"].required);
+        assert_eq!(n.entry.env["LOG"], "debug");
+        assert_eq!(n.secrets["GH_TOKEN"], "ghp_secret");
+        let json = serde_json::to_string(&n.entry).unwrap();
+        assert!(!json.contains("ghp_secret"), "{json}");
+
+        let mut f = form("command", "uvx", "", "", "");
+        f.args = "mcp-server-time\n--local-timezone\nUTC\n".into();
+        let n = entry_from_form(&f).unwrap();
+        assert_eq!(n.entry.command.as_deref(), Some("uvx"));
+        assert_eq!(n.entry.args, ["mcp-server-time", "--local-timezone", "UTC"]);
+
+        let n = entry_from_form(&form("url", "http://time:8000/mcp", "", "", "")).unwrap();
         assert_eq!(
-            entry_from_form(&form("url", "http://time:8000/mcp", "", ""))
-                .unwrap()
-                .0,
+            serde_json::to_value(&n.entry).unwrap(),
             json!({"url": "http://time:8000/mcp"})
         );
+    }
+
+    #[test]
+    fn add_form_refuses_what_the_edge_refuses() {
+        for (f, needle) in [
+            (form("url", "ftp://x", "", "", ""), "servers.x.url"),
+            (form("image", "bad image", "", "", ""), "servers.x.image"),
+            (
+                form("image", "i", "", "lower-case!", ""),
+                "not a variable name",
+            ),
+            (form("image", "i", "A", "", ""), "NAME=value"),
+            (form("image", "i", "A=", "", ""), "no value"),
+            (form("image", "i", "A=1", "", "A=2"), "both a secret"),
+            (form("url", "http://h:1/mcp", "A=1", "", ""), "URL server"),
+            (form("other", "x", "", "", ""), "Choose"),
+        ] {
+            let e = entry_from_form(&f).err().unwrap_or_default();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let mut f = form("url", "http://h:1/mcp", "", "", "");
+        f.name = "a__b".into();
+        assert!(entry_from_form(&f).err().unwrap().contains("server name"));
     }
 
     #[test]

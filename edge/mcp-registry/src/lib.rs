@@ -371,7 +371,8 @@ pub fn load(src: &Sources) -> Result<Snapshot, String> {
 /// The rule lives in aibox-wire: the dashboard checks names with the same function.
 use aibox_wire::names::mcp_server_name_ok as server_name_ok;
 
-fn env_name_ok(name: &str) -> bool {
+/// A variable name `env_schema`, `env` and the secrets file accept: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn env_name_ok(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && !b[0].is_ascii_digit()
@@ -402,6 +403,23 @@ fn expand(value: &str, env: &HashMap<String, String>, missing: &mut Vec<String>)
     }
     out.push_str(rest);
     out
+}
+
+/// Checks one entry exactly as loading `registry.json` would (the name rule included), without
+/// secrets: the dashboard validates a new entry with this before it sends the registry.
+pub fn check_entry(name: &str, entry: &ServerEntry) -> Result<(), String> {
+    resolve(
+        name,
+        entry,
+        &Sources {
+            registry_json: None,
+            servers_txt: None,
+            env: &HashMap::new(),
+            default_timeout: Duration::from_secs(30),
+        },
+        "registry.json",
+    )
+    .map(|_| ())
 }
 
 fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<ServerSpec, String> {
@@ -687,6 +705,50 @@ pub fn parse_env_file(text: &str) -> HashMap<String, String> {
     out
 }
 
+/// The secrets file with `set` applied: a variable already there is replaced in place (the
+/// first line that sets it; later ones are dropped), a new one is appended; comments and other
+/// lines stay. Values are written in double quotes (read back unchanged by [`parse_env_file`]);
+/// a name that is not a variable name, or a value with a line break or NUL, is refused (it
+/// would write a second line).
+pub fn set_env_vars(text: &str, set: &BTreeMap<String, String>) -> Result<String, String> {
+    for (k, v) in set {
+        if !env_name_ok(k) {
+            return Err(format!(
+                "{k:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            ));
+        }
+        if v.contains(['\n', '\r', '\0']) {
+            return Err(format!("the value of {k} has a line break or NUL"));
+        }
+    }
+    let name_of = |line: &str| -> Option<String> {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        line.split_once('=').map(|(k, _)| k.trim().to_string())
+    };
+    let mut written: BTreeSet<&str> = BTreeSet::new();
+    let mut out = String::new();
+    for raw in text.lines() {
+        match name_of(raw).and_then(|n| set.get_key_value(n.as_str())) {
+            Some((k, _)) if written.contains(k.as_str()) => {}
+            Some((k, v)) => {
+                out.push_str(&format!("{k}=\"{v}\"\n"));
+                written.insert(k);
+            }
+            None => {
+                out.push_str(raw);
+                out.push('\n');
+            }
+        }
+    }
+    for (k, v) in set {
+        if !written.contains(k.as_str()) {
+            out.push_str(&format!("{k}=\"{v}\"\n"));
+        }
+    }
+    Ok(out)
+}
+
 /// Reads a file that may legitimately be absent.
 pub fn read_optional(path: &Path) -> Result<Option<String>, String> {
     match std::fs::read_to_string(path) {
@@ -735,6 +797,56 @@ mod tests {
         assert_eq!(
             s.servers["github"].status,
             SpecStatus::MissingSecrets(vec!["GITHUB_TOKEN".into()])
+        );
+    }
+
+    #[test]
+    fn secrets_are_set_in_place_and_read_back_unchanged() {
+        let before = "# tool secrets\nA=1\nexport GH_TOKEN=old\nGH_TOKEN=older\n";
+        let set = BTreeMap::from([
+            ("GH_TOKEN".to_string(), " new \"quoted\" ".to_string()),
+            ("NEW_ONE".to_string(), "x=y#z".to_string()),
+        ]);
+        let after = set_env_vars(before, &set).unwrap();
+        assert!(after.starts_with("# tool secrets\nA=1\n"), "{after}");
+        assert_eq!(after.matches("GH_TOKEN").count(), 1, "{after}");
+        let read = parse_env_file(&after);
+        assert_eq!(read["GH_TOKEN"], " new \"quoted\" ");
+        assert_eq!(read["NEW_ONE"], "x=y#z");
+        assert_eq!(read["A"], "1");
+        for (k, v) in [("BAD NAME", "x"), ("OK", "a\nB=1"), ("OK", "a\rb")] {
+            let one = BTreeMap::from([(k.to_string(), v.to_string())]);
+            assert!(set_env_vars("", &one).is_err(), "{k:?}={v:?}");
+        }
+    }
+
+    #[test]
+    fn one_entry_is_checked_as_the_file_would_be() {
+        let url = |u: &str| ServerEntry {
+            url: Some(u.into()),
+            ..Default::default()
+        };
+        assert!(check_entry("web", &url("http://h:1/mcp")).is_ok());
+        assert!(check_entry("web", &url("ftp://h/"))
+            .unwrap_err()
+            .contains("servers.web.url"));
+        assert!(check_entry("a__b", &url("http://h:1/mcp"))
+            .unwrap_err()
+            .contains("server name"));
+        let secret = ServerEntry {
+            image: Some("mcp/github".into()),
+            env_schema: BTreeMap::from([(
+                "GH_TOKEN".to_string(),
+                EnvVarSpec {
+                    required: true,
+                    description: None,
+                },
+            )]),
+            ..Default::default()
+        };
+        assert!(
+            check_entry("github", &secret).is_ok(),
+            "a missing secret is a state, not an error"
         );
     }
 

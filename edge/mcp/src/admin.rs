@@ -12,6 +12,7 @@ use crate::audited;
 use crate::hub::HubCore;
 use crate::registry::{self, RegistryFile, Sources, Transport};
 use crate::{AuditRecord, Caller};
+use aibox_wire::mcp::{McpSecretNames, McpSecretsUpdate};
 
 /// An RFC 9457 problem document.
 pub fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
@@ -244,6 +245,127 @@ pub async fn put_registry(
     .into_response()
 }
 
+/// `GET /api/mcp/secrets`: the names the secrets file sets, never a value.
+pub async fn get_secrets(
+    State(core): State<Arc<HubCore>>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
+    if let Err(r) = require_admin(&caller) {
+        return *r;
+    }
+    match core.secrets_env() {
+        Ok(env) => axum::Json(secret_names(&env)).into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not readable", e),
+    }
+}
+
+fn secret_names(env: &std::collections::HashMap<String, String>) -> McpSecretNames {
+    let mut names: Vec<String> = env.keys().cloned().collect();
+    names.sort();
+    McpSecretNames { names }
+}
+
+/// `PUT /api/mcp/secrets` `{"set": {"NAME": "value"}}`: adds or replaces variables in the secrets
+/// file (`data/mcp/.env`, mode 0600), so a server's `env_schema` secrets are entered once and
+/// never written into registry.json. Audited as `mcp_secret_set` with the names only.
+pub async fn put_secrets(
+    State(core): State<Arc<HubCore>>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Response {
+    let caller = match require_admin(&caller) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let update: McpSecretsUpdate = match aibox_wire::body::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid secrets", e.to_string()),
+    };
+    if update.set.is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid secrets",
+            "\"set\" names no variable",
+        );
+    }
+    // One change at a time: each is a read, change and rewrite of the whole file.
+    static ONE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let one = ONE_WRITER.lock().await;
+    let path = core.config.env_file_path();
+    let current = match registry::read_optional(&path) {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not readable", e),
+    };
+    let text = match registry::set_env_vars(&current, &update.set) {
+        Ok(t) => t,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid secrets", e),
+    };
+    let names: Vec<&String> = update.set.keys().collect();
+    let intent = match &core.audit {
+        Some(audit) => {
+            let record = AuditRecord {
+                action: "mcp_secret_set".into(),
+                resource: "mcp:secrets".into(),
+                actor: Some(caller.client.clone()),
+                correlation_id: Some(caller.request_id.clone()),
+                metadata: json!({"names": names, "file": path}).as_object().cloned(),
+                ..Default::default()
+            };
+            match audited::begin(audit.clone(), record).await {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    return problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Audit unavailable",
+                        format!(
+                            "the secrets were not written because it could not be audited: {e}"
+                        ),
+                    )
+                }
+            }
+        }
+        None => None,
+    };
+    // In a task of its own, like a registry change: a client that hangs up cancels neither the
+    // write nor its outcome event.
+    let task_core = core.clone();
+    let applied = tokio::spawn(async move {
+        let result = write_atomically(&path, text.as_bytes(), 0o600)
+            .map_err(|e| format!("{}: {e}", path.display()));
+        if result.is_ok() {
+            // Servers waiting for these secrets start now, not at the next poll.
+            let _ = task_core.reload_from_disk().await;
+            task_core.remember_stamps();
+        }
+        if let Some(intent) = intent {
+            let detail = match &result {
+                Ok(()) => json!({}),
+                Err(e) => json!({"error": e}),
+            };
+            let _ = intent.finish(result.is_ok(), detail).await;
+        }
+        drop(one);
+        result
+    })
+    .await;
+    match applied {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not written", e),
+        Err(e) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                e.to_string(),
+            )
+        }
+    }
+    tracing::info!(actor = %caller.client, names = ?names, "mcp secrets set");
+    match core.secrets_env() {
+        Ok(env) => axum::Json(secret_names(&env)).into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not readable", e),
+    }
+}
+
 /// Writes the registry file and loads it; Err is (status, title, detail) of the problem answer.
 async fn apply_registry(
     core: &Arc<HubCore>,
@@ -259,7 +381,7 @@ async fn apply_registry(
                 e.to_string(),
             )
         })?;
-    write_atomically(&path, pretty.as_bytes()).map_err(|e| {
+    write_atomically(&path, pretty.as_bytes(), 0o644).map_err(|e| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Registry not written",
@@ -290,9 +412,11 @@ fn diff(old: &RegistryFile, new: &RegistryFile) -> Vec<(&'static str, String)> {
     out
 }
 
-/// Write to a temporary file in the same directory, fsync, then rename over the target.
-fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+/// Write to a temporary file (created with `mode`) in the same directory, fsync, then rename
+/// over the target.
+fn write_atomically(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -306,7 +430,11 @@ fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
         uuid::Uuid::new_v4()
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

@@ -169,6 +169,10 @@ impl McpHub {
                 get(admin::get_registry).put(admin::put_registry),
             )
             .route("/api/mcp/health", get(admin::get_health))
+            .route(
+                "/api/mcp/secrets",
+                get(admin::get_secrets).put(admin::put_secrets),
+            )
             .with_state(core);
         mcp.merge(admin)
     }

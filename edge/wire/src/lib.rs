@@ -8,4 +8,5 @@ pub mod audit;
 pub mod body;
 pub mod controller;
 pub mod edge;
+pub mod mcp;
 pub mod names;
