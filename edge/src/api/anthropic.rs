@@ -5,19 +5,16 @@
 //! surface's chat path (routing, policy, failover, request ids, usage; Ollama providers get
 //! the OpenAI → Ollama translation there) → the answer or chunk stream back to Anthropic's
 //! shape. Errors are Anthropic's `{"type":"error","error":{"type","message"}}`.
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use super::stream::LineBuffer;
+use super::chat_sse::{self, ChatStreamTranslator, NamedEvent};
 use super::{openai, EdgeState, RequestContext};
 use crate::policy::Refusal;
 use crate::translate::anthropic::{self as tr, MessagesStreamTranslator};
@@ -174,106 +171,24 @@ async fn create(
         return Ok(Json(tr::chat_response_to_message(&v, &id, &model)).into_response());
     }
     let translator = MessagesStreamTranslator::new(id, model);
-    let mut pending = VecDeque::new();
-    pending.push_back(event(translator.start()));
-    let relay = AnthropicSse {
-        chunks: resp.into_body().into_data_stream(),
-        lines: LineBuffer::default(),
-        translator,
-        pending,
-        done: false,
-        ctx: ctx.clone(),
-    };
-    Ok(openai::event_stream(Body::from_stream(
-        futures::stream::unfold(relay, AnthropicSse::step),
-    )))
+    let first = vec![translator.start()];
+    Ok(chat_sse::translated(resp, translator, first, ctx, None))
 }
 
-fn event((name, data): tr::Event) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
-}
-
-/// The chat path's OpenAI SSE in, Anthropic's event stream out. The chat path already bounds
-/// the upstream with its timeouts and turns failures into an `{"error": …}` chunk.
-struct AnthropicSse {
-    chunks: axum::body::BodyDataStream,
-    lines: LineBuffer,
-    translator: MessagesStreamTranslator,
-    pending: VecDeque<Bytes>,
-    done: bool,
-    ctx: RequestContext,
-}
-
-impl AnthropicSse {
-    async fn step(
-        mut self,
-    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some((Ok(b), self));
-            }
-            if self.done {
-                return None;
-            }
-            match self.chunks.next().await {
-                Some(Ok(chunk)) => {
-                    for line in self.lines.push(&chunk) {
-                        self.on_line(&line);
-                    }
-                }
-                Some(Err(e)) => {
-                    self.on_chunk(&json!({"error": {"message": e.to_string()}}));
-                    self.done = true;
-                }
-                None => {
-                    if let Some(line) = self.lines.finish() {
-                        self.on_line(&line);
-                    }
-                    if !self.translator.finished {
-                        if self.translator.saw_finish() {
-                            self.finish();
-                        } else {
-                            self.ctx
-                                .update(|m| m.error = Some("upstream_stream_failed"));
-                            self.on_chunk(&json!({"error": {"message":
-                                "the model's stream ended before it was done"}}));
-                        }
-                    }
-                    self.done = true;
-                }
-            }
-        }
+impl ChatStreamTranslator for MessagesStreamTranslator {
+    fn on_chunk(&mut self, chunk: &Value) -> Vec<NamedEvent> {
+        MessagesStreamTranslator::on_chunk(self, chunk)
     }
-
-    fn on_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            self.finish();
-            return;
-        }
-        match serde_json::from_slice::<Value>(data) {
-            Ok(v) => self.on_chunk(&v),
-            Err(_) => self.on_chunk(&json!({"error": {"message":
-                "the model's stream sent data that is not JSON"}})),
-        }
+    fn finish(&mut self) -> Vec<NamedEvent> {
+        MessagesStreamTranslator::finish(self)
     }
-
-    fn on_chunk(&mut self, chunk: &Value) {
-        for e in self.translator.on_chunk(chunk) {
-            self.pending.push_back(event(e));
-        }
+    fn finished(&self) -> bool {
+        self.finished
     }
-
-    fn finish(&mut self) {
-        for e in self.translator.finish() {
-            self.pending.push_back(event(e));
-        }
+    fn saw_finish(&self) -> bool {
+        MessagesStreamTranslator::saw_finish(self)
     }
 }
-
 /// `POST /v1/messages/count_tokens`: the model is resolved (404 and 403 as for messages),
 /// then the input is estimated; local models share no tokenizer the edge could run.
 pub async fn count_tokens(

@@ -16,6 +16,7 @@ use crate::policy::Refusal;
 use crate::providers::ProviderSet;
 
 pub mod anthropic;
+pub mod chat_sse;
 pub mod fallback;
 pub mod keys;
 pub mod ollama;

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use http::{header, StatusCode, Uri};
 use serde_json::{json, Value};
 
+use super::chat_sse::{self, ChatStreamTranslator, NamedEvent};
 use super::openai::{self, OpenAiError};
 use super::stream::LineBuffer;
 use super::{EdgeState, RequestContext};
@@ -325,20 +326,36 @@ async fn translated(
         return Ok(Json(out).into_response());
     }
     let mut translator = ResponsesStreamTranslator::new(ids, body);
-    let pending = translator.start().into_iter().map(event).collect();
-    let relay = ResponsesSse {
-        chunks: resp.into_body().into_data_stream(),
-        lines: LineBuffer::default(),
+    let first = translator.start();
+    let on_complete = store.map(|keep| -> chat_sse::OnComplete<ResponsesStreamTranslator> {
+        Box::new(move |t, read| {
+            if let Some(r) = t.final_response.take() {
+                keep.keep(r, read);
+            }
+        })
+    });
+    Ok(chat_sse::translated(
+        resp,
         translator,
-        pending,
-        done: false,
-        ctx: ctx.clone(),
-        keep: store,
-        read: 0,
-    };
-    Ok(openai::event_stream(Body::from_stream(
-        futures::stream::unfold(relay, ResponsesSse::step),
-    )))
+        first,
+        ctx,
+        on_complete,
+    ))
+}
+
+impl ChatStreamTranslator for ResponsesStreamTranslator {
+    fn on_chunk(&mut self, chunk: &Value) -> Vec<NamedEvent> {
+        ResponsesStreamTranslator::on_chunk(self, chunk)
+    }
+    fn finish(&mut self) -> Vec<NamedEvent> {
+        ResponsesStreamTranslator::finish(self)
+    }
+    fn finished(&self) -> bool {
+        self.finished
+    }
+    fn saw_finish(&self) -> bool {
+        ResponsesStreamTranslator::saw_finish(self)
+    }
 }
 
 /// What is needed to keep a translated response once it is complete.
@@ -352,98 +369,6 @@ impl Keep {
     fn keep(self, response: Value, size: usize) {
         self.store
             .put_translated(&self.client, response, self.conversation, size);
-    }
-}
-
-fn event((name, data): tr::Event) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
-}
-
-/// The chat path's SSE in, the Responses event stream out. The chat path already bounds the
-/// upstream with its timeouts and turns failures into an `{"error": …}` chunk.
-struct ResponsesSse {
-    chunks: axum::body::BodyDataStream,
-    lines: LineBuffer,
-    translator: ResponsesStreamTranslator,
-    pending: VecDeque<Bytes>,
-    done: bool,
-    ctx: RequestContext,
-    keep: Option<Keep>,
-    /// Bytes of the chat stream read so far (the stored response's size, roughly).
-    read: usize,
-}
-
-impl ResponsesSse {
-    async fn step(
-        mut self,
-    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some((Ok(b), self));
-            }
-            if self.done {
-                return None;
-            }
-            match self.chunks.next().await {
-                Some(Ok(chunk)) => {
-                    self.read += chunk.len();
-                    for line in self.lines.push(&chunk) {
-                        self.on_line(&line);
-                    }
-                }
-                Some(Err(e)) => {
-                    self.on_chunk(&json!({"error": {"message": e.to_string()}}));
-                    self.done = true;
-                }
-                None => {
-                    if let Some(line) = self.lines.finish() {
-                        self.on_line(&line);
-                    }
-                    if !self.translator.finished {
-                        if self.translator.saw_finish() {
-                            self.finish();
-                        } else {
-                            self.ctx
-                                .update(|m| m.error = Some("upstream_stream_failed"));
-                            self.on_chunk(&json!({"error": {"message":
-                                "the model's stream ended before it was done"}}));
-                        }
-                    }
-                    self.done = true;
-                }
-            }
-        }
-    }
-
-    fn on_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            self.finish();
-            return;
-        }
-        match serde_json::from_slice::<Value>(data) {
-            Ok(v) => self.on_chunk(&v),
-            Err(_) => self.on_chunk(&json!({"error": {"message":
-                "the model's stream sent data that is not JSON"}})),
-        }
-    }
-
-    fn on_chunk(&mut self, chunk: &Value) {
-        for e in self.translator.on_chunk(chunk) {
-            self.pending.push_back(event(e));
-        }
-    }
-
-    fn finish(&mut self) {
-        for e in self.translator.finish() {
-            self.pending.push_back(event(e));
-        }
-        if let (Some(keep), Some(r)) = (self.keep.take(), self.translator.final_response.take()) {
-            keep.keep(r, self.read);
-        }
     }
 }
 
