@@ -881,12 +881,16 @@ fn is_usage_only_event(event: &[u8]) -> bool {
     else {
         return false;
     };
-    serde_json::from_slice::<Value>(data.trim_ascii()).is_ok_and(|v| {
-        v.get("usage").is_some_and(Value::is_object)
-            && v.get("choices")
-                .and_then(Value::as_array)
-                .is_some_and(Vec::is_empty)
-    })
+    // Every event of the stream comes through here, so the probe skips the content instead of
+    // building a `Value` tree of each chunk: only `usage` (an object) and `choices` (an array,
+    // its items ignored) are read.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        usage: Option<serde_json::Map<String, Value>>,
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    serde_json::from_slice::<Probe>(data.trim_ascii())
+        .is_ok_and(|p| p.usage.is_some() && p.choices.is_some_and(|c| c.is_empty()))
 }
 
 /// The end of the first complete SSE event in `buf` (after its blank line), if any.
