@@ -93,7 +93,8 @@ impl ApiError {
         };
         body.insert(
             "error".into(),
-            serde_json::to_value(detail).expect("an error serializes"),
+            // Two strings: serialising them cannot fail.
+            serde_json::to_value(detail).unwrap_or_default(),
         );
         Value::Object(body)
     }
@@ -225,7 +226,9 @@ async fn guard(State(state): State<Shared>, mut req: Request, next: Next) -> Res
         .filter(|s| s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
         .map(String::from)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let rid = HeaderValue::from_str(&correlation_id).expect("checked to be visible ASCII");
+    // Visible ASCII (checked above) or a UUID: always a valid header value.
+    let rid = HeaderValue::from_str(&correlation_id)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"));
     let result = (|| {
         if req.uri().path() != "/health" {
             let presented = header_str(req.headers(), "authorization")
@@ -335,7 +338,7 @@ async fn list_services(State(state): State<Shared>) -> Result<Json<Value>, ApiEr
             project: state.engine.project().to_string(),
             services,
         })
-        .expect("the service list serializes"),
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?,
     ))
 }
 
@@ -521,8 +524,10 @@ fn parse_bool(key: &str, v: Option<&str>) -> Result<bool, ApiError> {
 fn ndjson(lines: &[LogLine]) -> Bytes {
     let mut out = Vec::new();
     for l in lines {
-        serde_json::to_writer(&mut out, l).expect("log lines serialize");
-        out.push(b'\n');
+        // A log line is strings and numbers: it always serialises.
+        if serde_json::to_writer(&mut out, l).is_ok() {
+            out.push(b'\n');
+        }
     }
     Bytes::from(out)
 }
@@ -723,7 +728,7 @@ async fn pull_images(
     });
     let lines = futures::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
-        let mut line = serde_json::to_vec(&event).expect("JSON values serialize");
+        let mut line = serde_json::to_vec(&event).ok()?;
         line.push(b'\n');
         Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
     });
@@ -960,7 +965,7 @@ async fn audit_verify(State(state): State<Shared>) -> Result<Json<Value>, ApiErr
                 e.to_string(),
             )
         })?;
-    Ok(Json(
-        serde_json::to_value(report).expect("report serializes"),
-    ))
+    Ok(Json(serde_json::to_value(report).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    })?))
 }

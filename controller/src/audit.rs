@@ -60,6 +60,10 @@ pub use aibox_wire::audit::{AuditEvent, AuditHead, INTENT, INTENT_SEQ};
 pub const HEAD_FILE: &str = "audit.head";
 
 /// The canonical form: compact JSON, fields in schema order, metadata keys sorted.
+#[allow(
+    clippy::expect_used,
+    reason = "strings, numbers and a JSON object with string keys: serialising cannot fail"
+)]
 pub fn canonical(event: &AuditEvent) -> String {
     serde_json::to_string(event).expect("an AuditEvent always serializes")
 }
@@ -86,12 +90,14 @@ pub struct AuditConfig {
 }
 
 /// The key used when `AUDIT_HMAC_KEY` is not set: HMAC-SHA256(token, "aibox-audit-hmac-v1").
+#[allow(clippy::expect_used, reason = "HMAC takes keys of any length")]
 pub fn derive_key(token: &str) -> Vec<u8> {
     let mut mac = HmacSha256::new_from_slice(token.as_bytes()).expect("hmac takes any key size");
     mac.update(DERIVED_KEY_LABEL);
     mac.finalize().into_bytes().to_vec()
 }
 
+#[allow(clippy::expect_used, reason = "HMAC takes keys of any length")]
 pub fn event_hash(key: &[u8], event: &AuditEvent) -> String {
     let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key size");
     mac.update(canonical(event).as_bytes());

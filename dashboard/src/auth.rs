@@ -134,6 +134,10 @@ pub fn safe_next(next: Option<&str>) -> String {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "the cookie is base64url, digits and fixed ASCII"
+)]
 pub fn session_cookie(
     state: &SharedState,
     headers: &HeaderMap,

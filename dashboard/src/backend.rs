@@ -66,6 +66,10 @@ impl Actor {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "static settings: building fails only without a TLS backend, and one is compiled in"
+)]
 fn http_client() -> reqwest::Client {
     // No proxy from the environment: the controller and the edge are internal, and a proxy
     // would see their bearer tokens.

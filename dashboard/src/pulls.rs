@@ -39,20 +39,28 @@ const KEEP: usize = 10;
 
 impl PullJobs {
     pub fn list(&self) -> Vec<PullJob> {
-        let mut v = self.jobs.lock().expect("pull lock").clone();
+        let mut v = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         v.reverse();
         v
     }
 
     pub fn any_running(&self) -> bool {
-        self.jobs.lock().expect("pull lock").iter().any(|j| !j.done)
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|j| !j.done)
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut PullJob)) {
         if let Some(j) = self
             .jobs
             .lock()
-            .expect("pull lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter_mut()
             .find(|j| j.id == id)
         {
@@ -73,7 +81,10 @@ impl PullJobs {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         {
-            let mut jobs = self.jobs.lock().expect("pull lock");
+            let mut jobs = self
+                .jobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             jobs.push(PullJob {
                 id,
                 model: model.clone(),
@@ -97,6 +108,10 @@ impl PullJobs {
             }
         }
         let jobs = Arc::clone(self);
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a pull outlives the request that starts it; its job entry tracks it"
+        )]
         tokio::spawn(async move {
             let outcome = run_pull(&jobs, id, &edge, &actor, &model).await;
             let (ok, detail) = match &outcome {

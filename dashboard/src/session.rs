@@ -40,6 +40,7 @@ impl SessionKeys {
         }
     }
 
+    #[allow(clippy::expect_used, reason = "HMAC takes keys of any length")]
     fn mac(&self, domain: &str, data: &[u8]) -> [u8; 32] {
         // new_from_slice accepts keys of any length for HMAC.
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("hmac accepts any key length");
@@ -59,6 +60,10 @@ impl SessionKeys {
         (session, cookie)
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "a session is two strings and a number: serialising cannot fail"
+    )]
     pub fn encode(&self, session: &Session) -> String {
         let payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(session).expect("session serializes"));
@@ -83,7 +88,7 @@ impl SessionKeys {
         if self
             .revoked
             .lock()
-            .expect("revoked lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains_key(&session.sid)
         {
             return None;
@@ -92,7 +97,10 @@ impl SessionKeys {
     }
 
     pub fn revoke(&self, session: &Session, now: i64) {
-        let mut revoked = self.revoked.lock().expect("revoked lock");
+        let mut revoked = self
+            .revoked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         revoked.retain(|_, exp| *exp > now);
         revoked.insert(session.sid.clone(), session.exp);
     }
@@ -139,7 +147,10 @@ impl LoginThrottle {
 
     /// `Err(wait)` while sign-in is locked.
     pub fn check(&self, now: Instant) -> Result<(), Duration> {
-        let state = self.state.lock().expect("throttle lock");
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match state.locked_until {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
@@ -147,7 +158,10 @@ impl LoginThrottle {
     }
 
     pub fn failed(&self, now: Instant) -> Option<Duration> {
-        let mut state = self.state.lock().expect("throttle lock");
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.failures = state.failures.saturating_add(1);
         if state.failures < self.free_attempts {
             return None;
@@ -162,7 +176,10 @@ impl LoginThrottle {
     }
 
     pub fn succeeded(&self) {
-        *self.state.lock().expect("throttle lock") = ThrottleState::default();
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ThrottleState::default();
     }
 }
 

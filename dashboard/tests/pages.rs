@@ -1,5 +1,14 @@
 //! Each page's handler against fake controller and edge servers on loopback: what a signed-in
 //! user sees, what the dashboard sends upstream, and what it refuses.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's helpers too: a failed unwrap is a failed test"
+)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test fake servers run as tasks of the test's own runtime, which ends with the test"
+)]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

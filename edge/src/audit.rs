@@ -12,13 +12,12 @@ pub struct ControllerAudit {
 }
 
 impl ControllerAudit {
-    pub fn new(url: String, token: String) -> Self {
+    pub fn new(url: String, token: String) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .no_proxy()
-            .build()
-            .expect("reqwest client builds with static settings");
-        Self { url, token, http }
+            .build()?;
+        Ok(Self { url, token, http })
     }
 }
 

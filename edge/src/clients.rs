@@ -173,7 +173,10 @@ impl ClientDirectory {
         let stamp = dir.file_stamp();
         let file = dir.read_file()?;
         dir.install(file);
-        dir.stamp.lock().expect("stamp lock").0 = stamp;
+        dir.stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 = stamp;
         Ok(dir)
     }
 

@@ -1,7 +1,7 @@
 //! The edge's configuration: one typed struct, read from the environment and an optional TOML
 //! file (`EDGE_CONFIG`), validated once at start-up with errors that name the key.
 use std::collections::HashSet;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,6 +255,8 @@ impl Default for HealthConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// Threads that serve requests (`EDGE_WORKER_THREADS`); default: the number of cores.
+    pub worker_threads: Option<usize>,
     /// Addresses (IP, CIDR or a host name resolved at start) the API listener must not answer
     /// on; see `api_exclude` on `EdgeConfig`.
     #[serde(default)]
@@ -330,6 +332,8 @@ pub struct EdgeConfig {
     /// egress proxy and nothing else). Entries are IPs, CIDRs or host names; see edge/src/api_bind.rs.
     pub api_exclude: Vec<String>,
     pub egress_listen: String,
+    /// Threads of the request path, each with its own runtime (`worker_threads`).
+    pub worker_threads: NonZeroUsize,
     pub default_provider: String,
     pub max_body_bytes: usize,
     pub admin_token_sha256: Option<[u8; 32]>,
@@ -385,7 +389,7 @@ pub fn default_metrics_open_cidrs() -> Vec<ipnet::IpNet> {
         "fc00::/7",
     ]
     .iter()
-    .map(|c| c.parse().expect("static CIDRs parse"))
+    .filter_map(|c| c.parse().ok())
     .collect()
 }
 
@@ -474,6 +478,7 @@ impl EdgeConfig {
             .or(file.egress.listen.clone())
             .unwrap_or_else(|| "0.0.0.0:3128".into());
         check_socket_addr("EGRESS_LISTEN", &egress_listen)?;
+        let worker_threads = worker_threads(env, file.worker_threads)?;
 
         let mut providers = Vec::new();
         let mut names = HashSet::new();
@@ -642,6 +647,7 @@ impl EdgeConfig {
             listen,
             api_exclude,
             egress_listen,
+            worker_threads,
             default_provider,
             max_body_bytes: file.max_body_bytes.unwrap_or(32 * 1024 * 1024),
             admin_token_sha256,
@@ -683,6 +689,36 @@ impl EdgeConfig {
             shared_limits,
         })
     }
+}
+
+/// Most threads the request path may have; more is a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// `EDGE_WORKER_THREADS`, else `worker_threads` in the file, else the number of cores.
+fn worker_threads(env: &dyn Env, file: Option<usize>) -> Result<NonZeroUsize, ConfigError> {
+    let (key, value) = match (env.var("EDGE_WORKER_THREADS"), file) {
+        (Some(v), _) => (
+            "EDGE_WORKER_THREADS",
+            v.trim().parse::<usize>().map_err(|_| {
+                invalid(
+                    "EDGE_WORKER_THREADS",
+                    format!("{v:?} is not a number of threads"),
+                )
+            })?,
+        ),
+        (None, Some(n)) => ("worker_threads", n),
+        (None, None) => {
+            return Ok(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
+        }
+    };
+    NonZeroUsize::new(value)
+        .filter(|n| n.get() <= MAX_WORKER_THREADS)
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("{value} must be from 1 to {MAX_WORKER_THREADS}"),
+            )
+        })
 }
 
 /// `AIBOX_REDIS_URL` (and `AIBOX_REDIS_TIMEOUT_MS`, default 250): checked now, connected when
@@ -735,13 +771,10 @@ pub fn resolve_clients(
                 })?;
                 sha256(k.as_bytes())
             }
-            (None, Some(hexed)) => {
-                let bytes = hex::decode(hexed)
-                    .ok()
-                    .filter(|b| b.len() == 32)
-                    .ok_or_else(|| invalid(format!("{key}.key_sha256"), "must be 64 hex digits"))?;
-                bytes.try_into().expect("length checked")
-            }
+            (None, Some(hexed)) => hex::decode(hexed)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| invalid(format!("{key}.key_sha256"), "must be 64 hex digits"))?,
             _ => {
                 return Err(invalid(
                     key.clone(),
@@ -819,6 +852,36 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9999");
         assert_eq!(c.providers[0].endpoints[0].url, "http://ollama:11434");
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cores_and_are_checked_by_name() {
+        let c = EdgeConfig::resolve(FileConfig::default(), &env(&[])).unwrap();
+        let cores = std::thread::available_parallelism().unwrap();
+        assert_eq!(c.worker_threads, cores);
+
+        let file = EdgeConfig::parse_file("x.toml", "worker_threads = 3").unwrap();
+        let c = EdgeConfig::resolve(file.clone(), &env(&[])).unwrap();
+        assert_eq!(c.worker_threads.get(), 3);
+        let c = EdgeConfig::resolve(file, &env(&[("EDGE_WORKER_THREADS", "5")])).unwrap();
+        assert_eq!(
+            c.worker_threads.get(),
+            5,
+            "the environment wins over the file"
+        );
+
+        let file = EdgeConfig::parse_file("x.toml", "worker_threads = 0").unwrap();
+        let err = EdgeConfig::resolve(file, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("worker_threads:"), "{err}");
+        for bad in ["0", "two", "100000"] {
+            let err =
+                EdgeConfig::resolve(FileConfig::default(), &env(&[("EDGE_WORKER_THREADS", bad)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.starts_with("EDGE_WORKER_THREADS:"), "{bad}: {err}");
+        }
     }
 
     #[test]

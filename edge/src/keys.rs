@@ -87,7 +87,8 @@ impl Locked {
     }
 
     fn write(&self, file: &ClientsFile) -> Result<(), KeysError> {
-        let body = toml::to_string(file).expect("the keys file serializes");
+        // Cannot fail for this plain struct; if it did, it is a failed write of the file.
+        let body = toml::to_string(file).map_err(|e| io(&self.path)(std::io::Error::other(e)))?;
         let text = format!(
             "# aibox client keys (SHA-256 of each key, never the key) and per-client policy.\n\
              # Written by `./aibox key` and the dashboard's Keys page; the edge re-reads it on change.\n\

@@ -1,13 +1,18 @@
 //! The aibox edge: one port for every client (models, tools, dashboard) and a second listener
 //! that is the browser worker's egress proxy. See docs/ARCHITECTURE.md.
+//!
+//! Everything runs as a Pingora service (edge/src/services.rs): the API listener, the MCP hub,
+//! provider probes, the keys-file watch and the egress proxy; Pingora owns their runtimes and
+//! their shutdown.
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
 
 mod aliases;
 mod api;
@@ -21,6 +26,7 @@ mod keys;
 mod metrics;
 mod policy;
 mod providers;
+mod services;
 mod trace;
 mod translate;
 
@@ -103,38 +109,26 @@ fn api_bind_addrs(listen: SocketAddr, exclude: &[String]) -> anyhow::Result<Vec<
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = config::EdgeConfig::load(args.config.as_deref(), &config::ProcessEnv)?;
-    // Background work (probes, MCP sessions, the egress proxy) lives on its own small runtime;
-    // Pingora runs the request path on its own threads.
-    let background = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("edge-bg")
-        .enable_all()
-        .build()?;
-
-    let metrics = Arc::new(metrics::Metrics::new());
-    let providers = Arc::new(providers::ProviderSet::new(&config, metrics.clone()));
-    let audit: Option<Arc<dyn aibox_mcp::AuditSink>> = config
-        .controller
-        .clone()
-        .map(|(url, token)| Arc::new(audit::ControllerAudit::new(url, token)) as _);
-
-    let hub = background
-        .block_on(aibox_mcp::McpHub::start(
-            config.mcp.clone(),
-            &metrics.registry,
-            audit.clone(),
-        ))
+    config
+        .mcp
+        .validate()
+        .map_err(anyhow::Error::msg)
         .context("starting the MCP hub")?;
+
+    let metrics = Arc::new(metrics::Metrics::try_new().context("metrics")?);
+    let providers = Arc::new(providers::ProviderSet::new(&config, metrics.clone()));
+    let audit: Option<Arc<dyn aibox_mcp::AuditSink>> = match config.controller.clone() {
+        Some((url, token)) => Some(Arc::new(
+            audit::ControllerAudit::new(url, token).context("the controller's audit client")?,
+        )),
+        None => None,
+    };
 
     let egress_proxy = Arc::new(
         egress::EgressProxy::new(config.egress.clone(), &metrics.registry).context("egress")?,
     );
-    let egress_listener = background
-        .block_on(tokio::net::TcpListener::bind(&config.egress_listen))
-        .with_context(|| format!("binding the egress listener {}", config.egress_listen))?;
+    let egress_listener = bind_egress(&config.egress_listen)?;
     aibox_log::announce_listening("egress", egress_listener.local_addr()?);
-    background.spawn(egress_proxy.serve(egress_listener));
-    background.spawn(providers.clone().run_probes());
 
     let listen = concrete_addr(&config.listen)?;
     let api_addrs = api_bind_addrs(listen, &config.api_exclude)?;
@@ -145,19 +139,9 @@ fn run(args: Args) -> anyhow::Result<()> {
              server without limit (set [anonymous] in the edge config or the keys file; see docs/keys.md)"
         );
     }
-    background.spawn(clients.clone().run_file_watch());
-    let state = Arc::new(api::EdgeState {
-        config,
-        providers,
-        metrics,
-        clients,
-        audit,
-        responses: Default::default(),
-    });
-    let router = api::router(state.clone(), hub.router());
 
     let conf = ServerConf {
-        threads: 2,
+        threads: config.worker_threads.get(),
         // One runtime per thread: no cross-thread wake-ups on the request path.
         work_stealing: false,
         grace_period_seconds: Some(0),
@@ -166,44 +150,78 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway::EdgeGateway::new(state, router),
-        "aibox edge",
-    );
-    for addr in &api_addrs {
-        service.add_tcp(&addr.to_string());
-    }
-    let listen = api_addrs[0];
-    server.add_service(service);
 
-    background.spawn(async move {
-        // Announce only once the socket accepts, so "listening on" is never a lie.
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(listen).await.is_ok() {
-                aibox_log::announce_listening("api", listen);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let hub = services::HubCell::default();
+    let hub_service = server.add_service(background_service(
+        "mcp hub",
+        services::McpHubService {
+            config: config.mcp.clone(),
+            registry: metrics.registry.clone(),
+            audit: audit.clone(),
+            hub: hub.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "probes",
+        services::ProviderProbes(providers.clone()),
+    ));
+    server.add_service(background_service(
+        "clients file",
+        services::ClientsFileWatch(clients.clone()),
+    ));
+    server.add_service(background_service(
+        "egress",
+        services::EgressService {
+            proxy: egress_proxy,
+            listener: Mutex::new(Some(egress_listener)),
+        },
+    ));
+
+    let state = Arc::new(api::EdgeState {
+        config,
+        providers,
+        metrics,
+        clients,
+        audit,
+        responses: Default::default(),
+    });
+    let server_conf = server.configuration.clone();
+    let api_addrs_for_build = api_addrs.clone();
+    let build: services::BuildApi<_> = Box::new(move |hub: &Arc<aibox_mcp::McpHub>| {
+        let router = api::router(state.clone(), hub.router());
+        let mut service = pingora_proxy::http_proxy_service_with_name(
+            &server_conf,
+            gateway::EdgeGateway::new(state, router),
+            "aibox edge",
+        );
+        for addr in &api_addrs_for_build {
+            service.add_tcp(&addr.to_string());
         }
-        eprintln!("edge: the listener on {listen} never came up");
-        std::process::exit(1);
+        service
     });
-    background.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("shutting down");
-        // Child MCP servers go with us; then exit without waiting on open streams.
-        let _ = tokio::time::timeout(Duration::from_secs(3), hub.shutdown()).await;
-        std::process::exit(0);
+    let api_service = server.add_service(services::ApiService {
+        name: "aibox edge".into(),
+        addrs: api_addrs,
+        hub: hub.clone(),
+        build: Some(build),
     });
-    // Keep the background runtime alive for the life of the process.
-    std::mem::forget(background);
-    server.run_forever()
+    api_service.add_dependency(&hub_service);
+
+    server.run(RunArgs {
+        shutdown_signal: Box::new(services::StopOnSignal { hub }),
+    });
+    Ok(())
+}
+
+/// Binds the egress listener now, so a taken port fails start-up and the announced address is
+/// the real one. Bound through tokio for its socket options (`SO_REUSEADDR`), then handed to the
+/// egress service as a plain socket.
+fn bind_egress(listen: &str) -> anyhow::Result<StdListener> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("binding the egress listener {listen}"))?;
+    Ok(listener.into_std()?)
 }

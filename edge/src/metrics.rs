@@ -65,15 +65,17 @@ struct MinuteTable {
 }
 
 impl MinuteTable {
-    fn row(&mut self, client: &str, model: &str) -> &mut HashMap<i64, Cell> {
+    /// Always `Some`: a missing row is inserted first (an `Option` only because the map's
+    /// API cannot say so without a key allocation on every call).
+    fn row(&mut self, client: &str, model: &str) -> Option<&mut HashMap<i64, Cell>> {
         if !self.cells.contains_key(client) {
             self.cells.insert(client.to_owned(), HashMap::new());
         }
-        let models = self.cells.get_mut(client).expect("inserted above");
+        let models = self.cells.get_mut(client)?;
         if !models.contains_key(model) {
             models.insert(model.to_owned(), HashMap::new());
         }
-        models.get_mut(model).expect("inserted above")
+        models.get_mut(model)
     }
 }
 
@@ -88,7 +90,13 @@ fn now_minute() -> i64 {
 }
 
 impl Metrics {
+    /// For tests: the metrics are static, so building them cannot fail there.
+    #[cfg(test)]
     pub fn new() -> Self {
+        Self::try_new().expect("static metrics")
+    }
+
+    pub fn try_new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -96,16 +104,14 @@ impl Metrics {
                 "Model requests by surface, provider, client and status",
             ),
             &["surface", "provider", "client", "status"],
-        )
-        .expect("static metric");
+        )?;
         let errors = IntCounterVec::new(
             Opts::new(
                 "aibox_request_errors_total",
                 "Failed model requests by kind",
             ),
             &["provider", "client", "kind"],
-        )
-        .expect("static metric");
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "aibox_request_duration_seconds",
@@ -113,8 +119,7 @@ impl Metrics {
             )
             .buckets(BUCKETS.to_vec()),
             &["surface", "provider"],
-        )
-        .expect("static metric");
+        )?;
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new(
                 "aibox_upstream_duration_seconds",
@@ -122,40 +127,35 @@ impl Metrics {
             )
             .buckets(BUCKETS.to_vec()),
             &["provider"],
-        )
-        .expect("static metric");
+        )?;
         let tokens = IntCounterVec::new(
             Opts::new(
                 "aibox_tokens_total",
                 "Tokens in (prompt) and out (completion)",
             ),
             &["provider", "client", "direction"],
-        )
-        .expect("static metric");
+        )?;
         let failovers = IntCounterVec::new(
             Opts::new(
                 "aibox_upstream_failures_total",
                 "Upstream attempts that failed before the first byte",
             ),
             &["provider", "endpoint"],
-        )
-        .expect("static metric");
+        )?;
         let endpoint_up = IntGaugeVec::new(
             Opts::new(
                 "aibox_endpoint_up",
                 "1 when the endpoint is in service, 0 when ejected",
             ),
             &["provider", "endpoint"],
-        )
-        .expect("static metric");
+        )?;
         let model_requests = IntCounterVec::new(
             Opts::new(
                 "aibox_model_requests_total",
                 "Model requests by route, provider, model (bounded), client and status",
             ),
             &["route", "provider", "model", "client", "status"],
-        )
-        .expect("static metric");
+        )?;
         let model_tokens = IntCounterVec::new(
             Opts::new(
                 "aibox_model_tokens_total",
@@ -163,7 +163,7 @@ impl Metrics {
             ),
             &["route", "provider", "model", "client", "direction"],
         )
-        .expect("static metric");
+        ?;
         let first_token = HistogramVec::new(
             HistogramOpts::new(
                 "aibox_time_to_first_token_seconds",
@@ -172,15 +172,14 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
             &["route", "provider", "model"],
         )
-        .expect("static metric");
+        ?;
         let endpoint_in_flight = IntGaugeVec::new(
             Opts::new(
                 "aibox_endpoint_in_flight",
                 "Requests in flight at each endpoint (read at scrape time)",
             ),
             &["provider", "endpoint"],
-        )
-        .expect("static metric");
+        )?;
         let alias_fallbacks = IntCounterVec::new(
             Opts::new(
                 "aibox_alias_fallbacks_total",
@@ -188,49 +187,32 @@ impl Metrics {
             ),
             &["alias", "reason"],
         )
-        .expect("static metric");
+        ?;
         let build_info = IntGaugeVec::new(
             Opts::new("aibox_build_info", "The edge's version; always 1"),
             &["version"],
-        )
-        .expect("static metric");
+        )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("unique metric");
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         for c in [&model_requests, &model_tokens, &alias_fallbacks] {
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone()))?;
         }
         for g in [&endpoint_in_flight, &build_info] {
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone()))?;
         }
-        registry
-            .register(Box::new(first_token.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(first_token.clone()))?;
         for c in [&requests, &errors, &tokens, &failovers] {
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone()))?;
         }
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(upstream_duration.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(endpoint_up.clone()))
-            .expect("unique metric");
-        Self {
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(endpoint_up.clone()))?;
+        Ok(Self {
             registry,
             requests,
             errors,
@@ -246,7 +228,7 @@ impl Metrics {
             alias_fallbacks,
             model_labels: Mutex::new(HashSet::new()),
             minutes: Mutex::new(MinuteTable::default()),
-        }
+        })
     }
 
     /// `model` as a label: its own name for the first `MODEL_LABEL_LIMIT` names seen, `other`
@@ -325,7 +307,9 @@ impl Metrics {
         }
         let minute = now_minute();
         let mut table = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
-        let row = table.row(r.client, r.model);
+        let Some(row) = table.row(r.client, r.model) else {
+            return;
+        };
         if !row.contains_key(&minute) {
             // A new minute begins: drop what fell out of the window.
             row.retain(|m, _| minute - m < WINDOW_MINUTES);
@@ -400,6 +384,7 @@ impl Metrics {
     }
 }
 
+#[cfg(test)]
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

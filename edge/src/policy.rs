@@ -182,7 +182,10 @@ impl TokenBudget {
                 return Ok(());
             }
             let n = debt.min(u64::from(self.burst)) as u32;
-            let n = NonZeroU32::new(n).expect("debt > 0");
+            // Never zero (debt and burst are); nothing to pay if it were.
+            let Some(n) = NonZeroU32::new(n) else {
+                return Ok(());
+            };
             match self.bucket.check_n(n) {
                 Ok(Ok(())) => {
                     self.debt.fetch_sub(u64::from(n.get()), Ordering::AcqRel);

@@ -134,13 +134,14 @@ impl Layout {
 
     /// The IPv4 range every address of `net` carries under this layout: the IPv4 bits that sit
     /// inside the network's prefix are fixed, the rest are free.
-    pub fn range(self, net: Ipv6Net) -> Ipv4Net {
+    /// (Always `Some`: at most 32 bits can be known.)
+    pub fn range(self, net: Ipv6Net) -> Option<Ipv4Net> {
         let known = (0..32u8)
             .take_while(|i| self.position(*i) < net.prefix_len())
             .count() as u8;
         Ipv4Net::new(self.extract(net.network()), known)
-            .expect("prefix length at most 32")
-            .trunc()
+            .ok()
+            .map(|n| n.trunc())
     }
 }
 
@@ -154,8 +155,9 @@ pub struct Translation {
 }
 
 impl Translation {
-    pub fn net(&self) -> Ipv6Net {
-        Ipv6Net::new(self.prefix, self.len).expect("static prefix")
+    /// (Always `Some` for the built-in table, whose lengths are at most 128.)
+    pub fn net(&self) -> Option<Ipv6Net> {
+        Ipv6Net::new(self.prefix, self.len).ok()
     }
 }
 
@@ -360,9 +362,11 @@ pub fn embedded_ipv4_at(ip: Ipv6Addr, local_nat64_len: Option<u8>) -> Vec<Ipv4Ad
 /// Whether a network is itself a translation prefix (or covers one): an operator's NAT64
 /// prefix inside the local-use prefix counts when its length is one RFC 6052 allows.
 pub fn is_translation_prefix(net: Ipv6Net) -> bool {
-    let local = Ipv6Net::new(LOCAL_USE_NAT64.0, LOCAL_USE_NAT64.1).expect("static prefix");
-    TRANSLATIONS.iter().any(|t| net.contains(&t.net()))
-        || (local.contains(&net) && rfc6052_layout(net.prefix_len()).is_some())
+    const LOCAL: Ipv6Net = Ipv6Net::new_assert(LOCAL_USE_NAT64.0, LOCAL_USE_NAT64.1);
+    TRANSLATIONS
+        .iter()
+        .any(|t| t.net().is_some_and(|t| net.contains(&t)))
+        || (LOCAL.contains(&net) && rfc6052_layout(net.prefix_len()).is_some())
 }
 
 /// The IPv4 ranges the addresses of an IPv6 network carry, for networks strictly inside a
@@ -375,13 +379,13 @@ pub fn embedded_ipv4_ranges(net: Ipv6Net) -> Vec<Ipv4Net> {
         return out;
     }
     for t in TRANSLATIONS {
-        if t.net().contains(&net) {
-            out.extend(t.layouts.iter().map(|l| l.range(net)));
+        if t.net().is_some_and(|t| t.contains(&net)) {
+            out.extend(t.layouts.iter().filter_map(|l| l.range(net)));
         }
     }
     // ISATAP: only when the network fixes the interface identifier's marker bits.
     if net.prefix_len() >= 96 && isatap(net.network()).is_some() {
-        out.push(LOW32.range(net));
+        out.extend(LOW32.range(net));
     }
     out
 }

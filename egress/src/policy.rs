@@ -34,12 +34,14 @@ pub struct EgressPolicy {
 
 /// Networks that reach this host; `allow_cidrs` may only cover them in tests.
 fn loopback_nets() -> [IpNet; 4] {
-    [
-        IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).expect("static prefix"),
-        IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 32).expect("static prefix"),
-        IpNet::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).expect("static prefix"),
-        IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128).expect("static prefix"),
-    ]
+    // Constants, so a bad prefix length fails the build, not the proxy.
+    const NETS: [IpNet; 4] = [
+        IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+        IpNet::new_assert(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 32),
+        IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+        IpNet::new_assert(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128),
+    ];
+    NETS
 }
 
 /// The loopback range an allow entry touches, directly or through an IPv4 embedding
@@ -54,7 +56,7 @@ fn loopback_covered(net: &IpNet, nat64: &[Ipv6Net]) -> Option<IpNet> {
             .filter(|p| p.contains(v6) && v6.prefix_len() > p.prefix_len())
         {
             if let Some(layout) = rfc6052_layout(prefix.prefix_len()) {
-                seen.push(IpNet::V4(layout.range(*v6)));
+                seen.extend(layout.range(*v6).map(IpNet::V4));
             }
         }
     }

@@ -320,7 +320,9 @@ impl EgressProxy {
             .clone()
     }
 
-    /// Serve the forward proxy on `listener` until the process exits.
+    /// Serve the forward proxy on `listener` until this future is dropped. Each connection is a
+    /// task of this future's own `JoinSet`: dropping the future (the edge's shutdown) ends them
+    /// all, and a connection that panics is logged rather than lost.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         if let Ok(local) = listener.local_addr() {
             let mut guard = self.policy.write().unwrap_or_else(|e| e.into_inner());
@@ -328,16 +330,26 @@ impl EgressProxy {
             policy.add_edge_addresses([local.ip()]);
             *guard = Arc::new(policy);
         }
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(self.clone().handle(stream, peer));
-                }
-                Err(e) => {
-                    // Out of file descriptors and friends: back off instead of spinning.
-                    tracing::warn!(target: "egress", error = %e, "egress accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(self.clone().handle(stream, peer));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and friends: back off instead of spinning.
+                        tracing::warn!(target: "egress", error = %e, "egress accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = done {
+                        if e.is_panic() {
+                            tracing::error!(target: "egress", error = %e, "egress connection failed with a panic");
+                        }
+                    }
                 }
             }
         }

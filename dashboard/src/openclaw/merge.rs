@@ -228,12 +228,19 @@ impl Merge {
         at: &str,
         key: &str,
     ) -> Result<&'a mut Value, ShapeError> {
+        let found = obj.kind();
         if obj.get(key).is_none() {
             if let Value::Object(members) = obj {
                 members.push((key.to_owned(), Value::Array(Vec::new())));
             }
         }
-        let v = obj.get_mut(key).expect("just ensured");
+        let Some(v) = obj.get_mut(key) else {
+            return Err(ShapeError {
+                path: at.to_owned(),
+                found,
+                expected: "an object",
+            });
+        };
         if !matches!(v, Value::Array(_)) {
             return Err(ShapeError {
                 path: format!("{at}.{key}"),

@@ -54,7 +54,10 @@ pub struct Flashes {
 
 impl Flashes {
     pub fn push(&self, viewer: &Viewer, kind: FlashKind, text: impl Into<String>) {
-        let mut map = self.by_viewer.lock().expect("flash lock");
+        let mut map = self
+            .by_viewer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A viewer who never comes back must not grow this forever.
         if map.len() > 1000 {
             map.clear();
@@ -75,7 +78,7 @@ impl Flashes {
         }
         self.by_viewer
             .lock()
-            .expect("flash lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&viewer.binding)
             .unwrap_or_default()
     }

@@ -136,7 +136,11 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
         state.edge.metrics_text(&actor),
         state.controller.audit(&actor, &audit_query),
     );
-    let drift_notes = state.drift.lock().expect("drift lock").clone();
+    let drift_notes = state
+        .drift
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let body = html! {
         div.page-head {
             h1 { "Overview" }

@@ -242,7 +242,11 @@ pub async fn page(State(state): State<SharedState>, viewer: Viewer) -> Response 
         state.controller.services(&actor),
         state.edge.readiness(&actor)
     );
-    let drift_notes = state.drift.lock().expect("drift lock").clone();
+    let drift_notes = state
+        .drift
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let body = html! {
         div.page-head {
             h1 { "Services" }
@@ -450,7 +454,11 @@ pub async fn act(
             let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(true);
             let text = if action == "up" {
                 if changed {
-                    state.drift.lock().expect("drift lock").remove(&name);
+                    state
+                        .drift
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&name);
                 }
                 up_text(&name, v.get("step").and_then(Value::as_str).unwrap_or(""))
             } else if changed {
@@ -547,14 +555,18 @@ pub async fn pull_image(
                     continue;
                 }
                 let drift = r.drift.unwrap_or(false);
-                state.drift.lock().expect("drift lock").insert(
-                    service.clone(),
-                    DriftNote {
-                        container_image_id: r.container_image_id.clone().unwrap_or_default(),
-                        pulled_image_id: r.pulled_image_id.clone().unwrap_or_default(),
-                        drift,
-                    },
-                );
+                state
+                    .drift
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(
+                        service.clone(),
+                        DriftNote {
+                            container_image_id: r.container_image_id.clone().unwrap_or_default(),
+                            pulled_image_id: r.pulled_image_id.clone().unwrap_or_default(),
+                            drift,
+                        },
+                    );
                 let text = if drift {
                     format!("Pulled {image} for {service}: a newer image is ready; use Recreate on its card to run it.")
                 } else {

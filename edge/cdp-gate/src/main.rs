@@ -15,6 +15,11 @@
 //! check still applies.
 //!
 //! The gate exits with Chromium's status when Chromium exits, so the container restarts.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a binary: the accept loop and each connection's two copy directions belong to \
+              the process and end with it"
+)]
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,4 +1,9 @@
 //! The shared limits against a real `redis-server` (Debian's), started on a free loopback port.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's helpers too: a failed unwrap is a failed test"
+)]
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,6 +2,12 @@
 //! server, a recorder that must stay empty, and a proxy started in-process on port 0.
 //!
 //! NETWORK RULE: everything here binds and connects to 127.0.0.0/8 or ::1 only.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "test fixtures: a failed unwrap is a failed test, and their tasks end with the test's runtime"
+)]
 #![allow(dead_code)]
 
 use std::collections::HashMap;
