@@ -24,30 +24,30 @@ pub enum SseOpenError {
     },
     #[error("GET {url} failed: {source}")]
     Get {
-        url: reqwest::Url,
+        url: String,
         #[source]
         source: reqwest::Error,
     },
     #[error("GET {url} answered {status}")]
     GetStatus {
-        url: reqwest::Url,
+        url: String,
         status: reqwest::StatusCode,
     },
     #[error("reading {url}: {message}")]
-    Read { url: reqwest::Url, message: String },
+    Read { url: String, message: String },
     #[error("{url}: the event stream ended before the \"endpoint\" event")]
-    NoEndpoint { url: reqwest::Url },
+    NoEndpoint { url: String },
     #[error("{url}: bad endpoint {endpoint:?}: {source}")]
     BadEndpoint {
-        url: reqwest::Url,
+        url: String,
         endpoint: String,
         #[source]
         source: url::ParseError,
     },
     #[error("{url}: endpoint {endpoint} is not on the same origin")]
     CrossOrigin {
-        url: reqwest::Url,
-        endpoint: reqwest::Url,
+        url: String,
+        endpoint: String,
     },
 }
 
@@ -101,12 +101,12 @@ impl SseClientTransport {
             .send()
             .await
             .map_err(|source| SseOpenError::Get {
-                url: sse_url.clone(),
+                url: sse_url.to_string(),
                 source,
             })?;
         if !resp.status().is_success() {
             return Err(SseOpenError::GetStatus {
-                url: sse_url,
+                url: sse_url.to_string(),
                 status: resp.status(),
             });
         }
@@ -119,25 +119,29 @@ impl SseClientTransport {
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
                     return Err(SseOpenError::Read {
-                        url: sse_url,
+                        url: sse_url.to_string(),
                         message: e.to_string(),
                     })
                 }
-                None => return Err(SseOpenError::NoEndpoint { url: sse_url }),
+                None => {
+                    return Err(SseOpenError::NoEndpoint {
+                        url: sse_url.to_string(),
+                    })
+                }
             }
         };
         let post_url =
             sse_url
                 .join(endpoint.trim())
                 .map_err(|source| SseOpenError::BadEndpoint {
-                    url: sse_url.clone(),
+                    url: sse_url.to_string(),
                     endpoint: endpoint.clone(),
                     source,
                 })?;
         if post_url.origin() != sse_url.origin() {
             return Err(SseOpenError::CrossOrigin {
-                url: sse_url,
-                endpoint: post_url,
+                url: sse_url.to_string(),
+                endpoint: post_url.to_string(),
             });
         }
         let (tx, rx) = mpsc::channel(64);

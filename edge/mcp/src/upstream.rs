@@ -64,7 +64,7 @@ pub enum ConnectError {
         source: std::io::Error,
     },
     #[error("handshake failed: {0}")]
-    Handshake(#[source] ClientInitializeError),
+    Handshake(#[source] Box<ClientInitializeError>),
     #[error("header {name:?}: {source}")]
     HeaderName {
         name: String,
@@ -81,13 +81,13 @@ pub enum ConnectError {
     SseHandshake {
         url: String,
         #[source]
-        source: ClientInitializeError,
+        source: Box<ClientInitializeError>,
     },
     #[error("connecting to {url} failed: {source}")]
     HttpHandshake {
         url: String,
         #[source]
-        source: ClientInitializeError,
+        source: Box<ClientInitializeError>,
     },
     #[error("image servers are not served yet")]
     ImageNotServed,
@@ -596,7 +596,7 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, Co
             handler
                 .serve_with_lifecycle(transport, lifecycle)
                 .await
-                .map_err(ConnectError::Handshake)?
+                .map_err(|e| ConnectError::Handshake(Box::new(e)))?
         }
         Transport::Http {
             url,
@@ -618,7 +618,7 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, Co
                 .await
                 .map_err(|source| ConnectError::SseHandshake {
                     url: url.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
         }
         Transport::Http { url, headers, .. } => {
@@ -637,7 +637,7 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, Co
                 .await
                 .map_err(|source| ConnectError::HttpHandshake {
                     url: url.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
         }
         Transport::Image { .. } => return Err(ConnectError::ImageNotServed),
