@@ -10,6 +10,7 @@
 //! bridge's own, so requests of different clients never collide; the child's `initialize`
 //! answer is kept and given to later clients (the child is initialised once). The bridge exits
 //! with the child's status when the child ends, so the container's state is the server's.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 mod relay;
 
 use std::net::SocketAddr;
@@ -27,19 +28,38 @@ struct Args {
     args: Vec<String>,
 }
 
-fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+/// A command line the bridge cannot run; the message is printed before exit status 2.
+#[derive(Debug, thiserror::Error)]
+enum ArgsError {
+    #[error("--listen needs an address")]
+    ListenMissing,
+    #[error("{USAGE}")]
+    Help,
+    #[error("unknown option {0:?}\n{USAGE}")]
+    UnknownOption(String),
+    #[error("--listen {listen:?}: {source}")]
+    BadListen {
+        listen: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("no program to run\n{USAGE}")]
+    NoProgram,
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, ArgsError> {
     let mut listen = std::env::var("MCP_BRIDGE_LISTEN").unwrap_or_else(|_| "0.0.0.0:8000".into());
     let mut rest = Vec::new();
     while let Some(a) = argv.next() {
         match a.as_str() {
-            "--listen" => listen = argv.next().ok_or("--listen needs an address")?,
+            "--listen" => listen = argv.next().ok_or(ArgsError::ListenMissing)?,
             "--" => {
                 rest.extend(argv.by_ref());
                 break;
             }
-            "-h" | "--help" => return Err(USAGE.into()),
+            "-h" | "--help" => return Err(ArgsError::Help),
             other if other.starts_with('-') && rest.is_empty() => {
-                return Err(format!("unknown option {other:?}\n{USAGE}"))
+                return Err(ArgsError::UnknownOption(other.to_string()))
             }
             _ => {
                 rest.push(a);
@@ -50,9 +70,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     let listen = listen
         .parse()
-        .map_err(|e| format!("--listen {listen:?}: {e}"))?;
+        .map_err(|source| ArgsError::BadListen { listen, source })?;
     let mut rest = rest.into_iter();
-    let program = rest.next().ok_or(format!("no program to run\n{USAGE}"))?;
+    let program = rest.next().ok_or(ArgsError::NoProgram)?;
     Ok(Args {
         listen,
         program,
@@ -100,8 +120,12 @@ async fn run(args: Args) -> u8 {
             return 127;
         }
     };
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let stdout = child.stdout.take().expect("piped stdout");
+    // Both are piped above; without them there is nothing to bridge.
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        eprintln!("mcp-bridge: {:?} has no stdin/stdout pipe", args.program);
+        let _ = child.start_kill();
+        return 2;
+    };
     let (to_child, mut outbox) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
     let relay = Arc::new(relay::Relay::new(to_child));
 
@@ -139,8 +163,14 @@ async fn run(args: Args) -> u8 {
     });
     let server = axum::serve(listener, relay::router(relay));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mcp-bridge: cannot handle SIGTERM: {e}");
+            let _ = child.start_kill();
+            return 2;
+        }
+    };
     let code = tokio::select! {
         status = child.wait() => {
             let status = status.map(|s| s.code().unwrap_or(1)).unwrap_or(1);
@@ -164,7 +194,7 @@ async fn run(args: Args) -> u8 {
 mod tests {
     use super::*;
 
-    fn parse(v: &[&str]) -> Result<Args, String> {
+    fn parse(v: &[&str]) -> Result<Args, ArgsError> {
         parse_args(v.iter().map(|s| s.to_string()))
     }
 
@@ -179,7 +209,16 @@ mod tests {
             (a.program.as_str(), a.args.as_slice()),
             ("srv", &["--flag".to_string()][..])
         );
-        assert!(parse(&["--"]).unwrap_err().contains("no program"));
-        assert!(parse(&["--bogus"]).unwrap_err().contains("unknown option"));
+        assert!(
+            matches!(parse(&["--"]), Err(ArgsError::NoProgram))
+                && parse(&["--"])
+                    .unwrap_err()
+                    .to_string()
+                    .contains("no program")
+        );
+        assert!(parse(&["--bogus"])
+            .unwrap_err()
+            .to_string()
+            .contains("unknown option"));
     }
 }

@@ -67,7 +67,8 @@ impl Relay {
 
     async fn send_child(&self, msg: &Value) -> bool {
         self.to_child
-            .send(serde_json::to_vec(msg).expect("json"))
+            // A `Value` always prints as JSON (its Display is the compact form).
+            .send(msg.to_string().into_bytes())
             .await
             .is_ok()
     }

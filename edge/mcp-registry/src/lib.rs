@@ -7,9 +7,10 @@
 //! Loading is all-or-nothing: any error (bad JSON, unknown field, bad value, duplicate name)
 //! rejects the whole edit and the caller keeps the last good snapshot. A server whose required
 //! secrets are missing is not an error: it is loaded with status `missing_secrets` and not started.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -273,8 +274,66 @@ pub struct Sources<'a> {
     pub default_timeout: Duration,
 }
 
+/// Why a registry edit was rejected. Every message names the file, and the server and field
+/// when there is one (`registry.json: servers.git.timeout_sec: ...`): the operator reads it in
+/// the health API, the dashboard and the controller's log.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// `registry.json` is not JSON of the registry's shape; `at` is the path of the bad value.
+    #[error("registry.json: {}{message}", at.as_deref().map(|p| format!("{p}: ")).unwrap_or_default())]
+    Json { at: Option<String>, message: String },
+    #[error("servers.txt line {line}: duplicate server name {name:?}")]
+    DuplicateInServersTxt { line: usize, name: String },
+    #[error("servers.txt line {line}: a URL server takes no further words")]
+    UrlWithWords { line: usize },
+    #[error("{origin}: server name {name:?} is invalid: use 1-48 of [A-Za-z0-9_-], starting with a letter or digit, without \"__\" or a trailing \"_\" (\"__\" separates server and tool in tool names)")]
+    InvalidName { origin: &'static str, name: String },
+    #[error(
+        "{origin}: servers.{name}: exactly one of \"url\", \"command\" or \"image\" is required"
+    )]
+    NotOneKind { origin: &'static str, name: String },
+    /// One field of one server has a bad value or does not fit the server's kind.
+    #[error("{origin}: servers.{name}.{field}: {problem}")]
+    Field {
+        origin: &'static str,
+        name: String,
+        field: &'static str,
+        problem: String,
+    },
+    /// A registry file exists but cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a change to the secrets file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("{0:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")]
+    BadName(String),
+    #[error("the value of {0} has a line break or NUL")]
+    BadValue(String),
+}
+
+/// For readers that report errors as text (the controller's reconcile loop, the dashboard's
+/// form checks): `?` keeps working there.
+impl From<RegistryError> for String {
+    fn from(e: RegistryError) -> String {
+        e.to_string()
+    }
+}
+
+impl From<SecretsError> for String {
+    fn from(e: SecretsError) -> String {
+        e.to_string()
+    }
+}
+
 /// Parses `registry.json` text; errors name the server and field (`servers.git.timeout_sec`).
-pub fn parse_registry(text: &str) -> Result<RegistryFile, String> {
+pub fn parse_registry(text: &str) -> Result<RegistryFile, RegistryError> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let file: RegistryFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let mut path = e.path().to_string();
@@ -289,16 +348,15 @@ pub fn parse_registry(text: &str) -> Result<RegistryFile, String> {
                 path = parent.to_string();
             }
         }
-        if path.is_empty() || path == "." {
-            format!("registry.json: {inner}")
-        } else {
-            format!("registry.json: {path}: {inner}")
+        RegistryError::Json {
+            at: (!path.is_empty() && path != ".").then_some(path),
+            message: inner.to_string(),
         }
     })?;
     Ok(file)
 }
 
-pub fn load(src: &Sources) -> Result<Snapshot, String> {
+pub fn load(src: &Sources) -> Result<Snapshot, RegistryError> {
     let file = match src.registry_json {
         Some(text) => Some(parse_registry(text)?),
         None => None,
@@ -339,10 +397,10 @@ pub fn load(src: &Sources) -> Result<Snapshot, String> {
                         .iter()
                         .any(|(n, _, _)| n.eq_ignore_ascii_case(&line.name))
                     {
-                        return Err(format!(
-                            "servers.txt line {}: duplicate server name {:?}",
-                            line.number, line.name
-                        ));
+                        return Err(RegistryError::DuplicateInServersTxt {
+                            line: line.number,
+                            name: line.name.clone(),
+                        });
                     }
                     entries.push((line.name.clone(), entry.clone(), "servers.txt"));
                 }
@@ -407,7 +465,7 @@ fn expand(value: &str, env: &HashMap<String, String>, missing: &mut Vec<String>)
 
 /// Checks one entry exactly as loading `registry.json` would (the name rule included), without
 /// secrets: the dashboard validates a new entry with this before it sends the registry.
-pub fn check_entry(name: &str, entry: &ServerEntry) -> Result<(), String> {
+pub fn check_entry(name: &str, entry: &ServerEntry) -> Result<(), RegistryError> {
     resolve(
         name,
         entry,
@@ -422,18 +480,30 @@ pub fn check_entry(name: &str, entry: &ServerEntry) -> Result<(), String> {
     .map(|_| ())
 }
 
-fn resolve(name: &str, e: &ServerEntry, src: &Sources, origin: &str) -> Result<ServerSpec, String> {
-    let err = |field: &str, msg: &str| format!("{origin}: servers.{name}.{field}: {msg}");
+fn resolve(
+    name: &str,
+    e: &ServerEntry,
+    src: &Sources,
+    origin: &'static str,
+) -> Result<ServerSpec, RegistryError> {
+    let err = |field: &'static str, problem: &str| RegistryError::Field {
+        origin,
+        name: name.to_string(),
+        field,
+        problem: problem.to_string(),
+    };
     if !server_name_ok(name) {
-        return Err(format!(
-            "{origin}: server name {name:?} is invalid: use 1-48 of [A-Za-z0-9_-], starting with a letter or digit, without \"__\" or a trailing \"_\" (\"__\" separates server and tool in tool names)"
-        ));
+        return Err(RegistryError::InvalidName {
+            origin,
+            name: name.to_string(),
+        });
     }
     let kinds = [e.url.is_some(), e.command.is_some(), e.image.is_some()];
     if kinds.iter().filter(|k| **k).count() != 1 {
-        return Err(format!(
-            "{origin}: servers.{name}: exactly one of \"url\", \"command\" or \"image\" is required"
-        ));
+        return Err(RegistryError::NotOneKind {
+            origin,
+            name: name.to_string(),
+        });
     }
     if e.command.is_none() && (!e.args.is_empty() || e.cwd.is_some()) {
         return Err(err("args", "\"args\" and \"cwd\" need \"command\""));
@@ -625,9 +695,12 @@ pub fn digest<T: Serialize>(value: &T) -> String {
             other => other,
         }
     }
-    let value = canonical(serde_json::to_value(value).expect("settings serialize"));
-    let json = serde_json::to_vec(&value).expect("settings serialize");
-    hex::encode(&Sha256::digest(&json)[..8])
+    // Only maps with non-string keys fail to convert; they digest as their error, which is as
+    // stable as the value itself. A `Value` always prints (its Display is the compact JSON).
+    let value = serde_json::to_value(value)
+        .unwrap_or_else(|e| serde_json::Value::String(format!("unserializable: {e}")));
+    let json = canonical(value).to_string();
+    hex::encode(&Sha256::digest(json.as_bytes())[..8])
 }
 
 struct TxtLine {
@@ -638,7 +711,7 @@ struct TxtLine {
 
 /// `servers.txt`: one server per line, `#` comments. `name` enables a registry entry;
 /// `name https://host/mcp` or `name command arg...` defines one with default policy.
-fn parse_servers_txt(text: &str) -> Result<Vec<TxtLine>, String> {
+fn parse_servers_txt(text: &str) -> Result<Vec<TxtLine>, RegistryError> {
     let mut out: Vec<TxtLine> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -648,20 +721,14 @@ fn parse_servers_txt(text: &str) -> Result<Vec<TxtLine>, String> {
         let mut parts = line.split_whitespace();
         let name = parts.next().unwrap_or_default().to_string();
         if out.iter().any(|l| l.name.eq_ignore_ascii_case(&name)) {
-            return Err(format!(
-                "servers.txt line {}: duplicate server name {name:?}",
-                i + 1
-            ));
+            return Err(RegistryError::DuplicateInServersTxt { line: i + 1, name });
         }
         let rest: Vec<String> = parts.map(str::to_string).collect();
         let inline = match rest.first() {
             None => None,
             Some(first) if first.starts_with("http://") || first.starts_with("https://") => {
                 if rest.len() > 1 {
-                    return Err(format!(
-                        "servers.txt line {}: a URL server takes no further words",
-                        i + 1
-                    ));
+                    return Err(RegistryError::UrlWithWords { line: i + 1 });
                 }
                 Some(ServerEntry {
                     url: Some(first.clone()),
@@ -710,15 +777,13 @@ pub fn parse_env_file(text: &str) -> HashMap<String, String> {
 /// lines stay. Values are written in double quotes (read back unchanged by [`parse_env_file`]);
 /// a name that is not a variable name, or a value with a line break or NUL, is refused (it
 /// would write a second line).
-pub fn set_env_vars(text: &str, set: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn set_env_vars(text: &str, set: &BTreeMap<String, String>) -> Result<String, SecretsError> {
     for (k, v) in set {
         if !env_name_ok(k) {
-            return Err(format!(
-                "{k:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
-            ));
+            return Err(SecretsError::BadName(k.clone()));
         }
         if v.contains(['\n', '\r', '\0']) {
-            return Err(format!("the value of {k} has a line break or NUL"));
+            return Err(SecretsError::BadValue(k.clone()));
         }
     }
     let name_of = |line: &str| -> Option<String> {
@@ -750,11 +815,14 @@ pub fn set_env_vars(text: &str, set: &BTreeMap<String, String>) -> Result<String
 }
 
 /// Reads a file that may legitimately be absent.
-pub fn read_optional(path: &Path) -> Result<Option<String>, String> {
+pub fn read_optional(path: &Path) -> Result<Option<String>, RegistryError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(RegistryError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -777,6 +845,7 @@ mod tests {
             env: &env,
             default_timeout: Duration::from_secs(30),
         })
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -827,12 +896,18 @@ mod tests {
             ..Default::default()
         };
         assert!(check_entry("web", &url("http://h:1/mcp")).is_ok());
+        assert!(matches!(
+            check_entry("web", &url("ftp://h/")),
+            Err(RegistryError::Field { field: "url", .. })
+        ));
         assert!(check_entry("web", &url("ftp://h/"))
             .unwrap_err()
+            .to_string()
             .contains("servers.web.url"));
-        assert!(check_entry("a__b", &url("http://h:1/mcp"))
-            .unwrap_err()
-            .contains("server name"));
+        assert!(matches!(
+            check_entry("a__b", &url("http://h:1/mcp")),
+            Err(RegistryError::InvalidName { .. })
+        ));
         let secret = ServerEntry {
             image: Some("mcp/github".into()),
             env_schema: BTreeMap::from([(

@@ -9,10 +9,42 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::audited;
-use crate::hub::HubCore;
+use crate::hub::{HubCore, LoadError};
 use crate::registry::{self, RegistryFile, Sources, Transport};
 use crate::{AuditRecord, Caller};
 use aibox_wire::mcp::{McpSecretNames, McpSecretsUpdate};
+
+/// Why an admin write did not take effect; rendered as one problem answer ([`ApplyError::answer`]).
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Written, but the hub would not load it (the file changed under us, or a secret vanished).
+    #[error("{0}")]
+    NotApplied(Arc<LoadError>),
+    /// The task doing the write panicked or was cancelled.
+    #[error("{0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl ApplyError {
+    fn answer(&self, write_title: &'static str) -> Response {
+        let (status, title) = match self {
+            Self::Encode(_) | Self::Task(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+            }
+            Self::Write { .. } => (StatusCode::INTERNAL_SERVER_ERROR, write_title),
+            Self::NotApplied(_) => (StatusCode::CONFLICT, "Registry not applied"),
+        };
+        problem(status, title, self.to_string())
+    }
+}
 
 /// An RFC 9457 problem document.
 pub fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
@@ -70,7 +102,7 @@ pub async fn get_registry(
         "servers_txt": core.config.servers_txt_path(),
         "registry": snap.file,
         "servers": servers,
-        "error": core.registry_error(),
+        "error": core.registry_error().map(|e| e.to_string()),
     }))
     .into_response()
 }
@@ -121,7 +153,7 @@ pub async fn get_health(
         })
         .collect();
     axum::Json(json!({
-        "registry_error": core.registry_error(),
+        "registry_error": core.registry_error().map(|e| e.to_string()),
         "servers": servers,
     }))
     .into_response()
@@ -155,7 +187,7 @@ pub async fn put_registry(
         );
     };
     // Validate exactly as the poller would load it (with servers.txt and the secrets).
-    let validated = (|| {
+    let validated = (|| -> Result<_, registry::RegistryError> {
         let servers_txt = registry::read_optional(&core.config.servers_txt_path())?;
         let env = core.secrets_env()?;
         core.load_registry(&Sources {
@@ -167,7 +199,7 @@ pub async fn put_registry(
     })();
     let new_file = match validated {
         Ok(snapshot) => snapshot.file.unwrap_or_default(),
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid registry", e),
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid registry", e.to_string()),
     };
     let old_file: RegistryFile = core.snapshot().file.clone().unwrap_or_default();
     let changes = diff(&old_file, &new_file);
@@ -204,29 +236,23 @@ pub async fn put_registry(
     // Written and applied in a task of its own: a client that hangs up cancels neither the
     // change nor the outcome events.
     let task_core = core.clone();
-    let applied = tokio::spawn(async move {
-        let result = apply_registry(&task_core, &new_file).await;
-        for intent in intents {
-            let detail = match &result {
-                Ok(()) => json!({}),
-                Err(r) => json!({"error": r.1}),
-            };
-            // Awaited here, inside the task: the answer follows the outcome events.
-            let _ = intent.finish(result.is_ok(), detail).await;
-        }
-        result
-    })
-    .await;
-    match applied {
-        Ok(Ok(())) => {}
-        Ok(Err((status, title, detail))) => return problem(status, title, detail),
-        Err(e) => {
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error",
-                e.to_string(),
-            )
-        }
+    let applied = core
+        .tasks
+        .spawn(async move {
+            let result = apply_registry(&task_core, &new_file).await;
+            for intent in intents {
+                let detail = match &result {
+                    Ok(()) => json!({}),
+                    Err(e) => json!({"error": e.to_string()}),
+                };
+                // Awaited here, inside the task: the answer follows the outcome events.
+                let _ = intent.finish(result.is_ok(), detail).await;
+            }
+            result
+        })
+        .await;
+    if let Err(e) = applied.map_err(ApplyError::Task).and_then(|r| r) {
+        return e.answer("Registry not written");
     }
     tracing::info!(actor = %caller.client, changes = changes.len(), "mcp registry updated");
     let list = |a: &str| -> Vec<String> {
@@ -255,7 +281,11 @@ pub async fn get_secrets(
     }
     match core.secrets_env() {
         Ok(env) => axum::Json(secret_names(&env)).into_response(),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not readable", e),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Secrets not readable",
+            e.to_string(),
+        ),
     }
 }
 
@@ -294,11 +324,17 @@ pub async fn put_secrets(
     let path = core.config.env_file_path();
     let current = match registry::read_optional(&path) {
         Ok(t) => t.unwrap_or_default(),
-        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not readable", e),
+        Err(e) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Secrets not readable",
+                e.to_string(),
+            )
+        }
     };
     let text = match registry::set_env_vars(&current, &update.set) {
         Ok(t) => t,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid secrets", e),
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid secrets", e.to_string()),
     };
     let names: Vec<&String> = update.set.keys().collect();
     let intent = match &core.audit {
@@ -329,68 +365,52 @@ pub async fn put_secrets(
     // In a task of its own, like a registry change: a client that hangs up cancels neither the
     // write nor its outcome event.
     let task_core = core.clone();
-    let applied = tokio::spawn(async move {
-        let result = write_atomically(&path, text.as_bytes(), 0o600)
-            .map_err(|e| format!("{}: {e}", path.display()));
-        if result.is_ok() {
-            // Servers waiting for these secrets start now, not at the next poll.
-            let _ = task_core.reload_from_disk().await;
-            task_core.remember_stamps();
-        }
-        if let Some(intent) = intent {
-            let detail = match &result {
-                Ok(()) => json!({}),
-                Err(e) => json!({"error": e}),
-            };
-            let _ = intent.finish(result.is_ok(), detail).await;
-        }
-        drop(one);
-        result
-    })
-    .await;
-    match applied {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not written", e),
-        Err(e) => {
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error",
-                e.to_string(),
-            )
-        }
+    let applied = core
+        .tasks
+        .spawn(async move {
+            let result = write_atomically(&path, text.as_bytes(), 0o600)
+                .map_err(|source| ApplyError::Write { path, source });
+            if result.is_ok() {
+                // Servers waiting for these secrets start now, not at the next poll.
+                let _ = task_core.reload_from_disk().await;
+                task_core.remember_stamps();
+            }
+            if let Some(intent) = intent {
+                let detail = match &result {
+                    Ok(()) => json!({}),
+                    Err(e) => json!({"error": e.to_string()}),
+                };
+                let _ = intent.finish(result.is_ok(), detail).await;
+            }
+            drop(one);
+            result
+        })
+        .await;
+    if let Err(e) = applied.map_err(ApplyError::Task).and_then(|r| r) {
+        return e.answer("Secrets not written");
     }
     tracing::info!(actor = %caller.client, names = ?names, "mcp secrets set");
     match core.secrets_env() {
         Ok(env) => axum::Json(secret_names(&env)).into_response(),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Secrets not readable", e),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Secrets not readable",
+            e.to_string(),
+        ),
     }
 }
 
-/// Writes the registry file and loads it; Err is (status, title, detail) of the problem answer.
-async fn apply_registry(
-    core: &Arc<HubCore>,
-    new_file: &RegistryFile,
-) -> Result<(), (StatusCode, &'static str, String)> {
+/// Writes the registry file and loads it.
+async fn apply_registry(core: &Arc<HubCore>, new_file: &RegistryFile) -> Result<(), ApplyError> {
     let path = core.config.registry_path();
     let pretty = serde_json::to_string_pretty(new_file)
         .map(|s| s + "\n")
-        .map_err(|e| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error",
-                e.to_string(),
-            )
-        })?;
-    write_atomically(&path, pretty.as_bytes(), 0o644).map_err(|e| {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Registry not written",
-            format!("{}: {e}", path.display()),
-        )
-    })?;
+        .map_err(ApplyError::Encode)?;
+    write_atomically(&path, pretty.as_bytes(), 0o644)
+        .map_err(|source| ApplyError::Write { path, source })?;
     core.reload_from_disk()
         .await
-        .map_err(|e| (StatusCode::CONFLICT, "Registry not applied", e.to_string()))?;
+        .map_err(ApplyError::NotApplied)?;
     core.remember_stamps();
     Ok(())
 }

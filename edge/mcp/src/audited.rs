@@ -8,9 +8,11 @@
 //! let result = act().await;
 //! intent.finish(result.is_ok(), json!({...}));         // or drop it: "interrupted" is recorded
 //! ```
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use tokio_util::task::TaskTracker;
 
 use crate::{AuditRecord, AuditSink};
 pub use aibox_wire::audit::{INTENT, INTENT_SEQ};
@@ -18,6 +20,37 @@ pub use aibox_wire::audit::{INTENT, INTENT_SEQ};
 /// Written as the outcome when an intent is dropped without [`OpenIntent::finish`].
 pub const INTERRUPTED: &str =
     "interrupted: the request ended before the action finished (the client disconnected)";
+
+/// The intent was not recorded, so the action must not be taken (fail closed). The message is
+/// the sink's description of why.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{0}")]
+    NotRecorded(String),
+}
+
+/// Outcome writes still in flight. Intents are opened by the edge's request handlers as well as
+/// the hub's admin API, so the tracker belongs to the process; `McpHub::shutdown` waits for it.
+static OUTCOMES: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+
+/// Longest wait for outcome writes at shutdown (the edge's sink times out after 5 s itself).
+const OUTCOME_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits (bounded) until every outcome spawned so far is written or has failed.
+pub async fn outcomes_written() {
+    OUTCOMES.close();
+    if tokio::time::timeout(OUTCOME_GRACE, OUTCOMES.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            pending = OUTCOMES.len(),
+            "shutting down with admin-action outcomes not yet audited"
+        );
+    }
+    // Reopened: a process may start another hub (the tests do).
+    OUTCOMES.reopen();
+}
 
 /// A recorded intent whose outcome is still to be written.
 pub struct OpenIntent {
@@ -31,9 +64,12 @@ pub struct OpenIntent {
 pub async fn begin(
     sink: Arc<dyn AuditSink>,
     mut record: AuditRecord,
-) -> Result<OpenIntent, String> {
+) -> Result<OpenIntent, AuditError> {
     record.result = Some(INTENT.into());
-    let seq = sink.record(record.clone()).await?;
+    let seq = sink
+        .record(record.clone())
+        .await
+        .map_err(AuditError::NotRecorded)?;
     Ok(OpenIntent {
         sink,
         record,
@@ -43,7 +79,7 @@ pub async fn begin(
 }
 
 impl OpenIntent {
-    /// Writes the outcome in a spawned task (nothing the caller does later can cancel it);
+    /// Writes the outcome in a tracked task (nothing the caller does later can cancel it);
     /// `metadata` (an object) is added to the intent's.
     pub fn finish(mut self, ok: bool, metadata: Value) -> tokio::task::JoinHandle<()> {
         self.finished = true;
@@ -60,7 +96,7 @@ impl OpenIntent {
         record.metadata = Some(meta);
         record.result = Some(if ok { "ok" } else { "error" }.into());
         let sink = self.sink.clone();
-        tokio::spawn(async move {
+        OUTCOMES.spawn(async move {
             if let Err(e) = sink.record(record.clone()).await {
                 tracing::error!(action = %record.action, resource = %record.resource, correlation_id = ?record.correlation_id, error = %e, "the outcome of an admin action could not be audited");
             }

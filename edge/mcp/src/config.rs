@@ -122,25 +122,36 @@ impl McpConfig {
     }
 
     /// Checks values serde cannot (called by `McpHub::start`); errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(t) = self.default_timeout_sec {
             if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
-                return Err("mcp.default_timeout_sec: must be > 0 and <= 3600".into());
+                return Err(ConfigError::DefaultTimeout);
             }
         }
         if self.max_concurrency_per_server == Some(0) {
-            return Err("mcp.max_concurrency_per_server: must be >= 1".into());
+            return Err(ConfigError::MaxConcurrency);
         }
         if self.unhealthy_after == Some(0) {
-            return Err("mcp.unhealthy_after: must be >= 1".into());
+            return Err(ConfigError::UnhealthyAfter);
         }
         for origin in self.allowed_origins.iter().flatten() {
             if origin != "null" && !origin.contains("://") {
-                return Err(format!(
-                    "mcp.allowed_origins: {origin:?} must include a scheme (http://host:port)"
-                ));
+                return Err(ConfigError::OriginWithoutScheme(origin.clone()));
             }
         }
         Ok(())
     }
+}
+
+/// A value in `[mcp]` that serde accepts but the hub cannot run with; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("mcp.default_timeout_sec: must be > 0 and <= 3600")]
+    DefaultTimeout,
+    #[error("mcp.max_concurrency_per_server: must be >= 1")]
+    MaxConcurrency,
+    #[error("mcp.unhealthy_after: must be >= 1")]
+    UnhealthyAfter,
+    #[error("mcp.allowed_origins: {0:?} must include a scheme (http://host:port)")]
+    OriginWithoutScheme(String),
 }

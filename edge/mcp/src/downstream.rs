@@ -10,29 +10,23 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
-    ClientRequest, ErrorCode, ErrorData, GetPromptRequest, GetPromptRequestParams,
-    GetPromptResponse, Implementation, ListPromptsRequest, ListPromptsResult,
-    ListResourceTemplatesRequest, ListResourceTemplatesResult, ListResourcesRequest,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequest,
-    ReadResourceRequestParams, ReadResourceResponse, ResultType, ServerCapabilities, ServerConfig,
-    ServerResult, SubscriptionFilter,
+    ClientRequest, ErrorData, GetPromptRequest, GetPromptRequestParams, GetPromptResponse,
+    Implementation, ListPromptsRequest, ListPromptsResult, ListResourceTemplatesRequest,
+    ListResourceTemplatesResult, ListResourcesRequest, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    ResultType, ServerCapabilities, ServerConfig, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleClient, RoleServer,
     ServiceError, SubscriptionContext,
 };
 use rmcp::ServerHandler;
-use serde_json::json;
 
 use crate::hub::HubCore;
 use crate::naming::exposed_name;
+use crate::rpc_error::{CallError, Unavailable};
+use crate::upstream::Upstream;
 use crate::Caller;
-
-/// JSON-RPC error codes of the hub (server-defined range).
-pub const CODE_TIMEOUT: i32 = -32001;
-pub const CODE_FORBIDDEN: i32 = -32003;
-pub const CODE_UNAVAILABLE: i32 = -32004;
-pub const CODE_RATE_LIMITED: i32 = -32029;
 
 /// Marks a call whose rate-limit token the HTTP layer already took (so it answered 429 itself
 /// when over the limit), so the handler does not take a second one.
@@ -55,26 +49,6 @@ fn rate_admitted(extensions: &rmcp::model::Extensions) -> bool {
     extensions
         .get::<http::request::Parts>()
         .is_some_and(|p| p.extensions.get::<RateAdmitted>().is_some())
-}
-
-pub fn rate_limited_error(server: &str, wait: Duration) -> ErrorData {
-    let secs = wait.as_secs_f64().max(0.001);
-    ErrorData::new(
-        ErrorCode(CODE_RATE_LIMITED),
-        format!(
-            "rate limit of server {server:?} exceeded for this client; retry after {:.1} s",
-            secs
-        ),
-        Some(json!({"server": server, "retry_after_ms": wait.as_millis() as u64})),
-    )
-}
-
-pub fn forbidden_error(client: &str, tool: &str) -> ErrorData {
-    ErrorData::new(
-        ErrorCode(CODE_FORBIDDEN),
-        format!("client {client:?} may not call tool {tool:?}"),
-        Some(json!({"client": client, "tool": tool})),
-    )
 }
 
 impl HubService {
@@ -155,9 +129,7 @@ impl ServerHandler for HubService {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(server = %up.name, error = %e.message, "prompts/list failed")
-                }
+                Err(e) => tracing::warn!(server = %up.name, error = %e, "prompts/list failed"),
             }
         }
         Ok(ListPromptsResult::with_all_items(prompts)
@@ -172,16 +144,17 @@ impl ServerHandler for HubService {
         let caller = caller_of(&context.extensions);
         let exposed = request.name.clone();
         let Some(up) = self.core.server_of(&exposed) else {
-            return Err(ErrorData::invalid_params(
-                format!("unknown prompt {exposed:?}"),
-                None,
-            ));
+            return Err(CallError::UnknownPrompt(exposed).into());
         };
         if !caller.may_use(&up.name, &up.spec().policy) {
-            return Err(forbidden_error(&caller.client, &exposed));
+            return Err(CallError::Forbidden {
+                client: caller.client,
+                tool: exposed,
+            }
+            .into());
         }
         let Some(peer) = up.peer() else {
-            return Err(unavailable(&up.name, "server not connected"));
+            return Err(unavailable(&up, Unavailable::NotConnected).into());
         };
         // Find the server's own name for the exposed one (names may be shortened).
         let list = ClientRequest::ListPromptsRequest(ListPromptsRequest {
@@ -198,10 +171,7 @@ impl ServerHandler for HubService {
             _ => None,
         };
         let Some(original) = original else {
-            return Err(ErrorData::invalid_params(
-                format!("unknown prompt {exposed:?}"),
-                None,
-            ));
+            return Err(CallError::UnknownPrompt(exposed).into());
         };
         let mut params = GetPromptRequestParams::new(original);
         params.arguments = request.arguments;
@@ -211,10 +181,7 @@ impl ServerHandler for HubService {
                 r.result_type.get_or_insert(ResultType::COMPLETE);
                 Ok(GetPromptResponse::Complete(r))
             }
-            _ => Err(ErrorData::internal_error(
-                "unexpected prompts/get result",
-                None,
-            )),
+            _ => Err(CallError::UnexpectedResult("unexpected prompts/get result").into()),
         }
     }
 
@@ -235,9 +202,7 @@ impl ServerHandler for HubService {
             match raw(&peer, req, up.settings.timeout).await {
                 Ok(ServerResult::ListResourcesResult(page)) => resources.extend(page.resources),
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(server = %up.name, error = %e.message, "resources/list failed")
-                }
+                Err(e) => tracing::warn!(server = %up.name, error = %e, "resources/list failed"),
             }
         }
         Ok(ListResourcesResult::with_all_items(resources)
@@ -291,9 +256,9 @@ impl ServerHandler for HubService {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            ErrorData::resource_not_found(format!("no server offers {:?}", request.uri), None)
-        }))
+        Err(last
+            .unwrap_or_else(|| CallError::NoResourceServer(request.uri.to_string()))
+            .into())
     }
 
     async fn list_tools(
@@ -330,33 +295,7 @@ impl ServerHandler for HubService {
         let client = caller.client.as_str();
         let m = &self.core.metrics;
         let Some((upstream, original)) = self.core.route(&exposed) else {
-            if let Some(up) = self.core.server_of(&exposed) {
-                if !caller.may_use(&up.name, &up.spec().policy) {
-                    // Not a listed tool: keep the caller's string out of the labels.
-                    m.denials
-                        .with_label_values(&[&up.name, "(unlisted)", client])
-                        .inc();
-                    tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
-                    return Err(forbidden_error(client, &exposed));
-                }
-                let health = up.health();
-                if !health.state.serves_tools() {
-                    return Err(ErrorData::new(
-                        ErrorCode(CODE_UNAVAILABLE),
-                        format!(
-                            "server {:?} is {:?}; its tools are unavailable",
-                            up.name, health.state
-                        ),
-                        Some(
-                            json!({"server": up.name, "state": health.state, "last_error": health.last_error}),
-                        ),
-                    ));
-                }
-            }
-            return Err(ErrorData::invalid_params(
-                format!("unknown tool {exposed:?}"),
-                None,
-            ));
+            return Err(self.unroutable(&caller, exposed).into());
         };
         let server = upstream.name.clone();
         let spec = upstream.spec();
@@ -365,7 +304,11 @@ impl ServerHandler for HubService {
                 .with_label_values(&[&server, &exposed, client])
                 .inc();
             tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
-            return Err(forbidden_error(client, &exposed));
+            return Err(CallError::Forbidden {
+                client: client.to_string(),
+                tool: exposed,
+            }
+            .into());
         }
         if !rate_admitted(&context.extensions) {
             if let Err(wait) = self
@@ -377,7 +320,7 @@ impl ServerHandler for HubService {
                     .with_label_values(&[&server, &exposed, client])
                     .inc();
                 tracing::warn!(client, tool = %exposed, "mcp call rate limited");
-                return Err(rate_limited_error(&server, wait));
+                return Err(CallError::RateLimited { server, wait }.into());
             }
         }
         let timeout = spec.policy.timeout;
@@ -388,7 +331,7 @@ impl ServerHandler for HubService {
         let label = match &outcome {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
             Ok(_) => "ok",
-            Err(e) if e.code.0 == CODE_TIMEOUT => "timeout",
+            Err(e) if e.is_timeout() => "timeout",
             Err(_) => "error",
         };
         m.calls
@@ -398,17 +341,13 @@ impl ServerHandler for HubService {
             .with_label_values(&[&server, &exposed, client])
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(client, tool = %exposed, outcome = label, ms = started.elapsed().as_millis() as u64, request_id = %caller.request_id, "mcp tool call");
-        outcome
+        outcome.map_err(ErrorData::from)
     }
 }
 
 impl HubService {
     /// Served upstreams the caller may use that pass `offers`.
-    fn served(
-        &self,
-        caller: &Caller,
-        offers: impl Fn(&crate::upstream::Upstream) -> bool,
-    ) -> Vec<Arc<crate::upstream::Upstream>> {
+    fn served(&self, caller: &Caller, offers: impl Fn(&Upstream) -> bool) -> Vec<Arc<Upstream>> {
         self.core
             .upstreams()
             .into_iter()
@@ -417,35 +356,60 @@ impl HubService {
             .collect()
     }
 
+    /// Why a name that is not a served tool cannot be called: its server is off-limits to the
+    /// caller, or down, or the name is unknown.
+    fn unroutable(&self, caller: &Caller, exposed: String) -> CallError {
+        let Some(up) = self.core.server_of(&exposed) else {
+            return CallError::UnknownTool(exposed);
+        };
+        let client = caller.client.as_str();
+        if !caller.may_use(&up.name, &up.spec().policy) {
+            // Not a listed tool: keep the caller's string out of the labels.
+            self.core
+                .metrics
+                .denials
+                .with_label_values(&[&up.name, "(unlisted)", client])
+                .inc();
+            tracing::warn!(client, tool = %exposed, request_id = %caller.request_id, "mcp call denied by policy");
+            return CallError::Forbidden {
+                client: client.to_string(),
+                tool: exposed,
+            };
+        }
+        let health = up.health();
+        if !health.state.serves_tools() {
+            return CallError::ServerDown {
+                server: up.name.clone(),
+                state: health.state,
+                last_error: health.last_error,
+            };
+        }
+        CallError::UnknownTool(exposed)
+    }
+
     async fn forward(
         &self,
-        upstream: &Arc<crate::upstream::Upstream>,
+        upstream: &Arc<Upstream>,
         original: &str,
         request: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
         timeout: Duration,
-    ) -> Result<CallToolResponse, ErrorData> {
+    ) -> Result<CallToolResponse, CallError> {
         let deadline = Instant::now() + timeout;
-        let timeout_error = || {
-            ErrorData::new(
-                ErrorCode(CODE_TIMEOUT),
-                format!(
-                    "tool call timed out after {:.1} s and was cancelled upstream",
-                    timeout.as_secs_f64()
-                ),
-                Some(json!({"server": upstream.name, "timeout_sec": timeout.as_secs_f64()})),
-            )
+        let timed_out = || CallError::ToolTimeout {
+            server: upstream.name.clone(),
+            timeout,
         };
         let _permit = tokio::select! {
             p = tokio::time::timeout(timeout, upstream.permits.clone().acquire_owned()) => match p {
                 Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(unavailable(&upstream.name, "server stopped")),
-                Err(_) => return Err(timeout_error()),
+                Ok(Err(_)) => return Err(unavailable(upstream, Unavailable::Stopped)),
+                Err(_) => return Err(timed_out()),
             },
-            _ = context.ct.cancelled() => return Err(ErrorData::new(ErrorCode(-32800), "request cancelled", None)),
+            _ = context.ct.cancelled() => return Err(CallError::Cancelled),
         };
         let Some(peer) = upstream.peer() else {
-            return Err(unavailable(&upstream.name, "server not connected"));
+            return Err(unavailable(upstream, Unavailable::NotConnected));
         };
         let mut params = CallToolRequestParams::new(original.to_string());
         params.arguments = request.arguments;
@@ -456,7 +420,7 @@ impl HubService {
         let handle = peer
             .send_cancellable_request(call, PeerRequestOptions::with_timeout(remaining))
             .await
-            .map_err(|e| unavailable(&upstream.name, &e.to_string()))?;
+            .map_err(|e| unavailable(upstream, Unavailable::Session(e)))?;
         let upstream_id = handle.id.clone();
         let upstream_token = handle.progress_token.clone();
         let downstream_token = context.meta.get_progress_token();
@@ -483,16 +447,13 @@ impl HubService {
             }
             Ok(ServerResult::InputRequiredResult(r)) => Ok(CallToolResponse::InputRequired(r)),
             Ok(ServerResult::CreateTaskResult(r)) => Ok(CallToolResponse::Task(r)),
-            Ok(_) => Err(ErrorData::internal_error(
+            Ok(_) => Err(CallError::UnexpectedResult(
                 "upstream answered tools/call with an unexpected result",
-                None,
             )),
-            Err(ServiceError::Timeout { .. }) => Err(timeout_error()),
-            Err(ServiceError::McpError(e)) => Err(e),
-            Err(ServiceError::Cancelled { .. }) => {
-                Err(ErrorData::new(ErrorCode(-32800), "request cancelled", None))
-            }
-            Err(e) => Err(unavailable(&upstream.name, &e.to_string())),
+            Err(ServiceError::Timeout { .. }) => Err(timed_out()),
+            Err(ServiceError::McpError(e)) => Err(CallError::Upstream(e)),
+            Err(ServiceError::Cancelled { .. }) => Err(CallError::Cancelled),
+            Err(e) => Err(unavailable(upstream, Unavailable::Session(e))),
         }
     }
 }
@@ -502,27 +463,22 @@ async fn raw(
     peer: &Peer<RoleClient>,
     request: ClientRequest,
     timeout: Duration,
-) -> Result<ServerResult, ErrorData> {
+) -> Result<ServerResult, CallError> {
     let handle = peer
         .send_cancellable_request(request, PeerRequestOptions::with_timeout(timeout))
         .await
-        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        .map_err(CallError::Session)?;
     match handle.await_response().await {
         Ok(r) => Ok(r),
-        Err(ServiceError::McpError(e)) => Err(e),
-        Err(ServiceError::Timeout { .. }) => Err(ErrorData::new(
-            ErrorCode(CODE_TIMEOUT),
-            format!("upstream timed out after {:.1} s", timeout.as_secs_f64()),
-            None,
-        )),
-        Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
+        Err(ServiceError::McpError(e)) => Err(CallError::Upstream(e)),
+        Err(ServiceError::Timeout { .. }) => Err(CallError::UpstreamTimeout { timeout }),
+        Err(e) => Err(CallError::Session(e)),
     }
 }
 
-fn unavailable(server: &str, why: &str) -> ErrorData {
-    ErrorData::new(
-        ErrorCode(CODE_UNAVAILABLE),
-        format!("server {server:?} is unavailable: {why}"),
-        Some(json!({"server": server})),
-    )
+fn unavailable(upstream: &Upstream, why: Unavailable) -> CallError {
+    CallError::Unavailable {
+        server: upstream.name.clone(),
+        why,
+    }
 }

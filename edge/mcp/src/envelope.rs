@@ -1,9 +1,10 @@
 //! The JSON-RPC 2.0 envelope of a `POST /mcp` body, checked before rmcp's transport sees it:
 //! rmcp answers a body it cannot deserialize with HTTP 415 and plain text, while a client needs
 //! HTTP 400 and a JSON-RPC error it can read (-32700 parse error, -32600 invalid request).
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use rmcp::model::{ErrorCode, ErrorData};
+use serde_json::Value;
 
 pub const PARSE_ERROR: i32 = -32700;
 pub const INVALID_REQUEST: i32 = -32600;
@@ -28,17 +29,8 @@ impl Rejection {
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        let body = json!({
-            "jsonrpc": "2.0",
-            "id": self.id,
-            "error": {"code": self.code, "message": self.message},
-        });
-        (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
+        let error = ErrorData::new(ErrorCode(self.code), self.message, None);
+        crate::rpc_error::http_answer(StatusCode::BAD_REQUEST, self.id, error, &[])
     }
 }
 
@@ -123,6 +115,7 @@ fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn rejected(body: &str) -> (i32, Value) {
         let r = check(body.as_bytes()).expect_err(body);

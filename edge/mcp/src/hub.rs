@@ -2,7 +2,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -10,15 +10,26 @@ use rmcp::model::Tool;
 use rmcp::service::{Peer, RoleServer};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::McpConfig;
 use crate::metrics::HubMetrics;
 use crate::naming::exposed_name;
-use crate::registry::{self, ServerSpec, Snapshot, Sources};
+use crate::registry::{self, RegistryError, ServerSpec, Snapshot, Sources};
 use crate::upstream::{ProbeSettings, Upstream};
 use crate::AuditSink;
 
 type Limiter = Arc<DefaultKeyedRateLimiter<String>>;
+
+/// Why the registry files were not loaded; the running set stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Editors that delete and recreate would otherwise stop every server for a moment.
+    #[error("{}: file disappeared; keeping the last good registry (write {{\"servers\": {{}}}} to remove every server)", .0.display())]
+    RegistryFileGone(PathBuf),
+}
 
 /// A tool as one client sees it: exposed name, owning server, the server's own name.
 pub struct RoutedTool {
@@ -36,13 +47,16 @@ pub struct HubCore {
     upstreams: RwLock<BTreeMap<String, Arc<Upstream>>>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// The last load error; cleared by the next good load.
-    registry_error: RwLock<Option<String>>,
+    registry_error: RwLock<Option<Arc<LoadError>>>,
     limiters: Mutex<HashMap<String, (u32, Limiter)>>,
     /// Fires whenever the set of served tools may have changed.
     pub changes: broadcast::Sender<()>,
     /// 2025-11-25 sessions, for `notifications/tools/list_changed` on their GET stream.
     sessions: Mutex<Vec<Peer<RoleServer>>>,
     pub cancel: CancellationToken,
+    /// Every task the hub starts (supervisors, the file watch, admin writes): closed and awaited
+    /// on shutdown, so none outlives the hub unnoticed.
+    pub tasks: TaskTracker,
     stamps: Mutex<Option<Vec<Option<SystemTime>>>>,
     /// Serialises loads (poller and admin PUT).
     load_lock: tokio::sync::Mutex<()>,
@@ -75,6 +89,7 @@ impl HubCore {
             changes,
             sessions: Mutex::new(Vec::new()),
             cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             stamps: Mutex::new(None),
             load_lock: tokio::sync::Mutex::new(()),
         })
@@ -83,7 +98,7 @@ impl HubCore {
     pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
         self.upstreams
             .read()
-            .expect("upstreams lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect()
@@ -92,17 +107,23 @@ impl HubCore {
     pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
         self.upstreams
             .read()
-            .expect("upstreams lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(name)
             .cloned()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().expect("snapshot lock").clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    pub fn registry_error(&self) -> Option<String> {
-        self.registry_error.read().expect("error lock").clone()
+    pub fn registry_error(&self) -> Option<Arc<LoadError>> {
+        self.registry_error
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every tool `caller` may call, in a stable order (server name, then tool name).
@@ -167,7 +188,7 @@ impl HubCore {
             }
         }
         let limiter = {
-            let mut map = self.limiters.lock().expect("limiters lock");
+            let mut map = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
             match map.get(server) {
                 Some((n, l)) if *n == rpm.get() => l.clone(),
                 _ => {
@@ -185,13 +206,13 @@ impl HubCore {
     }
 
     pub fn add_session(&self, peer: Peer<RoleServer>) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         sessions.retain(|p| !p.is_transport_closed());
         sessions.push(peer);
     }
 
     fn sessions(&self) -> Vec<Peer<RoleServer>> {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         sessions.retain(|p| !p.is_transport_closed());
         sessions.clone()
     }
@@ -236,14 +257,14 @@ impl HubCore {
 
     /// What `${VAR}` and `env_schema` are read from: the secrets file only, never the edge's
     /// own environment (which holds its admin and controller tokens).
-    pub fn secrets_env(&self) -> Result<HashMap<String, String>, String> {
+    pub fn secrets_env(&self) -> Result<HashMap<String, String>, RegistryError> {
         Ok(registry::read_optional(&self.config.env_file_path())?
             .map(|text| registry::parse_env_file(&text))
             .unwrap_or_default())
     }
 
     /// Loads the registry for this hub's mode (tool containers in the box, or not).
-    pub fn load_registry(&self, src: &Sources) -> Result<Snapshot, String> {
+    pub fn load_registry(&self, src: &Sources) -> Result<Snapshot, RegistryError> {
         let mut snapshot = registry::load(src)?;
         if self.config.containers() {
             snapshot.route_to_containers();
@@ -254,38 +275,41 @@ impl HubCore {
     }
 
     /// Loads the files from disk; a bad edit leaves the running set untouched.
-    pub async fn reload_from_disk(self: &Arc<Self>) -> Result<(), String> {
+    pub async fn reload_from_disk(self: &Arc<Self>) -> Result<(), Arc<LoadError>> {
         let _guard = self.load_lock.lock().await;
         let [reg, txt, _] = self.paths();
         let had_registry = self.snapshot().file.is_some();
-        let result = (|| {
+        let result = (|| -> Result<Snapshot, LoadError> {
             let registry_json = registry::read_optional(&reg)?;
             if registry_json.is_none() && had_registry {
-                // Editors that delete and recreate would otherwise stop every server for a
-                // moment; removing servers is done by editing the file, not deleting it.
-                return Err(format!(
-                    "{}: file disappeared; keeping the last good registry (write {{\"servers\": {{}}}} to remove every server)",
-                    reg.display()
-                ));
+                // Removing servers is done by editing the file, not deleting it.
+                return Err(LoadError::RegistryFileGone(reg.clone()));
             }
             let servers_txt = registry::read_optional(&txt)?;
             let env = self.secrets_env()?;
-            self.load_registry(&Sources {
+            Ok(self.load_registry(&Sources {
                 registry_json: registry_json.as_deref(),
                 servers_txt: servers_txt.as_deref(),
                 env: &env,
                 default_timeout: self.config.default_timeout(),
-            })
+            })?)
         })();
         match result {
             Ok(snapshot) => {
-                *self.registry_error.write().expect("error lock") = None;
+                *self
+                    .registry_error
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
                 self.apply(snapshot);
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "mcp registry rejected; the last good registry stays in force");
-                *self.registry_error.write().expect("error lock") = Some(e.clone());
+                let e = Arc::new(e);
+                *self
+                    .registry_error
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
                 Err(e)
             }
         }
@@ -296,7 +320,10 @@ impl HubCore {
     fn apply(self: &Arc<Self>, snapshot: Snapshot) {
         let mut changed = false;
         {
-            let mut ups = self.upstreams.write().expect("upstreams lock");
+            let mut ups = self
+                .upstreams
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             ups.retain(|name, up| {
                 let keep = snapshot.servers.contains_key(name);
                 if !keep {
@@ -329,12 +356,15 @@ impl HubCore {
                 });
                 ups.insert(
                     name.clone(),
-                    Upstream::start(spec.clone(), self.settings.clone(), signal),
+                    Upstream::start(spec.clone(), self.settings.clone(), signal, &self.tasks),
                 );
                 changed = true;
             }
         }
-        *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
         if changed {
             self.signal_change();
         }
@@ -354,7 +384,7 @@ impl HubCore {
                 .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
                 .collect();
             let changed = {
-                let mut cur = self.stamps.lock().expect("stamps lock");
+                let mut cur = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
                 let changed = cur.as_ref() != Some(&stamps);
                 *cur = Some(stamps);
                 changed
@@ -371,14 +401,18 @@ impl HubCore {
             .iter()
             .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
             .collect();
-        *self.stamps.lock().expect("stamps lock") = Some(stamps);
+        *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) = Some(stamps);
     }
 
-    pub fn shutdown(&self) {
+    /// Stops every upstream (killing stdio children's process groups), then waits for the
+    /// hub's tasks to end.
+    pub async fn shutdown(&self) {
         self.cancel.cancel();
         for up in self.upstreams() {
             up.stop();
         }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 

@@ -10,7 +10,9 @@
 //!
 //! Inside: `registry` loads registry.json/servers.txt/secrets, `upstream` supervises one rmcp
 //! client per server, `downstream` is the rmcp server handler clients talk to, `hub` holds the
-//! shared state, `admin` is the admin API. See docs/mcp.md.
+//! shared state, `admin` is the admin API, `rpc_error` renders every refusal as JSON-RPC.
+//! See docs/mcp.md.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -30,15 +32,17 @@ mod envelope;
 mod hub;
 mod metrics;
 pub mod naming;
+mod rpc_error;
 mod sse_client;
 mod upstream;
 
 pub use aibox_mcp_registry as registry;
-pub use config::McpConfig;
+pub use config::{ConfigError, McpConfig};
 pub use upstream::HealthState;
 
-use downstream::{rate_limited_error, HubService, RateAdmitted};
+use downstream::{HubService, RateAdmitted};
 use hub::HubCore;
+use rpc_error::CallError;
 
 /// Largest JSON-RPC body accepted on `/mcp`.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -95,13 +99,18 @@ pub use aibox_wire::audit::AuditRecord;
 pub trait AuditSink: Send + Sync {
     /// Writes one event and returns its `seq`. Err means the record was not written; the caller
     /// refuses the action (fail closed). Use [`audited::begin`] for an action's intent and outcome.
+    /// The error is the sink's own description (the edge's sink talks HTTP to the controller);
+    /// [`audited::AuditError`] carries it on.
     async fn record(&self, record: AuditRecord) -> Result<u64, String>;
 }
 
+/// Why the hub did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum McpError {
     #[error("mcp config: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    #[error("mcp config: metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 pub struct McpHub {
@@ -114,16 +123,15 @@ impl McpHub {
         registry: &prometheus::Registry,
         audit: Option<Arc<dyn AuditSink>>,
     ) -> Result<Arc<Self>, McpError> {
-        config.validate().map_err(McpError::Config)?;
-        let metrics = metrics::HubMetrics::register(registry)
-            .map_err(|e| McpError::Config(format!("metrics: {e}")))?;
+        config.validate()?;
+        let metrics = metrics::HubMetrics::register(registry)?;
         let core = HubCore::new(config, metrics, audit);
         // A bad registry at start-up is reported (health, admin API, log), not fatal:
         // the edge still serves models while the operator fixes the file.
         let _ = core.reload_from_disk().await;
         core.remember_stamps();
-        tokio::spawn(core.clone().run_file_watch());
-        tokio::spawn(core.clone().run_change_fanout());
+        core.tasks.spawn(core.clone().run_file_watch());
+        core.tasks.spawn(core.clone().run_change_fanout());
         Ok(Arc::new(Self { core }))
     }
 
@@ -177,9 +185,11 @@ impl McpHub {
         mcp.merge(admin)
     }
 
-    /// Stops supervisors and kills every stdio child's process group.
+    /// Stops supervisors, kills every stdio child's process group, and waits for the hub's
+    /// tasks and for audit outcomes still being written.
     pub async fn shutdown(&self) {
-        self.core.shutdown();
+        self.core.shutdown().await;
+        audited::outcomes_written().await;
     }
 
     /// Health of every configured server (for the dashboard).
@@ -221,13 +231,12 @@ async fn precheck(State(core): State<Arc<HubCore>>, req: Request, next: Next) ->
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("request body larger than {MAX_BODY} bytes")}});
-            return (
+            return rpc_error::http_answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
+                serde_json::Value::Null,
+                CallError::BodyTooLarge { limit: MAX_BODY },
+                &[],
             )
-                .into_response();
         }
     };
     // Every body is parsed here anyway; one that is not a JSON-RPC message is answered here.
@@ -263,22 +272,16 @@ async fn precheck(State(core): State<Arc<HubCore>>, req: Request, next: Next) ->
                             .with_label_values(&[&up.name, name, &caller.client])
                             .inc();
                         tracing::warn!(client = %caller.client, tool = %name, "mcp call rate limited");
-                        let error = rate_limited_error(&up.name, wait);
-                        let body = serde_json::json!({
-                            "jsonrpc": "2.0",
-                            "id": msg.get("id").cloned().unwrap_or(serde_json::Value::Null),
-                            "error": error,
-                        });
-                        let retry_after = wait.as_secs() + 1;
-                        return (
+                        let retry_after = (wait.as_secs() + 1).to_string();
+                        return rpc_error::http_answer(
                             StatusCode::TOO_MANY_REQUESTS,
-                            [
-                                (header::CONTENT_TYPE, "application/json".to_string()),
-                                (header::RETRY_AFTER, retry_after.to_string()),
-                            ],
-                            body.to_string(),
-                        )
-                            .into_response();
+                            msg.get("id").cloned().unwrap_or(serde_json::Value::Null),
+                            CallError::RateLimited {
+                                server: up.name.clone(),
+                                wait,
+                            },
+                            &[(header::RETRY_AFTER, retry_after)],
+                        );
                     }
                 }
             }

@@ -11,6 +11,45 @@ use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use sse_stream::SseStream;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+/// Why the event stream could not be opened up to its `endpoint` event.
+#[derive(Debug, thiserror::Error)]
+pub enum SseOpenError {
+    #[error("{url}: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("GET {url} failed: {source}")]
+    Get {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GET {url} answered {status}")]
+    GetStatus {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("reading {url}: {message}")]
+    Read { url: String, message: String },
+    #[error("{url}: the event stream ended before the \"endpoint\" event")]
+    NoEndpoint { url: String },
+    #[error("{url}: bad endpoint {endpoint:?}: {source}")]
+    BadEndpoint {
+        url: String,
+        endpoint: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("{url}: endpoint {endpoint} is not on the same origin")]
+    CrossOrigin {
+        url: String,
+        endpoint: String,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SseClientError {
@@ -49,17 +88,27 @@ impl SseClientTransport {
         client: reqwest::Client,
         url: &str,
         headers: HeaderMap,
-    ) -> Result<Self, String> {
-        let sse_url = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        tasks: &TaskTracker,
+    ) -> Result<Self, SseOpenError> {
+        let sse_url = reqwest::Url::parse(url).map_err(|source| SseOpenError::BadUrl {
+            url: url.to_string(),
+            source,
+        })?;
         let resp = client
             .get(sse_url.clone())
             .headers(headers.clone())
             .header(ACCEPT, "text/event-stream")
             .send()
             .await
-            .map_err(|e| format!("GET {sse_url} failed: {e}"))?;
+            .map_err(|source| SseOpenError::Get {
+                url: sse_url.to_string(),
+                source,
+            })?;
         if !resp.status().is_success() {
-            return Err(format!("GET {sse_url} answered {}", resp.status()));
+            return Err(SseOpenError::GetStatus {
+                url: sse_url.to_string(),
+                status: resp.status(),
+            });
         }
         let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
         let endpoint = loop {
@@ -68,25 +117,36 @@ impl SseClientTransport {
                     break ev.data.unwrap_or_default();
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(format!("reading {sse_url}: {e}")),
+                Some(Err(e)) => {
+                    return Err(SseOpenError::Read {
+                        url: sse_url.to_string(),
+                        message: e.to_string(),
+                    })
+                }
                 None => {
-                    return Err(format!(
-                        "{sse_url}: the event stream ended before the \"endpoint\" event"
-                    ))
+                    return Err(SseOpenError::NoEndpoint {
+                        url: sse_url.to_string(),
+                    })
                 }
             }
         };
-        let post_url = sse_url
-            .join(endpoint.trim())
-            .map_err(|e| format!("{sse_url}: bad endpoint {endpoint:?}: {e}"))?;
+        let post_url =
+            sse_url
+                .join(endpoint.trim())
+                .map_err(|source| SseOpenError::BadEndpoint {
+                    url: sse_url.to_string(),
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
         if post_url.origin() != sse_url.origin() {
-            return Err(format!(
-                "{sse_url}: endpoint {post_url} is not on the same origin"
-            ));
+            return Err(SseOpenError::CrossOrigin {
+                url: sse_url.to_string(),
+                endpoint: post_url.to_string(),
+            });
         }
         let (tx, rx) = mpsc::channel(64);
         let stream_url = sse_url.to_string();
-        let reader = tokio::spawn(async move {
+        let reader = tasks.spawn(async move {
             while let Some(ev) = events.next().await {
                 let ev = match ev {
                     Ok(ev) => ev,

@@ -6,7 +6,7 @@
 //! connection with back-off, and publishes health plus the server's tool list.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use process_wrap::tokio::{CommandWrap, ProcessGroup};
@@ -16,8 +16,8 @@ use rmcp::model::{
     ServerResult, Tool,
 };
 use rmcp::service::{
-    ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RoleClient, RoleServer,
-    RunningService,
+    ClientInitializeError, ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer,
+    RoleClient, RoleServer, RunningService, ServiceError,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -26,9 +26,72 @@ use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::registry::{ServerSpec, SpecStatus, Transport};
-use crate::sse_client::SseClientTransport;
+use crate::sse_client::{SseClientTransport, SseOpenError};
+
+/// Why a probe failed; its message becomes the server's `last_error` in the health API.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("stdio server exited")]
+    StdioExited,
+    #[error("connection closed")]
+    ConnectionClosed,
+    #[error("ping failed: {0}")]
+    Ping(#[source] ServiceError),
+    #[error("ping timed out after {0:?}")]
+    PingTimeout(Duration),
+    #[error("connecting timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("tools/list failed: {0}")]
+    ListTools(#[source] ServiceError),
+    #[error("tools/list timed out after {0:?}")]
+    ListToolsTimeout(Duration),
+    #[error("tools/list: unexpected response")]
+    ListToolsUnexpected,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Why opening a connection to a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("starting {command:?} failed: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] Box<ClientInitializeError>),
+    #[error("header {name:?}: {source}")]
+    HeaderName {
+        name: String,
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    #[error("header {name:?}: invalid value")]
+    HeaderValue { name: String },
+    #[error("http client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error(transparent)]
+    SseOpen(#[from] SseOpenError),
+    #[error("connecting to {url} (sse) failed: {source}")]
+    SseHandshake {
+        url: String,
+        #[source]
+        source: Box<ClientInitializeError>,
+    },
+    #[error("connecting to {url} failed: {source}")]
+    HttpHandshake {
+        url: String,
+        #[source]
+        source: Box<ClientInitializeError>,
+    },
+    #[error("image servers are not served yet")]
+    ImageNotServed,
+}
 
 /// Probe timings and thresholds shared by all supervisors.
 #[derive(Debug, Clone)]
@@ -100,11 +163,18 @@ pub struct Upstream {
     offers_resources: AtomicBool,
     pub settings: ProbeSettings,
     on_change: ChangeSignal,
+    /// The hub's tasks: the supervisor and the child's stderr reader are awaited on shutdown.
+    tasks: TaskTracker,
 }
 
 impl Upstream {
     /// Creates the upstream and, when the spec is runnable, starts its supervisor.
-    pub fn start(spec: ServerSpec, settings: ProbeSettings, on_change: ChangeSignal) -> Arc<Self> {
+    pub fn start(
+        spec: ServerSpec,
+        settings: ProbeSettings,
+        on_change: ChangeSignal,
+        tasks: &TaskTracker,
+    ) -> Arc<Self> {
         let initial = match &spec.status {
             SpecStatus::Enabled => HealthState::Starting,
             SpecStatus::Disabled => HealthState::Disabled,
@@ -151,9 +221,10 @@ impl Upstream {
             offers_resources: AtomicBool::new(false),
             settings,
             on_change,
+            tasks: tasks.clone(),
         });
         if initial == HealthState::Starting {
-            tokio::spawn(supervise(
+            tasks.spawn(supervise(
                 Arc::downgrade(&up),
                 up.cancel.clone(),
                 refresh_rx,
@@ -163,22 +234,31 @@ impl Upstream {
     }
 
     pub fn spec(&self) -> Arc<ServerSpec> {
-        self.spec.read().expect("spec lock").clone()
+        self.spec
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Policy-only edits apply in place so sessions and the child process survive.
     pub fn update_policy(&self, spec: ServerSpec) {
-        *self.spec.write().expect("spec lock") = Arc::new(spec);
+        *self.spec.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(spec);
     }
 
     pub fn health(&self) -> Health {
-        self.health.read().expect("health lock").clone()
+        self.health
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The server's tools while it is served, else none.
     pub fn tools(&self) -> Arc<Vec<Tool>> {
         if self.health().state.serves_tools() {
-            self.tools.read().expect("tools lock").clone()
+            self.tools
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
         } else {
             Arc::new(Vec::new())
         }
@@ -188,7 +268,10 @@ impl Upstream {
         if !self.health().state.serves_tools() {
             return None;
         }
-        self.peer.read().expect("peer lock").clone()
+        self.peer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn offers_prompts(&self) -> bool {
@@ -203,14 +286,14 @@ impl Upstream {
     pub fn route_progress(&self, upstream: ProgressToken, route: ProgressRoute) {
         self.progress
             .lock()
-            .expect("progress lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(upstream, route);
     }
 
     pub fn forget_progress(&self, upstream: &ProgressToken) {
         self.progress
             .lock()
-            .expect("progress lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(upstream);
     }
 
@@ -218,12 +301,12 @@ impl Upstream {
     pub fn stop(&self) {
         self.cancel.cancel();
         kill_group(&self.pgid);
-        *self.peer.write().expect("peer lock") = None;
+        *self.peer.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     fn set_health(&self, f: impl FnOnce(&mut Health)) {
         let (before, after) = {
-            let mut h = self.health.write().expect("health lock");
+            let mut h = self.health.write().unwrap_or_else(PoisonError::into_inner);
             let before = h.state.serves_tools();
             f(&mut h);
             (before, h.state.serves_tools())
@@ -254,13 +337,13 @@ impl Upstream {
         });
     }
 
-    fn record_failure(&self, error: String) {
+    fn record_failure(&self, error: ProbeError) {
         let limit = self.settings.unhealthy_after;
         tracing::warn!(server = %self.name, %error, "mcp server probe failed");
         self.set_health(|h| {
             h.consecutive_failures += 1;
             h.last_probe_unix_ms = Some(now_ms());
-            h.last_error = Some(error);
+            h.last_error = Some(error.to_string());
             h.state = if h.consecutive_failures >= limit {
                 HealthState::Unhealthy
             } else if h.state == HealthState::Starting {
@@ -325,7 +408,7 @@ impl ClientHandler for UpstreamClient {
         let route = self
             .progress
             .lock()
-            .expect("progress lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&params.progress_token)
             .cloned();
         if let Some((peer, token)) = route {
@@ -360,7 +443,7 @@ async fn supervise(
             Ok(protocol) => up.record_success(started.elapsed(), protocol),
             Err(error) => {
                 if let Some(c) = conn.take() {
-                    *up.peer.write().expect("peer lock") = None;
+                    *up.peer.write().unwrap_or_else(PoisonError::into_inner) = None;
                     drop(c.service);
                 }
                 kill_group(&up.pgid);
@@ -383,7 +466,7 @@ async fn supervise(
                 if let (Some(up), Some(c)) = (weak.upgrade(), conn.as_ref()) {
                     match list_tools(c.service.peer(), settings.timeout).await {
                         Ok(tools) => {
-                            *up.tools.write().expect("tools lock") = Arc::new(tools);
+                            *up.tools.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tools);
                             (up.on_change)();
                         }
                         Err(e) => tracing::warn!(server = %up.name, error = %e, "refreshing tools failed"),
@@ -402,13 +485,13 @@ async fn probe(
     up: &Arc<Upstream>,
     spec: &ServerSpec,
     conn: &mut Option<Connection>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ProbeError> {
     let timeout = up.settings.timeout;
     if let Some(c) = conn.as_ref() {
         if c.service.is_closed() {
             return Err(match &spec.transport {
-                Transport::Stdio { .. } => "stdio server exited".to_string(),
-                _ => "connection closed".to_string(),
+                Transport::Stdio { .. } => ProbeError::StdioExited,
+                _ => ProbeError::ConnectionClosed,
             });
         }
         let peer = c.service.peer();
@@ -419,13 +502,13 @@ async fn probe(
             });
             match tokio::time::timeout(timeout, peer.send_request(ping)).await {
                 Ok(Ok(_)) => return Ok(None),
-                Ok(Err(e)) => return Err(format!("ping failed: {e}")),
-                Err(_) => return Err(format!("ping timed out after {timeout:?}")),
+                Ok(Err(e)) => return Err(ProbeError::Ping(e)),
+                Err(_) => return Err(ProbeError::PingTimeout(timeout)),
             }
         }
         let tools = list_tools(peer, timeout).await?;
         let changed = {
-            let mut cur = up.tools.write().expect("tools lock");
+            let mut cur = up.tools.write().unwrap_or_else(PoisonError::into_inner);
             let changed = cur.as_slice() != tools.as_slice();
             if changed {
                 *cur = Arc::new(tools);
@@ -444,13 +527,13 @@ async fn probe(
         Ok(r) => r?,
         Err(_) => {
             kill_group(&up.pgid);
-            return Err(format!("connecting timed out after {connect_timeout:?}"));
+            return Err(ProbeError::ConnectTimeout(connect_timeout));
         }
     };
     let tools = list_tools(c.service.peer(), timeout).await?;
     tracing::info!(server = %up.name, protocol = %c.protocol, tools = tools.len(), "mcp server connected");
-    *up.tools.write().expect("tools lock") = Arc::new(tools);
-    *up.peer.write().expect("peer lock") = Some(c.service.peer().clone());
+    *up.tools.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tools);
+    *up.peer.write().unwrap_or_else(PoisonError::into_inner) = Some(c.service.peer().clone());
     let protocol = c.protocol.clone();
     if up.restarts.fetch_add(1, Ordering::SeqCst) > 0 {
         up.set_health(|h| h.restarts += 1);
@@ -460,7 +543,7 @@ async fn probe(
     Ok(Some(protocol))
 }
 
-async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<Tool>, String> {
+async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<Tool>, ProbeError> {
     // Raw requests, not Peer::list_tools: the SDK's response cache could answer a probe
     // from memory and hide a dead server.
     let mut all = Vec::new();
@@ -477,11 +560,11 @@ async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<To
         });
         let result = match tokio::time::timeout(timeout, peer.send_request(request)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(format!("tools/list failed: {e}")),
-            Err(_) => return Err(format!("tools/list timed out after {timeout:?}")),
+            Ok(Err(e)) => return Err(ProbeError::ListTools(e)),
+            Err(_) => return Err(ProbeError::ListToolsTimeout(timeout)),
         };
         let ServerResult::ListToolsResult(page) = result else {
-            return Err("tools/list: unexpected response".into());
+            return Err(ProbeError::ListToolsUnexpected);
         };
         all.extend(page.tools);
         match page.next_cursor {
@@ -492,7 +575,7 @@ async fn list_tools(peer: &Peer<RoleClient>, timeout: Duration) -> Result<Vec<To
     Ok(all)
 }
 
-async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, String> {
+async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, ConnectError> {
     let handler = UpstreamClient {
         server: up.name.clone(),
         refresh_tx: up.refresh_tx.clone(),
@@ -513,7 +596,7 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, St
             handler
                 .serve_with_lifecycle(transport, lifecycle)
                 .await
-                .map_err(|e| format!("handshake failed: {e}"))?
+                .map_err(|e| ConnectError::Handshake(Box::new(e)))?
         }
         Transport::Http {
             url,
@@ -522,42 +605,42 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, St
         } => {
             let mut map = http::HeaderMap::new();
             for (k, v) in headers {
-                let name = http::HeaderName::try_from(k.as_str())
-                    .map_err(|e| format!("header {k:?}: {e}"))?;
-                let value = http::HeaderValue::try_from(v.as_str())
-                    .map_err(|_| format!("header {k:?}: invalid value"))?;
+                let (name, value) = header(k, v)?;
                 map.insert(name, value);
             }
             let client = reqwest::Client::builder()
                 .connect_timeout(up.settings.timeout)
                 .build()
-                .map_err(|e| format!("http client: {e}"))?;
-            let transport = SseClientTransport::connect(client, url, map).await?;
+                .map_err(ConnectError::HttpClient)?;
+            let transport = SseClientTransport::connect(client, url, map, &up.tasks).await?;
             handler
                 .serve_with_lifecycle(transport, lifecycle)
                 .await
-                .map_err(|e| format!("connecting to {url} (sse) failed: {e}"))?
+                .map_err(|source| ConnectError::SseHandshake {
+                    url: url.clone(),
+                    source: Box::new(source),
+                })?
         }
         Transport::Http { url, headers, .. } => {
             let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
             for (k, v) in headers {
-                let name = http::HeaderName::try_from(k.as_str())
-                    .map_err(|e| format!("header {k:?}: {e}"))?;
-                let value = http::HeaderValue::try_from(v.as_str())
-                    .map_err(|_| format!("header {k:?}: invalid value"))?;
+                let (name, value) = header(k, v)?;
                 config.custom_headers.insert(name, value);
             }
             let client = reqwest::Client::builder()
                 .connect_timeout(up.settings.timeout)
                 .build()
-                .map_err(|e| format!("http client: {e}"))?;
+                .map_err(ConnectError::HttpClient)?;
             let transport = StreamableHttpClientTransport::with_client(client, config);
             handler
                 .serve_with_lifecycle(transport, lifecycle)
                 .await
-                .map_err(|e| format!("connecting to {url} failed: {e}"))?
+                .map_err(|source| ConnectError::HttpHandshake {
+                    url: url.clone(),
+                    source: Box::new(source),
+                })?
         }
-        Transport::Image { .. } => return Err("image servers are not served yet".into()),
+        Transport::Image { .. } => return Err(ConnectError::ImageNotServed),
     };
     let info = service.peer().peer_info();
     if let Some(i) = info.as_ref() {
@@ -580,6 +663,20 @@ async fn connect(up: &Arc<Upstream>, spec: &ServerSpec) -> Result<Connection, St
     })
 }
 
+/// One configured header of an HTTP server.
+fn header(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), ConnectError> {
+    let header_name =
+        http::HeaderName::try_from(name).map_err(|source| ConnectError::HeaderName {
+            name: name.to_string(),
+            source,
+        })?;
+    let header_value =
+        http::HeaderValue::try_from(value).map_err(|_| ConnectError::HeaderValue {
+            name: name.to_string(),
+        })?;
+    Ok((header_name, header_value))
+}
+
 /// Variables a stdio server gets besides its own: enough to find programs and a home,
 /// never the edge's secrets (admin token, client keys).
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
@@ -590,7 +687,7 @@ fn spawn_child(
     args: &[String],
     env: &BTreeMap<String, String>,
     cwd: Option<&str>,
-) -> Result<TokioChildProcess, String> {
+) -> Result<TokioChildProcess, ConnectError> {
     let mut cmd = tokio::process::Command::new(command);
     cmd.args(args).env_clear();
     for key in INHERITED_ENV {
@@ -607,16 +704,26 @@ fn spawn_child(
     let (transport, stderr) = TokioChildProcess::builder(wrapped)
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting {command:?} failed: {e}"))?;
+        .map_err(|source| ConnectError::Spawn {
+            command: command.to_string(),
+            source,
+        })?;
     if let Some(pid) = transport.id() {
         // The leader's pid is the group id.
         up.pgid.store(pid, Ordering::SeqCst);
     }
     if let Some(stderr) = stderr {
         let server = up.name.clone();
-        tokio::spawn(async move {
+        let cancel = up.cancel.clone();
+        up.tasks.spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            loop {
+                // A grandchild outside the group could hold stderr open: stop with the upstream.
+                let line = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    line = lines.next_line() => line,
+                };
+                let Ok(Some(line)) = line else { break };
                 tracing::debug!(server = %server, "stderr: {line}");
             }
         });
