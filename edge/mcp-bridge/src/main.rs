@@ -129,7 +129,10 @@ async fn run(args: Args) -> u8 {
     let (to_child, mut outbox) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
     let relay = Arc::new(relay::Relay::new(to_child));
 
-    let writer = tokio::spawn(async move {
+    // The two pipe pumps live as long as `run`: aborted (JoinSet drop) when the child or the
+    // server ends.
+    let mut pumps = tokio::task::JoinSet::new();
+    pumps.spawn(async move {
         while let Some(mut line) = outbox.recv().await {
             line.push(b'\n');
             if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
@@ -138,7 +141,7 @@ async fn run(args: Args) -> u8 {
         }
     });
     let reader_relay = relay.clone();
-    let reader = tokio::spawn(async move {
+    pumps.spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             reader_relay.on_child_line(&line).await;
@@ -184,8 +187,7 @@ async fn run(args: Args) -> u8 {
         _ = term.recv() => 0,
         _ = tokio::signal::ctrl_c() => 0,
     };
-    writer.abort();
-    reader.abort();
+    pumps.abort_all();
     let _ = child.start_kill();
     code
 }

@@ -174,11 +174,10 @@ impl Relay {
     /// The client stopped waiting: forget the request and tell the child.
     fn abandon(self: &Arc<Self>, id: i64) {
         if self.lock().pending.remove(&id).is_some() {
-            let relay = self.clone();
-            tokio::spawn(async move {
-                let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "the client went away"}});
-                relay.send_child(&cancel).await;
-            });
+            let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "the client went away"}});
+            // Advisory: when the child's inbox is full the notice is dropped rather than
+            // queued in a task nobody owns (the answer is discarded either way).
+            let _ = self.to_child.try_send(cancel.to_string().into_bytes());
         }
     }
 }

@@ -45,10 +45,7 @@ pub enum SseOpenError {
         source: url::ParseError,
     },
     #[error("{url}: endpoint {endpoint} is not on the same origin")]
-    CrossOrigin {
-        url: String,
-        endpoint: String,
-    },
+    CrossOrigin { url: String, endpoint: String },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,12 @@
 //! The hub's router served on a loopback port, with the edge's `Caller` faked by a layer
 //! (the `x-test-client` header names the client), talked to with rmcp's own client over both
 //! protocol revisions, against the real `mcp-server-time` from the test venv.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "test fixtures: a failed unwrap is a failed test, and their tasks end with the test's runtime"
+)]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
