@@ -24,6 +24,7 @@ mod gateway;
 mod key_cli;
 mod keys;
 mod metrics;
+mod model_field;
 mod policy;
 mod providers;
 mod services;

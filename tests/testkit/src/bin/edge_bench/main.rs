@@ -1,5 +1,7 @@
 //! `./aibox bench`: the edge's cost, measured against hitting the same upstream directly, in one
-//! run on this machine. Prints, per scenario: added latency p50/p99 at concurrency 1, and
+//! run on this machine. Prints first the floor (direct, nginx as a plain reverse proxy, and the
+//! edge, for chat and streamed chat: added p50, rps, CPU per request; see `floor`), then per
+//! scenario: added latency p50/p99 at concurrency 1, and
 //! requests per second at concurrency 64 (edge ÷ direct), then requests per second of a keyed
 //! client with its limits in process vs in a local `redis-server` (skipped with a message when
 //! none is installed), then the edge's idle memory.
@@ -17,6 +19,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use tokio::net::TcpStream;
 
+mod floor;
+mod nginx;
+mod proc_stat;
+
+use proc_stat::rss_kib;
+
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value = "target/release/edge")]
@@ -31,6 +39,15 @@ struct Args {
     seconds: u64,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Interleaved rounds of the floor comparison (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The nginx binary for the floor row (default: Debian's, installed when missing).
+    #[arg(long)]
+    nginx: Option<String>,
+    /// Only the floor comparison and the idle memory (a quicker run).
+    #[arg(long)]
+    floor_only: bool,
 }
 
 /// A child process killed when dropped, with the address it announced.
@@ -197,6 +214,35 @@ async fn throughput_as(
     secs: u64,
     key: Option<&'static str>,
 ) -> Result<f64> {
+    Ok(throughput_run(addr, path, body, workers, secs, key)
+        .await?
+        .rps)
+}
+
+/// A throughput run's rate and how many requests it completed.
+struct Run {
+    rps: f64,
+    requests: u64,
+}
+
+async fn throughput_counted(
+    addr: &str,
+    path: &str,
+    body: &str,
+    workers: usize,
+    secs: u64,
+) -> Result<Run> {
+    throughput_run(addr, path, body, workers, secs, None).await
+}
+
+async fn throughput_run(
+    addr: &str,
+    path: &str,
+    body: &str,
+    workers: usize,
+    secs: u64,
+    key: Option<&'static str>,
+) -> Result<Run> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -220,7 +266,10 @@ async fn throughput_as(
     for t in tasks {
         total += t.await??;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    Ok(Run {
+        rps: total as f64 / started.elapsed().as_secs_f64(),
+        requests: total,
+    })
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -229,17 +278,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -310,6 +348,56 @@ async fn main() -> Result<()> {
     let responses = |model: &str, stream: bool| {
         format!(r#"{{"model":"{model}","stream":{stream},"input":"hello bench"}}"#)
     };
+    let nginx = nginx::start(args.nginx.as_deref(), &dir, &openai.addr);
+    let load = floor::Load {
+        latency_requests: args.latency_requests,
+        seconds: args.seconds,
+        concurrency: args.concurrency,
+        rounds: args.rounds,
+    };
+    floor::print_header(&load);
+    if let Err(why) = &nginx {
+        println!("{:<8} {:<13} skipped: {why}", "", "nginx-proxy");
+    }
+    for (mode, stream) in [("chat", false), ("stream", true)] {
+        let direct_body = chat("Qwen/Qwen2.5-0.5B-Instruct", stream);
+        let edge_body = chat("vllm/Qwen/Qwen2.5-0.5B-Instruct", stream);
+        let path = "/v1/chat/completions";
+        let mut rows = vec![floor::Row {
+            name: "direct",
+            addr: &openai.addr,
+            path,
+            body: &direct_body,
+            pid: None,
+        }];
+        if let Ok(n) = &nginx {
+            rows.push(floor::Row {
+                name: "nginx-proxy",
+                addr: if stream { &n.streaming } else { &n.buffered },
+                path,
+                body: &direct_body,
+                pid: Some(n.pid()),
+            });
+        }
+        rows.push(floor::Row {
+            name: "edge",
+            addr: &edge.addr,
+            path,
+            body: &edge_body,
+            pid: Some(edge.child.id()),
+        });
+        floor::print(mode, &floor::measure(&rows, &load).await?);
+    }
+    println!(
+        "edge idle RSS: {:.1} MiB (VmRSS after start; target ≤ 20 MiB)",
+        idle_rss as f64 / 1024.0
+    );
+    drop(nginx);
+    if args.floor_only {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
+
     let scenarios = vec![
         Scenario {
             name: "openai passthrough, chat",
