@@ -125,6 +125,7 @@ impl EdgeGateway {
         let governed = surface::governed(&path);
         let mcp_stream = path.starts_with("/mcp") && parts.method != http::Method::POST;
         let mut admitted = false;
+        let mut watching = true;
         let admission = if !governed {
             Ok(None)
         } else if mcp_stream {
@@ -165,9 +166,21 @@ impl EdgeGateway {
                     servers: client.server_grant(),
                 });
                 let request = http::Request::from_parts(parts, axum::body::Body::from(body));
-                match self.router.clone().oneshot(request).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
+                let routed = self.router.clone().oneshot(request);
+                match unless_client_leaves(session, &mut watching, routed).await {
+                    Some(Ok(r)) => r,
+                    Some(Err(never)) => match never {},
+                    None => {
+                        // Gone while the handler waited (a model load, a slow upstream): the
+                        // handler and its upstream request were dropped at once.
+                        session.set_keepalive(None);
+                        let meta = meta.lock().map(|m| m.clone()).unwrap_or_default();
+                        if admitted {
+                            rc.client.finished(meta.tokens_in + meta.tokens_out).await;
+                        }
+                        self.finish(&rc, &path, CLIENT_CLOSED, &meta, true, None);
+                        return Ok(());
+                    }
                 }
             }
         };
@@ -197,8 +210,14 @@ impl EdgeGateway {
             .await?;
 
         let mut client_gone = false;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
+        loop {
+            // A stream that is silent for a while (a model thinking) still notices a gone client.
+            let Some(frame) = unless_client_leaves(session, &mut watching, body.frame()).await
+            else {
+                client_gone = true;
+                break;
+            };
+            let Some(Ok(frame)) = frame else { break };
             if let Ok(data) = frame.into_data() {
                 if streamed && first_frame.is_none() && !data.is_empty() {
                     first_frame = Some(ctx.started.elapsed());
@@ -276,6 +295,41 @@ impl EdgeGateway {
                 tokens_out: meta.tokens_out,
                 first_token: first_frame.filter(|_| status < 400 && meta.provider.is_some()),
             });
+        }
+    }
+}
+
+/// nginx's status for a request whose client closed the connection before the answer.
+const CLIENT_CLOSED: u16 = 499;
+
+/// `work`, unless the client leaves first (closes or resets its connection, as Pingora's own
+/// proxy loop notices with `read_body_or_idle`): then `work` is dropped, and with it any
+/// upstream request it holds open, and the answer is `None`. The request body is read by now,
+/// so anything the client sends is not this request's: `watching` turns off, for good, when the
+/// client sends bytes (a pipelined request) rather than leaving.
+async fn unless_client_leaves<T>(
+    session: &mut Session,
+    watching: &mut bool,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    use pingora_core::ErrorType;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            read = session.downstream_session.read_body_or_idle(true), if *watching => {
+                match read {
+                    Err(e) if matches!(
+                        e.etype(),
+                        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::H2Error
+                    ) => return None,
+                    _ => {
+                        *watching = false;
+                        session.set_keepalive(None);
+                    }
+                }
+            }
         }
     }
 }

@@ -1,12 +1,11 @@
 //! Reading an upstream body chunk by chunk, bounded by the idle and total timeouts, and
 //! splitting NDJSON into lines without ever holding more than one partial line.
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 
-pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+pub type UpstreamBody = crate::providers::Body;
 
 /// What the next read from upstream gave.
 pub enum Read {
@@ -23,13 +22,13 @@ pub struct TimedBody {
 
 impl TimedBody {
     pub fn new(
-        response: reqwest::Response,
+        response: crate::providers::Response,
         idle: Duration,
         total: Duration,
         started: Instant,
     ) -> Self {
         Self {
-            body: Box::pin(response.bytes_stream()),
+            body: response.bytes_stream(),
             idle,
             deadline: started + total,
         }
@@ -41,10 +40,9 @@ impl TimedBody {
         match tokio::time::timeout(wait, self.body.next()).await {
             Ok(Some(Ok(b))) => Read::Chunk(b),
             Ok(None) => Read::End,
-            Ok(Some(Err(e))) => Read::Failed(format!(
-                "upstream connection failed mid-stream: {}",
-                crate::providers::describe_reqwest_error(&e)
-            )),
+            Ok(Some(Err(e))) => {
+                Read::Failed(format!("upstream connection failed mid-stream: {e}"))
+            }
             Err(_) if wait == left => {
                 Read::Failed("upstream exceeded the total request timeout".into())
             }
@@ -55,7 +53,7 @@ impl TimedBody {
 
 /// The whole upstream body, bounded by the idle and total timeouts; `Err` says why it broke off.
 pub async fn read_to_end(
-    response: reqwest::Response,
+    response: crate::providers::Response,
     timeouts: &crate::config::TimeoutConfig,
 ) -> Result<Bytes, String> {
     let mut timed = TimedBody::new(response, timeouts.idle(), timeouts.total(), Instant::now());
@@ -69,9 +67,9 @@ pub async fn read_to_end(
     }
 }
 
-/// The upstream's status as the `http` crate's type (reqwest carries its own copy).
-pub fn upstream_status(response: &reqwest::Response) -> http::StatusCode {
-    http::StatusCode::from_u16(response.status().as_u16()).unwrap_or(http::StatusCode::BAD_GATEWAY)
+/// The upstream's status.
+pub fn upstream_status(response: &crate::providers::Response) -> http::StatusCode {
+    response.status()
 }
 
 /// Accumulates bytes and yields complete `\n`-terminated lines.

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use http::{header, StatusCode};
+use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::{
@@ -17,7 +17,7 @@ use super::{
     upstream_status_error, OllamaError, Result,
 };
 use crate::config::ProviderKind;
-use crate::providers::{model_matches, Endpoint, Provider, UpstreamError};
+use crate::providers::{model_matches, Endpoint, Provider, UpstreamRequest};
 use crate::surface::stream::{self, ndjson, LineBuffer, Read, TimedBody};
 use crate::surface::{EdgeState, RequestContext};
 
@@ -407,26 +407,18 @@ struct AdminCall {
 }
 
 impl AdminCall {
-    async fn send(&self, endpoint: &Endpoint) -> Result<reqwest::Response> {
-        let http = &self.state.providers.http;
-        let url = format!("{}{}", endpoint.url, self.action.path());
-        let req = match self.action {
-            AdminAction::Delete => http.delete(url),
-            _ => http.post(url),
-        }
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", &self.request_id)
-        .body(self.body.clone());
-        let timeout = self.state.config.timeouts.first_byte_loading();
-        match tokio::time::timeout(timeout, self.provider.authorize(req).send()).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(
-                format!("{} ({})", self.provider.name, endpoint.url),
-                crate::providers::describe_reqwest_error(&e),
-            )
-            .into()),
-            Err(_) => Err(UpstreamError::Timeout(self.provider.name.clone(), timeout).into()),
-        }
+    async fn send(&self, endpoint: &Arc<Endpoint>) -> Result<crate::providers::Response> {
+        let method = match self.action {
+            AdminAction::Delete => http::Method::DELETE,
+            _ => http::Method::POST,
+        };
+        let request = UpstreamRequest::json(method, self.action.path(), self.body.clone())
+            .header_str("x-request-id", &self.request_id);
+        Ok(self
+            .state
+            .providers
+            .admin(&self.provider, endpoint, &request)
+            .await?)
     }
 }
 
@@ -491,7 +483,7 @@ impl AdminStream {
         }
     }
 
-    async fn start(&mut self, endpoint: &Endpoint) {
+    async fn start(&mut self, endpoint: &Arc<Endpoint>) {
         match self.call.send(endpoint).await {
             Ok(r) if r.status().is_success() => {
                 self.current = Some(TimedBody::new(

@@ -253,7 +253,7 @@ async fn send(
 }
 
 /// The whole upstream body; a break-off is a 502 in Ollama's shape.
-async fn read_all(state: &EdgeState, response: reqwest::Response) -> Result<Bytes> {
+async fn read_all(state: &EdgeState, response: crate::providers::Response) -> Result<Bytes> {
     stream::read_to_end(response, &state.config.timeouts)
         .await
         .map_err(|msg| OllamaError::new(StatusCode::BAD_GATEWAY, msg))
@@ -261,7 +261,10 @@ async fn read_all(state: &EdgeState, response: reqwest::Response) -> Result<Byte
 
 /// An upstream error status in Ollama's shape, status kept: Ollama's own `{"error": "..."}`
 /// or an OpenAI-compatible `{"error": {"message": ...}}`.
-async fn upstream_status_error(state: &EdgeState, response: reqwest::Response) -> OllamaError {
+async fn upstream_status_error(
+    state: &EdgeState,
+    response: crate::providers::Response,
+) -> OllamaError {
     let status = stream::upstream_status(&response);
     let bytes = read_all(state, response).await.unwrap_or_default();
     let parsed = serde_json::from_slice::<Value>(&bytes).ok();

@@ -21,29 +21,8 @@ use crate::translate::ollama_to_openai::{self as translate};
 const OLLAMA_API_VERSION: &str = "0.12.6";
 
 pub async fn version(State(state): State<Arc<EdgeState>>) -> Response {
-    let endpoint = state
-        .providers
-        .providers
-        .iter()
-        .filter(|p| p.kind == ProviderKind::Ollama)
-        .flat_map(|p| p.endpoints.iter())
-        .find(|e| !e.is_ejected())
-        .cloned();
-    if let Some(e) = endpoint {
-        let asked = state
-            .providers
-            .http
-            .get(format!("{}/api/version", e.url))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if let Ok(resp) = asked.and_then(|r| r.error_for_status()) {
-            if let Ok(v) = resp.json::<Value>().await {
-                if v.get("version").is_some_and(Value::is_string) {
-                    return Json(json!({"version": v["version"]})).into_response();
-                }
-            }
-        }
+    if let Some(version) = state.providers.ollama_version().await {
+        return Json(json!({ "version": version })).into_response();
     }
     Json(json!({"version": OLLAMA_API_VERSION})).into_response()
 }
@@ -163,29 +142,9 @@ pub async fn ps(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
 ) -> Response {
-    let asks = state
-        .providers
-        .providers
-        .iter()
-        .filter(|p| p.kind == ProviderKind::Ollama)
-        .flat_map(|p| p.endpoints.iter().map(move |e| (p.clone(), e.clone())))
-        .filter(|(_, e)| !e.is_ejected())
-        .map(|(p, e)| {
-            let req = p.authorize(
-                state
-                    .providers
-                    .http
-                    .get(format!("{}/api/ps", e.url))
-                    .timeout(Duration::from_secs(2)),
-            );
-            async move {
-                let v: Value = req.send().await.ok()?.json().await.ok()?;
-                Some((p, v))
-            }
-        });
     let mut seen = HashSet::new();
     let mut models = Vec::new();
-    for (p, v) in futures::future::join_all(asks).await.into_iter().flatten() {
+    for (p, v) in state.providers.loaded_models().await {
         for m in v
             .get("models")
             .and_then(Value::as_array)

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode, Uri};
 
 use crate::config::ProviderKind;
-use crate::providers::ProviderRoute;
+use crate::providers::multipart::Form;
+use crate::providers::{ProviderRoute, UpstreamRequest};
 use crate::surface::openai::{self, OpenAiError};
 use crate::surface::{EdgeState, RequestContext};
 
@@ -130,30 +131,23 @@ async fn read_form(headers: &HeaderMap, body: Bytes) -> Result<Vec<FormField>> {
     Ok(fields)
 }
 
-/// The form again, `model` replaced by the provider's name for it.
-fn form_for(fields: &[FormField], model: &str) -> reqwest::multipart::Form {
-    let mut form = reqwest::multipart::Form::new();
+/// The form again, `model` replaced by the provider's name for it: the content type (with its
+/// boundary) and the encoded body.
+fn form_for(fields: &[FormField], model: &str) -> (http::HeaderValue, Bytes) {
+    let mut form = Form::new();
     for f in fields {
-        if f.name == "model" {
-            form = form.text("model", model.to_owned());
-            continue;
-        }
-        let part = || {
-            let p =
-                reqwest::multipart::Part::stream_with_length(f.data.clone(), f.data.len() as u64);
-            match &f.file_name {
-                Some(n) => p.file_name(n.clone()),
-                None => p,
-            }
+        form = if f.name == "model" {
+            form.text("model", model)
+        } else {
+            form.part(
+                &f.name,
+                f.file_name.as_deref(),
+                f.content_type.as_deref(),
+                &f.data,
+            )
         };
-        // A content type reqwest cannot parse is left out rather than failing the upload.
-        let part = match &f.content_type {
-            Some(ct) => part().mime_str(ct).unwrap_or_else(|_| part()),
-            None => part(),
-        };
-        form = form.part(f.name.clone(), part);
     }
-    form
+    form.finish()
 }
 
 /// multipart/form-data uploads (audio): `model` found among the fields and rewritten, the
@@ -176,12 +170,11 @@ async fn multipart_route(
             .ok_or_else(|| bad_form("Missing required parameter: 'model'").param("model"))?;
         let route = route_for(&state, &ctx, &model, &uri)?;
         let path = upstream_path(&uri);
-        let http = &state.providers.http;
-        let up = openai::upstream::send_with(&state, &ctx, &route, |ep| {
-            http.post(format!("{}{path}", ep.url))
-                .multipart(form_for(&fields, &route.model))
-        })
-        .await?;
+        let (content_type, form) = form_for(&fields, &route.model);
+        let request = UpstreamRequest::new(http::Method::POST, path)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(form);
+        let up = openai::upstream::send_with(&state, &ctx, &route, request).await?;
         openai::upstream::relay(&state, &ctx, up, false).await
     }
     .await;

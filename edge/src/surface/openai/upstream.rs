@@ -7,7 +7,9 @@ use bytes::Bytes;
 use http::{header, StatusCode};
 use serde_json::{json, Value};
 
-use crate::providers::{InFlight, ProviderRoute, UpstreamError, UpstreamResponse};
+use crate::providers::{
+    InFlight, ProviderRoute, UpstreamError, UpstreamRequest, UpstreamResponse,
+};
 use crate::surface::stream::{self, sse, Read, TimedBody};
 use crate::surface::{EdgeState, RequestContext};
 use crate::translate::openai_to_ollama as translate;
@@ -22,36 +24,26 @@ pub async fn send(
     path: &str,
     body: &Value,
 ) -> std::result::Result<UpstreamResponse, UpstreamError> {
-    let encoded = Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"));
-    let http = &state.providers.http;
-    send_with(state, ctx, route, |ep| {
-        http.post(format!("{}{path}", ep.url))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(encoded.clone())
-    })
-    .await
+    let encoded = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let request = UpstreamRequest::json(http::Method::POST, path, encoded);
+    send_with(state, ctx, route, request).await
 }
 
-/// Send the request `build` makes for an endpoint (with failover), with the request id, and
-/// record the endpoint and upstream time for the log line.
+/// Send `request` (with failover), with the request id and trace context, and record the
+/// endpoint and upstream time for the log line.
 pub async fn send_with(
     state: &EdgeState,
     ctx: &RequestContext,
     route: &ProviderRoute,
-    build: impl Fn(&crate::providers::Endpoint) -> reqwest::RequestBuilder,
+    request: UpstreamRequest,
 ) -> std::result::Result<UpstreamResponse, UpstreamError> {
-    let up = state
-        .providers
-        .send(route, |ep| {
-            let req = build(ep)
-                .header("x-request-id", &ctx.id)
-                .header("traceparent", ctx.trace.traceparent());
-            match &ctx.trace.tracestate {
-                Some(state) => req.header("tracestate", state),
-                None => req,
-            }
-        })
-        .await?;
+    let mut request = request
+        .header_str("x-request-id", &ctx.id)
+        .header_str("traceparent", &ctx.trace.traceparent());
+    if let Some(state) = &ctx.trace.tracestate {
+        request = request.header_str("tracestate", state);
+    }
+    let up = state.providers.send(route, &request).await?;
     let t = up.upstream_time;
     let endpoint = up.endpoint.url.clone();
     ctx.update(|m| {
@@ -73,7 +65,7 @@ pub async fn read_json(state: &EdgeState, up: UpstreamResponse) -> Result<Value>
     })
 }
 
-async fn read_all(state: &EdgeState, response: reqwest::Response) -> Result<Bytes> {
+async fn read_all(state: &EdgeState, response: crate::providers::Response) -> Result<Bytes> {
     stream::read_to_end(response, &state.config.timeouts)
         .await
         .map_err(|msg| {
@@ -82,7 +74,7 @@ async fn read_all(state: &EdgeState, response: reqwest::Response) -> Result<Byte
 }
 
 /// An Ollama error status (`{"error": "..."}`) in OpenAI's shape, status kept.
-pub(super) async fn ollama_status_error(response: reqwest::Response) -> OpenAiError {
+pub(super) async fn ollama_status_error(response: crate::providers::Response) -> OpenAiError {
     let status = stream::upstream_status(&response);
     let text = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<Value>(&text)
