@@ -298,8 +298,11 @@ impl Client {
         bearer: Option<&str>,
         first_byte: Duration,
     ) -> Result<Response, ExchangeError> {
-        match tokio::time::timeout(first_byte, self.exchange_within(target, request, bearer, first_byte))
-            .await
+        match tokio::time::timeout(
+            first_byte,
+            self.exchange_within(target, request, bearer, first_byte),
+        )
+        .await
         {
             Ok(r) => r,
             Err(_) => Err(ExchangeError::Timeout(first_byte)),
@@ -317,12 +320,11 @@ impl Client {
         let peer = self.peer(target, addr, first_byte);
         let mut attempt = 0;
         loop {
-            let (mut session, reused) = self.connector.get_http_session(&peer).await.map_err(
-                |e| {
+            let (mut session, reused) =
+                self.connector.get_http_session(&peer).await.map_err(|e| {
                     target.forget_address();
                     ExchangeError::Connect(describe(&e))
-                },
-            )?;
+                })?;
             session.set_read_timeout(peer.options.read_timeout);
             session.set_write_timeout(peer.options.write_timeout);
             let head = request_head(target, request, bearer)?;
@@ -344,9 +346,8 @@ impl Client {
             None => (StatusCode::BAD_GATEWAY, HeaderMap::new()),
         };
         let connector = self.connector.clone();
-        let stream = futures::stream::unfold(
-            Some((session, connector, peer)),
-            |state| async move {
+        let stream =
+            futures::stream::unfold(Some((session, connector, peer)), |state| async move {
                 let (mut session, connector, peer) = state?;
                 match session.read_response_body().await {
                     Ok(Some(chunk)) => Some((Ok(chunk), Some((session, connector, peer)))),
@@ -357,8 +358,7 @@ impl Client {
                     }
                     Err(e) => Some((Err(BodyError(describe(&e))), None)),
                 }
-            },
-        );
+            });
         Response {
             status,
             headers,
@@ -377,8 +377,12 @@ fn request_head(
 ) -> Result<Box<RequestHeader>, ExchangeError> {
     let bad = |e: pingora_core::BError| ExchangeError::Connect(format!("bad request head: {e}"));
     let path = format!("{}{}", target.base_path, request.path);
-    let mut head = RequestHeader::build(request.method.clone(), path.as_bytes(), Some(8 + request.headers.len()))
-        .map_err(bad)?;
+    let mut head = RequestHeader::build(
+        request.method.clone(),
+        path.as_bytes(),
+        Some(8 + request.headers.len()),
+    )
+    .map_err(bad)?;
     head.insert_header(http::header::HOST, &target.authority)
         .map_err(bad)?;
     if !request.body.is_empty() || !matches!(request.method, Method::GET | Method::HEAD) {
@@ -418,7 +422,10 @@ async fn send_and_read_head(
 fn is_stale(e: &pingora_core::Error) -> bool {
     matches!(
         e.etype(),
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError | ErrorType::H1Error
+        ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::H1Error
     )
 }
 
@@ -452,7 +459,10 @@ mod tests {
     #[test]
     fn a_url_is_taken_apart_once() {
         let t = Target::parse("http://b:8000/v1").unwrap();
-        assert_eq!((t.tls, t.host.as_str(), t.port, t.base_path.as_str()), (false, "b", 8000, "/v1"));
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.base_path.as_str()),
+            (false, "b", 8000, "/v1")
+        );
         assert_eq!(t.authority, "b:8000");
         let t = Target::parse("https://api.example.com").unwrap();
         assert_eq!((t.tls, t.port, t.base_path.as_str()), (true, 443, ""));

@@ -260,7 +260,6 @@ impl Provider {
             })
         })
     }
-
 }
 
 /// Where one request goes: the provider and the model name to send upstream.

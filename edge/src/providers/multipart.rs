@@ -60,11 +60,9 @@ impl Form {
         self.buf.put_slice(b"--");
         self.buf.put_slice(self.boundary.as_bytes());
         self.buf.put_slice(b"--\r\n");
-        let content_type = HeaderValue::from_str(&format!(
-            "multipart/form-data; boundary={}",
-            self.boundary
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
+        let content_type =
+            HeaderValue::from_str(&format!("multipart/form-data; boundary={}", self.boundary))
+                .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
         (content_type, self.buf.freeze())
     }
 }
@@ -84,7 +82,12 @@ mod tests {
     async fn multer_reads_back_what_was_encoded() {
         let (ct, body) = Form::new()
             .text("model", "whisper")
-            .part("file", Some("a \"b\".wav"), Some("audio/wav"), b"RIFF\x00\x01")
+            .part(
+                "file",
+                Some("a \"b\".wav"),
+                Some("audio/wav"),
+                b"RIFF\x00\x01",
+            )
             .finish();
         let boundary = multer::parse_boundary(ct.to_str().unwrap()).unwrap();
         let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
@@ -94,7 +97,10 @@ mod tests {
         assert_eq!(&f.bytes().await.unwrap()[..], b"whisper");
         let f = m.next_field().await.unwrap().unwrap();
         assert_eq!(f.file_name(), Some("a %22b%22.wav"));
-        assert_eq!(f.content_type().map(|m| m.to_string()).as_deref(), Some("audio/wav"));
+        assert_eq!(
+            f.content_type().map(|m| m.to_string()).as_deref(),
+            Some("audio/wav")
+        );
         assert_eq!(&f.bytes().await.unwrap()[..], b"RIFF\x00\x01");
         assert!(m.next_field().await.unwrap().is_none());
     }

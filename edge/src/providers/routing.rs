@@ -239,7 +239,6 @@ impl ProviderSet {
         Some(if ea.cost() <= eb.cost() { ea } else { eb }.clone())
     }
 
-
     /// Send `request` on the route (with failover); the endpoint's URL is its base.
     pub async fn send(
         &self,
@@ -319,7 +318,10 @@ impl ProviderSet {
                 }
                 Err(ExchangeError::Connect(msg)) => {
                     endpoint.record_failure(&msg, &self.health);
-                    last_err = Some(UpstreamError::Unreachable(provider.name.clone(), msg.clone()));
+                    last_err = Some(UpstreamError::Unreachable(
+                        provider.name.clone(),
+                        msg.clone(),
+                    ));
                     msg
                 }
                 Err(e @ ExchangeError::Timeout(_)) => {
@@ -423,7 +425,9 @@ url = "http://b:11434"
 
     /// Requests piled on `host`, so that the other endpoint is the cheaper first choice.
     fn busy(set: &ProviderSet, host: &str) -> Vec<InFlight> {
-        (0..50).map(|_| InFlight::new(endpoint(set, host))).collect()
+        (0..50)
+            .map(|_| InFlight::new(endpoint(set, host)))
+            .collect()
     }
 
     /// Send once through the failover loop; each endpoint answers as `script` says. Returns
@@ -440,15 +444,18 @@ url = "http://b:11434"
         let route = set.route("pool/llama3:8b").unwrap();
         let outcome = set
             .failover(&route, |e, first_byte| {
-                let host = e.url.trim_start_matches("http://").trim_end_matches(":11434");
+                let host = e
+                    .url
+                    .trim_start_matches("http://")
+                    .trim_end_matches(":11434");
                 asked.lock().unwrap().push((host.to_owned(), first_byte));
                 let step = script[&e.url];
                 async move {
                     match step {
                         Step::Status(s) => Ok(Scripted(StatusCode::from_u16(s).unwrap())),
-                        Step::Refuse => {
-                            Err(ExchangeError::Connect("connection refused or unreachable".into()))
-                        }
+                        Step::Refuse => Err(ExchangeError::Connect(
+                            "connection refused or unreachable".into(),
+                        )),
                         Step::Hang => Err(ExchangeError::Timeout(first_byte)),
                     }
                 }
@@ -456,7 +463,11 @@ url = "http://b:11434"
             .await;
         let outcome = outcome
             .map(|a| {
-                let host = a.endpoint.url.trim_start_matches("http://").trim_end_matches(":11434");
+                let host = a
+                    .endpoint
+                    .url
+                    .trim_start_matches("http://")
+                    .trim_end_matches(":11434");
                 (host.to_owned(), a.response.0.as_u16())
             })
             .map_err(|e| e.to_string());
@@ -477,7 +488,10 @@ url = "http://b:11434"
         let (outcome, asked) = send(&set, &script).await;
         assert_eq!(outcome, Ok(("b".into(), 200)));
         assert_eq!(hosts(&asked), ["a", "b"]);
-        assert!(!endpoint(&set, "a").is_ejected(), "one failure is not enough");
+        assert!(
+            !endpoint(&set, "a").is_ejected(),
+            "one failure is not enough"
+        );
         let (_, asked) = send(&set, &script).await;
         assert_eq!(hosts(&asked), ["a", "b"]);
         assert!(endpoint(&set, "a").is_ejected(), "eject_after = 2");
@@ -485,25 +499,37 @@ url = "http://b:11434"
         let (outcome, asked) = send(&set, &script).await;
         assert_eq!((outcome, hosts(&asked)), (Ok(("b".into(), 200)), vec!["b"]));
         let status = endpoint(&set, "a").status();
-        assert_eq!(status.last_error.as_deref(), Some("connection refused or unreachable"));
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("connection refused or unreachable")
+        );
     }
 
     #[tokio::test]
     async fn a_server_error_fails_over_only_where_another_endpoint_has_the_model() {
         let set = pool(HEALTH);
         let _b_busy = busy(&set, "b");
-        let (outcome, asked) = send(&set, &[("a", Step::Status(503)), ("b", Step::Status(200))]).await;
-        assert_eq!((outcome, hosts(&asked)), (Ok(("b".into(), 200)), vec!["a", "b"]));
+        let (outcome, asked) =
+            send(&set, &[("a", Step::Status(503)), ("b", Step::Status(200))]).await;
+        assert_eq!(
+            (outcome, hosts(&asked)),
+            (Ok(("b".into(), 200)), vec!["a", "b"])
+        );
 
         // b does not list the model: a's 503 is the answer, passed on as it is.
         let set = pool(HEALTH);
         endpoint(&set, "b").probe_listed(vec![entry("other:1b")], Duration::from_millis(1));
-        let (outcome, asked) = send(&set, &[("a", Step::Status(503)), ("b", Step::Status(200))]).await;
+        let (outcome, asked) =
+            send(&set, &[("a", Step::Status(503)), ("b", Step::Status(200))]).await;
         assert_eq!((outcome, hosts(&asked)), (Ok(("a".into(), 503)), vec!["a"]));
         // And a client error is an answer, not a failure.
         let (outcome, _) = send(&set, &[("a", Step::Status(404)), ("b", Step::Status(200))]).await;
         assert_eq!(outcome, Ok(("a".into(), 404)));
-        assert_eq!(endpoint(&set, "a").status().consecutive_failures, 0, "a 404 is a healthy answer");
+        assert_eq!(
+            endpoint(&set, "a").status().consecutive_failures,
+            0,
+            "a 404 is a healthy answer"
+        );
     }
 
     #[tokio::test]
@@ -516,7 +542,10 @@ url = "http://b:11434"
             Err(UpstreamError::Timeout("pool".into(), loading).to_string())
         );
         assert_eq!(asked.len(), 2, "one failover, no more");
-        assert!(asked.iter().all(|(_, t)| *t == loading), "llama3:8b is not loaded anywhere");
+        assert!(
+            asked.iter().all(|(_, t)| *t == loading),
+            "llama3:8b is not loaded anywhere"
+        );
         // Loaded (as `/api/ps` reports it): the ordinary first-byte budget.
         let set = pool(HEALTH);
         for e in &set.get("pool").unwrap().endpoints {
@@ -536,7 +565,10 @@ url = "http://b:11434"
         let (outcome, asked) = send(&set, &script).await;
         assert!(asked.is_empty(), "no endpoint is asked: {asked:?}");
         let msg = outcome.unwrap_err();
-        assert!(msg.contains("every endpoint") && msg.contains("retry after 5 s"), "{msg}");
+        assert!(
+            msg.contains("every endpoint") && msg.contains("retry after 5 s"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -554,7 +586,11 @@ url = "http://b:11434"
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!a.is_ejected());
         a.probe_listed(vec![entry("llama3:8b")], Duration::from_millis(1));
-        assert_eq!(a.status().consecutive_failures, 0, "over its rest, a probe lets it back");
+        assert_eq!(
+            a.status().consecutive_failures,
+            0,
+            "over its rest, a probe lets it back"
+        );
         let (_, asked) = send(&set, &[("a", Step::Status(200)), ("b", Step::Status(200))]).await;
         assert_eq!(hosts(&asked), ["a"], "b is still the busier one");
     }
@@ -578,9 +614,15 @@ url = "http://b:11434"
         let _a_busy: Vec<InFlight> = (0..set.health.warm_busy_margin + 1)
             .map(|_| InFlight::new(endpoint(&set, "a")))
             .collect();
-        assert_eq!(set.pick(&provider, "llama3:8b", None).unwrap().url, "http://b:11434");
+        assert_eq!(
+            set.pick(&provider, "llama3:8b", None).unwrap().url,
+            "http://b:11434"
+        );
         // Excluding the one tried already.
         let a = endpoint(&set, "a");
-        assert_eq!(set.pick(&provider, "llama3:8b", Some(&a)).unwrap().url, "http://b:11434");
+        assert_eq!(
+            set.pick(&provider, "llama3:8b", Some(&a)).unwrap().url,
+            "http://b:11434"
+        );
     }
 }

@@ -40,9 +40,7 @@ impl TimedBody {
         match tokio::time::timeout(wait, self.body.next()).await {
             Ok(Some(Ok(b))) => Read::Chunk(b),
             Ok(None) => Read::End,
-            Ok(Some(Err(e))) => {
-                Read::Failed(format!("upstream connection failed mid-stream: {e}"))
-            }
+            Ok(Some(Err(e))) => Read::Failed(format!("upstream connection failed mid-stream: {e}")),
             Err(_) if wait == left => {
                 Read::Failed("upstream exceeded the total request timeout".into())
             }

@@ -457,8 +457,7 @@ async fn ask_provider(
         model: model.to_owned(),
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let request =
-        crate::providers::UpstreamRequest::new(method, format!("/responses/{id}{query}"));
+    let request = crate::providers::UpstreamRequest::new(method, format!("/responses/{id}{query}"));
     let up = openai::upstream::send_with(state, ctx, &route, request).await?;
     openai::upstream::relay(state, ctx, up, false).await
 }

@@ -7,9 +7,7 @@ use bytes::Bytes;
 use http::{header, StatusCode};
 use serde_json::{json, Value};
 
-use crate::providers::{
-    InFlight, ProviderRoute, UpstreamError, UpstreamRequest, UpstreamResponse,
-};
+use crate::providers::{InFlight, ProviderRoute, UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::surface::stream::{self, sse, Read, TimedBody};
 use crate::surface::{EdgeState, RequestContext};
 use crate::translate::openai_to_ollama as translate;
