@@ -220,43 +220,21 @@ impl Response {
         self.body.held = Some(in_flight);
         self
     }
-
-    /// A response made here, for tests of the code that reads responses.
-    #[cfg(test)]
-    pub fn from_parts(status: StatusCode, body: Bytes) -> Self {
-        Self {
-            status,
-            headers: HeaderMap::new(),
-            body: Body {
-                state: BodyState::Buffered(Some(body)),
-                held: None,
-            },
-        }
-    }
 }
 
 /// The body of a [`Response`]. Read to its end, the connection goes back to the pool; dropped
 /// before that, the connection is closed (which is how an upstream learns the client left).
 pub struct Body {
-    state: BodyState,
+    stream: Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>,
     /// An in-flight count this body holds (admin calls, whose caller has no other place for it).
     held: Option<super::InFlight>,
-}
-
-enum BodyState {
-    Reading(Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>),
-    #[cfg_attr(not(test), allow(dead_code))]
-    Buffered(Option<Bytes>),
 }
 
 impl Stream for Body {
     type Item = Result<Bytes, BodyError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match &mut self.state {
-            BodyState::Reading(s) => s.as_mut().poll_next(cx),
-            BodyState::Buffered(b) => Poll::Ready(b.take().map(Ok)),
-        }
+        self.stream.as_mut().poll_next(cx)
     }
 }
 
@@ -363,7 +341,7 @@ impl Client {
             status,
             headers,
             body: Body {
-                state: BodyState::Reading(Box::pin(stream)),
+                stream: Box::pin(stream),
                 held: None,
             },
         }

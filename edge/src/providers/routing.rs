@@ -576,7 +576,7 @@ url = "http://b:11434"
         let set = pool("[health]\neject_after = 1\neject_ms = 150");
         let a = endpoint(&set, "a");
         let _b_busy = busy(&set, "b");
-        send(&set, &[("a", Step::Status(500)), ("b", Step::Status(200))]).await;
+        let _ = send(&set, &[("a", Step::Status(500)), ("b", Step::Status(200))]).await;
         assert!(a.is_ejected());
         // The model list still answers (a host that lists models but fails chats).
         a.probe_listed(vec![entry("llama3:8b")], Duration::from_millis(1));
