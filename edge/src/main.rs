@@ -15,12 +15,15 @@ mod api_bind;
 mod audit;
 mod clients;
 mod config;
+mod error;
 mod gateway;
 mod key_cli;
 mod keys;
 mod metrics;
+mod outcome;
 mod policy;
 mod providers;
+mod relay;
 mod trace;
 mod translate;
 
