@@ -21,9 +21,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use tower::ServiceExt;
 
-use crate::api::{self, EdgeState, RequestContext, RequestMeta};
 use crate::metrics::RequestRecord;
 use crate::outcome::Outcome;
+use crate::surface::{self, EdgeState, RequestContext, RequestMeta};
 
 pub struct EdgeGateway {
     state: Arc<EdgeState>,
@@ -123,7 +123,7 @@ impl EdgeGateway {
         };
         // The caller's policy: 401 when keys are required, then its limits. The admission (a
         // concurrency slot) is held until the response is written.
-        let governed = api::governed(&path);
+        let governed = surface::governed(&path);
         let mcp_stream = path.starts_with("/mcp") && parts.method != http::Method::POST;
         let mut admitted = false;
         let admission = if !governed {
@@ -138,12 +138,12 @@ impl EdgeGateway {
             (None, _) => {
                 // The rest of the body is not read, so the connection cannot be reused.
                 session.set_keepalive(None);
-                api::too_large(&path, limit)
+                surface::too_large(&path, limit)
             }
             (Some(body), Err(refusal)) => {
                 let kind = refusal.kind();
                 tracing::warn!(request_id = %ctx.request_id, client = %client.name, path, refusal = kind, "request refused by policy");
-                let resp = api::refused(&path, &client.name, &refusal, &body);
+                let resp = surface::refused(&path, &client.name, &refusal, &body);
                 Outcome {
                     surface: surface_of(&path),
                     ..Outcome::default()
@@ -154,7 +154,7 @@ impl EdgeGateway {
                 admitted = governed && !mcp_stream;
                 _admission = slot;
                 parts.extensions.insert(rc.clone());
-                parts.extensions.insert(api::ops::Peer(
+                parts.extensions.insert(surface::ops::Peer(
                     session
                         .client_addr()
                         .and_then(|a| a.as_inet())
@@ -298,7 +298,7 @@ impl EdgeGateway {
 
 /// The surface a refused request is counted under in the metrics (MCP counts its own).
 fn surface_of(path: &str) -> &'static str {
-    if api::is_anthropic(path) {
+    if surface::is_anthropic(path) {
         "anthropic"
     } else if path.starts_with("/v1") {
         "openai"

@@ -10,7 +10,6 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 
 mod aliases;
-mod api;
 mod api_bind;
 mod audit;
 mod clients;
@@ -24,6 +23,7 @@ mod outcome;
 mod policy;
 mod providers;
 mod relay;
+mod surface;
 mod trace;
 mod translate;
 
@@ -149,7 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     background.spawn(clients.clone().run_file_watch());
-    let state = Arc::new(api::EdgeState {
+    let state = Arc::new(surface::EdgeState {
         config,
         providers,
         metrics,
@@ -157,7 +157,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         audit,
         responses: Default::default(),
     });
-    let router = api::router(state.clone(), hub.router());
+    let router = surface::router(state.clone(), hub.router());
 
     let conf = ServerConf {
         threads: 2,

@@ -20,12 +20,12 @@ use futures::StreamExt;
 use http::{header, StatusCode, Uri};
 use serde_json::{json, Value};
 
-use super::chat_sse::{self, ChatStreamTranslator, NamedEvent};
-use super::openai::{self, OpenAiError};
-use super::stream::LineBuffer;
-use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::providers::ProviderRoute;
+use crate::surface::chat_sse::{self, ChatStreamTranslator, NamedEvent};
+use crate::surface::openai::{self, OpenAiError};
+use crate::surface::stream::LineBuffer;
+use crate::surface::{EdgeState, RequestContext};
 use crate::translate::responses::{self as tr, ResponseIds, ResponsesStreamTranslator};
 
 /// How many responses the store keeps; the oldest goes first.
@@ -164,7 +164,7 @@ async fn passthrough(
     body: Value,
     route: &ProviderRoute,
 ) -> Result<Response> {
-    let resp = openai::passthrough(state, ctx, body, route, "/responses").await?;
+    let resp = openai::upstream::passthrough(state, ctx, body, route, "/responses").await?;
     if !resp.status().is_success() {
         return Ok(resp);
     }
@@ -299,7 +299,7 @@ async fn translated(
         client: ctx.client.name.clone(),
         conversation,
     });
-    let resp = openai::chat_translated(state, ctx, chat).await;
+    let resp = openai::chat::chat_translated(state, ctx, chat).await;
     if !resp.status().is_success() {
         return Ok(resp);
     }
@@ -458,11 +458,11 @@ async fn ask_provider(
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let http = &state.providers.http;
-    let up = openai::send_with(state, ctx, &route, |ep| {
+    let up = openai::upstream::send_with(state, ctx, &route, |ep| {
         http.request(method.clone(), format!("{}/responses/{id}{query}", ep.url))
     })
     .await?;
-    openai::relay(state, ctx, up, false).await
+    openai::upstream::relay(state, ctx, up, false).await
 }
 
 #[cfg(test)]

@@ -149,7 +149,7 @@ async fn create(
     let model = chat["model"].as_str().unwrap_or_default().to_owned();
     let stream = chat["stream"] == true;
     let id = format!("msg_{}", ctx.id.replace('-', ""));
-    let resp = openai::chat_translated(state, ctx, chat).await;
+    let resp = openai::chat::chat_translated(state, ctx, chat).await;
     if !resp.status().is_success() {
         return Err(reshape_error(resp).await);
     }

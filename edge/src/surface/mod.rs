@@ -22,8 +22,6 @@ pub mod keys;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
-pub mod passthrough;
-pub mod responses;
 pub mod stream;
 
 /// Shared by every request; built once at start-up.
@@ -34,7 +32,7 @@ pub struct EdgeState {
     pub clients: Arc<ClientDirectory>,
     pub audit: Option<Arc<dyn aibox_mcp::AuditSink>>,
     /// Recent `/v1/responses` ids: translated answers, and which provider made the others.
-    pub responses: responses::ResponseStore,
+    pub responses: openai::responses::ResponseStore,
 }
 
 /// What the handlers learn about a request, for its log line, metrics and `Server-Timing`.
@@ -96,17 +94,17 @@ pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
         .route("/api/edge/stats", get(ops::stats))
         .route("/api/edge/keys", get(keys::list).post(keys::create))
         .route("/api/edge/keys/{name}", axum::routing::delete(keys::revoke))
-        .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{*id}", get(openai::get_model))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/responses", post(responses::create))
+        .route("/v1/models", get(openai::models::list_models))
+        .route("/v1/models/{*id}", get(openai::models::get_model))
+        .route("/v1/chat/completions", post(openai::chat::chat_completions))
+        .route("/v1/completions", post(openai::completions::completions))
+        .route("/v1/embeddings", post(openai::embeddings::embeddings))
+        .route("/v1/responses", post(openai::responses::create))
         .route(
             "/v1/responses/{id}",
-            get(responses::retrieve).delete(responses::delete),
+            get(openai::responses::retrieve).delete(openai::responses::delete),
         )
-        .merge(passthrough::routes())
+        .merge(openai::passthrough::routes())
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .merge(ollama::routes())

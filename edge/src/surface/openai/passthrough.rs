@@ -15,10 +15,10 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode, Uri};
 
-use super::openai::{self, OpenAiError};
-use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
 use crate::providers::ProviderRoute;
+use crate::surface::openai::{self, OpenAiError};
+use crate::surface::{EdgeState, RequestContext};
 
 pub fn routes() -> Router<Arc<EdgeState>> {
     Router::new()
@@ -74,7 +74,7 @@ async fn json_route(
         let body = openai::parse_body(&body)?;
         let model = openai::requested_model(&body)?;
         let route = route_for(&state, &ctx, &model, &uri)?;
-        openai::passthrough(&state, &ctx, body, &route, upstream_path(&uri)).await
+        openai::upstream::passthrough(&state, &ctx, body, &route, upstream_path(&uri)).await
     }
     .await;
     result.unwrap_or_else(|e| openai::fail(&ctx, e))
@@ -177,12 +177,12 @@ async fn multipart_route(
         let route = route_for(&state, &ctx, &model, &uri)?;
         let path = upstream_path(&uri);
         let http = &state.providers.http;
-        let up = openai::send_with(&state, &ctx, &route, |ep| {
+        let up = openai::upstream::send_with(&state, &ctx, &route, |ep| {
             http.post(format!("{}{path}", ep.url))
                 .multipart(form_for(&fields, &route.model))
         })
         .await?;
-        openai::relay(&state, &ctx, up, false).await
+        openai::upstream::relay(&state, &ctx, up, false).await
     }
     .await;
     result.unwrap_or_else(|e| openai::fail(&ctx, e))
