@@ -19,6 +19,7 @@ mod gateway;
 mod key_cli;
 mod keys;
 mod metrics;
+mod model_field;
 mod outcome;
 mod policy;
 mod providers;
