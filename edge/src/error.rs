@@ -96,6 +96,7 @@ pub enum EdgeError {
     #[error("{}", .0.message)]
     UpstreamStatus(Box<UpstreamStatus>),
     /// The upstream reported an error inside its stream.
+    #[allow(dead_code)] // for the Ollama surface, moving onto the relay
     #[error("{0}")]
     UpstreamReported(String),
     #[error("The upstream answered with a body that is not JSON")]
@@ -151,6 +152,7 @@ impl EdgeError {
     }
 
     /// An upstream error status whose body is not in OpenAI's shape: its message kept.
+    #[allow(dead_code)] // for the Ollama surface, moving onto `EdgeError`
     pub fn upstream_status(status: StatusCode, message: impl Into<String>) -> Self {
         EdgeError::UpstreamStatus(Box::new(UpstreamStatus {
             status,
@@ -368,6 +370,7 @@ impl EdgeError {
     }
 
     /// The in-stream error line of an Ollama NDJSON stream.
+    #[allow(dead_code)] // for the Ollama surface, moving onto the relay
     pub fn ndjson_line(&self) -> Bytes {
         ndjson_error_line(&self.message(&Shape::Ollama))
     }
@@ -381,6 +384,7 @@ pub fn sse_error_event(message: &str) -> Bytes {
 }
 
 /// `{"error": "..."}` on a line of its own, as Ollama ends a broken stream.
+#[allow(dead_code)] // for the Ollama surface, moving onto the relay
 pub fn ndjson_error_line(message: &str) -> Bytes {
     Bytes::from(format!("{}\n", json!({"error": message})))
 }

@@ -78,7 +78,7 @@ impl Outcome {
     /// Folds in the tallies of the streams that ended (read once the body is done).
     pub fn settle(&mut self) {
         for s in std::mem::take(&mut self.streams) {
-            if let Some(t) = s.0.get() {
+            if let Some(t) = s.get() {
                 if t.tokens_in > 0 || t.tokens_out > 0 {
                     self.tokens_in = t.tokens_in;
                     self.tokens_out = t.tokens_out;

@@ -8,6 +8,11 @@ use futures::{Stream, StreamExt};
 
 pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
+/// An upstream response's body, for the relay (the one place that knows the client's body type).
+pub fn body(response: reqwest::Response) -> UpstreamBody {
+    Box::pin(response.bytes_stream())
+}
+
 /// What the next read from upstream gave.
 pub enum Read {
     Chunk(Bytes),
@@ -103,10 +108,6 @@ impl LineBuffer {
             .any(|b| !b.is_ascii_whitespace())
             .then_some(line)
     }
-}
-
-pub fn sse(payload: &serde_json::Value) -> Bytes {
-    Bytes::from(format!("data: {payload}\n\n"))
 }
 
 pub fn ndjson(payload: &serde_json::Value) -> Bytes {

@@ -216,23 +216,6 @@ fn plan(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<Plan> {
     Ok(plan)
 }
 
-/// A refusal from the gateway's admission (401, 429 with `Retry-After`) in Ollama's shape.
-pub fn refused(client: &str, refusal: &Refusal) -> Response {
-    let status = match refusal {
-        Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-        Refusal::ModelForbidden(_) => StatusCode::FORBIDDEN,
-        Refusal::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
-    };
-    let mut r = OllamaError::new(status, refusal.message(client)).into_response();
-    if let Refusal::Limited { retry_after, .. } = refusal {
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(crate::policy::retry_after_secs(*retry_after)),
-        );
-    }
-    r
-}
-
 /// The body for an Ollama upstream: the client's, with the model name it knows.
 fn native_body(mut body: Value, upstream_model: &str) -> Value {
     if let Some(o) = body.as_object_mut() {
