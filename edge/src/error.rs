@@ -82,6 +82,12 @@ pub enum EdgeError {
     NotFound(String),
     #[error("the admin key is required")]
     AdminKeyRequired,
+    /// A client with a key, but not the admin one, on an admin call.
+    #[error("the admin key is required; client `{0}` is not an admin")]
+    NotAdmin(String),
+    /// An audited action not taken because its intent could not be recorded (fail closed).
+    #[error("the action was not taken because it could not be audited: {0}")]
+    AuditUnavailable(String),
     #[error("upstream {provider} is unreachable: {reason}")]
     UpstreamUnreachable { provider: String, reason: String },
     #[error("upstream {provider} did not answer within {after:?}")]
@@ -178,6 +184,8 @@ impl EdgeError {
             | NotFound(_) => StatusCode::NOT_FOUND,
             ModelForbidden { .. } => StatusCode::FORBIDDEN,
             Unauthenticated { .. } | AdminKeyRequired => StatusCode::UNAUTHORIZED,
+            NotAdmin(_) => StatusCode::FORBIDDEN,
+            AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamUnreachable { .. }
@@ -211,6 +219,8 @@ impl EdgeError {
             PreviousResponseNotFound(_) => "previous_response_not_found",
             NotFound(_) => "not_found",
             AdminKeyRequired => "admin_key_required",
+            NotAdmin(_) => "not_admin",
+            AuditUnavailable(_) => "audit_unavailable",
             UpstreamUnreachable { .. } => "upstream_unreachable",
             UpstreamTimeout { .. } => "upstream_timeout",
             AllEjected { .. } => "upstream_unavailable",
@@ -255,6 +265,9 @@ impl EdgeError {
                 format!("model \"{m}\" not found, try pulling it first")
             }
             (UnknownUrl { .. }, Shape::Ollama) => "404 page not found".into(),
+            (AdminKeyRequired | NotAdmin(_), Shape::Ollama) => {
+                "this call needs the admin key (Authorization: Bearer <admin token>)".into()
+            }
             (UpstreamBadResponse, Shape::Ollama) => {
                 "the upstream answered with a body that is not JSON".into()
             }

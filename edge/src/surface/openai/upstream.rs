@@ -77,53 +77,6 @@ pub async fn send_req(
     Ok(up)
 }
 
-/// `send_json` for handlers that still note what they learn in the request's meta (the
-/// Ollama surface, until it returns an `Outcome`).
-pub async fn send(
-    state: &EdgeState,
-    ctx: &RequestContext,
-    route: &ProviderRoute,
-    path: &str,
-    body: &Value,
-) -> std::result::Result<UpstreamResponse, crate::providers::UpstreamError> {
-    let encoded = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-    let http = &state.providers.http;
-    send_with(state, ctx, route, |ep| {
-        http.post(format!("{}{path}", ep.url))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(encoded.clone())
-    })
-    .await
-}
-
-/// `send_req` for handlers that still note what they learn in the request's meta.
-pub async fn send_with(
-    state: &EdgeState,
-    ctx: &RequestContext,
-    route: &ProviderRoute,
-    build: impl Fn(&crate::providers::Endpoint) -> reqwest::RequestBuilder,
-) -> std::result::Result<UpstreamResponse, crate::providers::UpstreamError> {
-    let up = state
-        .providers
-        .send(route, |ep| {
-            let req = build(ep)
-                .header("x-request-id", &ctx.id)
-                .header("traceparent", ctx.trace.traceparent());
-            match &ctx.trace.tracestate {
-                Some(state) => req.header("tracestate", state),
-                None => req,
-            }
-        })
-        .await?;
-    let t = up.upstream_time;
-    let endpoint = up.endpoint.url.clone();
-    ctx.update(|m| {
-        m.upstream_time = Some(t);
-        m.endpoint = Some(endpoint);
-    });
-    Ok(up)
-}
-
 /// A streamed body's idle and total timeouts, counted from the request's start.
 pub fn timing(state: &EdgeState, ctx: &RequestContext) -> Timing {
     Timing::new(
