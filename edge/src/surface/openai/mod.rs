@@ -54,7 +54,9 @@ pub(crate) fn model_of(body: &Bytes) -> Result<ModelField<'_>> {
             "'model' must be a non-empty string",
         )),
         Err(ModelFieldError::Missing) => Err(EdgeError::MissingParam("model")),
-        Err(e @ ModelFieldError::Duplicate) => Err(EdgeError::invalid_param("model", e.to_string())),
+        Err(e @ ModelFieldError::Duplicate) => {
+            Err(EdgeError::invalid_param("model", e.to_string()))
+        }
         Err(e) => Err(parse_body(body)
             .err()
             .unwrap_or_else(|| EdgeError::InvalidJson(e.to_string()))),
