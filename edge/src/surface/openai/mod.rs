@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::error::{EdgeError, Shape};
+use crate::model_field::{ModelField, ModelFieldError};
 use crate::outcome::Outcome;
 use crate::providers::{Plan, ProviderRoute};
 use crate::surface::{EdgeState, RequestContext};
@@ -40,6 +41,26 @@ pub(crate) fn parse_body(body: &Bytes) -> Result<Value> {
         return Err(EdgeError::EmptyBody);
     }
     Ok(aibox_wire::body::from_slice::<Value>(body)?)
+}
+
+/// The body's `model`, found without parsing the rest (for routes that forward the body as
+/// sent with only that value rewritten); a bad body fails as `parse_body` and
+/// `requested_model` would have it.
+pub(crate) fn model_of(body: &Bytes) -> Result<ModelField<'_>> {
+    match ModelField::find(body) {
+        Ok(field) if !field.value().is_empty() => Ok(field),
+        Ok(_) | Err(ModelFieldError::NotAString) => Err(EdgeError::invalid_param(
+            "model",
+            "'model' must be a non-empty string",
+        )),
+        Err(ModelFieldError::Missing) => Err(EdgeError::MissingParam("model")),
+        Err(e @ ModelFieldError::Duplicate) => {
+            Err(EdgeError::invalid_param("model", e.to_string()))
+        }
+        Err(e) => Err(parse_body(body)
+            .err()
+            .unwrap_or_else(|| EdgeError::InvalidJson(e.to_string()))),
+    }
 }
 
 pub(crate) fn requested_model(body: &Value) -> Result<String> {

@@ -59,7 +59,7 @@ fn route_for(
     Ok(route)
 }
 
-/// JSON bodies: `model` rewritten, everything else as it came; the answer (JSON, SSE or
+/// JSON bodies: `model` rewritten in place (`model_field`), everything else as it came; the answer (JSON, SSE or
 /// audio bytes) streamed back.
 async fn json_route(
     State(state): State<Arc<EdgeState>>,
@@ -69,11 +69,13 @@ async fn json_route(
 ) -> Response {
     let mut seen = Outcome::on("openai");
     let result = async {
-        let body = openai::parse_body(&body)?;
-        let model = openai::requested_model(&body)?;
-        let route = route_for(&state, &ctx, &model, &uri, &mut seen)?;
+        // Only `model` changes: the rest goes on as the client sent it, never parsed.
+        let field = openai::model_of(&body)?;
+        let route = route_for(&state, &ctx, field.value(), &uri, &mut seen)?;
         let path = upstream_path(&uri);
-        upstream::passthrough(&state, &ctx, body, &route, path, &mut seen).await
+        let rewritten = Bytes::from(field.replaced(&route.model));
+        let up = upstream::send_bytes(&state, &ctx, &route, path, rewritten, &mut seen).await?;
+        upstream::relay(&state, &ctx, up, false, &mut seen).await
     }
     .await;
     openai::answered(seen, result)
