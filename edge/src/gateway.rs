@@ -22,6 +22,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use tower::ServiceExt;
 
 use crate::metrics::RequestRecord;
+use crate::outcome::Outcome;
 use crate::surface::{self, EdgeState, RequestContext, RequestMeta};
 
 pub struct EdgeGateway {
@@ -142,12 +143,13 @@ impl EdgeGateway {
             }
             (Some(body), Err(refusal)) => {
                 let kind = refusal.kind();
-                rc.update(|m| {
-                    m.surface = surface_of(&path);
-                    m.error = Some(kind);
-                });
                 tracing::warn!(request_id = %ctx.request_id, client = %client.name, path, refusal = kind, "request refused by policy");
-                surface::refused(&path, &client.name, &refusal, &body)
+                let resp = surface::refused(&path, &client.name, &refusal, &body);
+                Outcome {
+                    surface: surface_of(&path),
+                    ..Outcome::default()
+                }
+                .attach(resp)
             }
             (Some(body), Ok(slot)) => {
                 admitted = governed && !mcp_stream;
@@ -174,11 +176,14 @@ impl EdgeGateway {
                         // Gone while the handler waited (a model load, a slow upstream): the
                         // handler and its upstream request were dropped at once.
                         session.set_keepalive(None);
-                        let meta = meta.lock().map(|m| m.clone()).unwrap_or_default();
-                        if admitted {
-                            rc.client.finished(meta.tokens_in + meta.tokens_out).await;
+                        let mut outcome = Outcome::on(surface_of(&path));
+                        if let Ok(m) = meta.lock() {
+                            outcome.fill_from(Outcome::from(m.clone()));
                         }
-                        self.finish(&rc, &path, CLIENT_CLOSED, &meta, true, None);
+                        if admitted {
+                            rc.client.finished(0).await;
+                        }
+                        self.finish(&rc, &path, CLIENT_CLOSED, &outcome, true, None);
                         return Ok(());
                     }
                 }
@@ -186,13 +191,20 @@ impl EdgeGateway {
         };
 
         let (parts, mut body) = response.into_parts();
+        let mut outcome = parts
+            .extensions
+            .get::<Outcome>()
+            .cloned()
+            .unwrap_or_default();
         let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 4))?;
         for (k, v) in parts.headers.iter() {
             header.append_header(k.clone(), v.clone())?;
         }
         header.insert_header("x-request-id", &ctx.request_id)?;
         let until_headers = ctx.started.elapsed();
-        let upstream = meta.lock().map(|m| m.upstream_time).unwrap_or_default();
+        let upstream = outcome
+            .upstream_time
+            .or_else(|| meta.lock().ok().and_then(|m| m.upstream_time));
         header.insert_header("server-timing", server_timing(until_headers, upstream))?;
         match http_body::Body::size_hint(&body).exact() {
             Some(n) => header.insert_header(http::header::CONTENT_LENGTH, n.to_string())?,
@@ -237,11 +249,18 @@ impl EdgeGateway {
         if !client_gone {
             session.write_response_body(None, true).await?;
         }
-        let meta = meta.lock().map(|m| m.clone()).unwrap_or_default();
-        if admitted {
-            rc.client.finished(meta.tokens_in + meta.tokens_out).await;
+        // The body is done (or dropped): its relays have handed over their tallies.
+        outcome.settle();
+        // Handlers not yet returning an `Outcome` still note theirs in the request's meta.
+        if let Ok(m) = meta.lock() {
+            outcome.fill_from(Outcome::from(m.clone()));
         }
-        self.finish(&rc, &path, status, &meta, client_gone, first_frame);
+        if admitted {
+            rc.client
+                .finished(outcome.tokens_in + outcome.tokens_out)
+                .await;
+        }
+        self.finish(&rc, &path, status, &outcome, client_gone, first_frame);
         Ok(())
     }
 
@@ -251,7 +270,7 @@ impl EdgeGateway {
         rc: &RequestContext,
         path: &str,
         status: u16,
-        meta: &RequestMeta,
+        meta: &Outcome,
         client_gone: bool,
         first_frame: Option<Duration>,
     ) {

@@ -10,7 +10,7 @@ pub mod multipart;
 mod probe;
 mod routing;
 
-pub use client::{Body, Client, ExchangeError, Response, Target, UpstreamRequest};
+pub use client::{BodyError, Client, ExchangeError, Response, Target, UpstreamRequest};
 pub use routing::{Answer, UpstreamResponse};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};

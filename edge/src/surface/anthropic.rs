@@ -11,111 +11,39 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderValue};
 use serde_json::{json, Value};
 
 use super::chat_sse::{self, ChatStreamTranslator, NamedEvent};
 use super::{openai, EdgeState, RequestContext};
-use crate::policy::Refusal;
+use crate::error::{EdgeError, Shape};
+use crate::outcome::Outcome;
 use crate::translate::anthropic::{self as tr, MessagesStreamTranslator};
 
-/// The largest error body read from the chat path to reshape it.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
-
-/// An error in Anthropic's shape with its HTTP status.
-#[derive(Debug)]
-pub struct AnthropicError {
-    status: StatusCode,
-    message: String,
-    retry_after: Option<HeaderValue>,
-}
-
-impl AnthropicError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-}
-
-impl IntoResponse for AnthropicError {
-    fn into_response(self) -> Response {
-        let body = tr::error_body(self.status.as_u16(), &self.message);
-        let mut resp = (self.status, Json(body)).into_response();
-        if let Some(v) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        resp
-    }
-}
-
-fn fail(ctx: &RequestContext, e: AnthropicError) -> Response {
-    let kind = tr::error_type(e.status.as_u16());
-    ctx.update(|m| m.error = m.error.or(Some(kind)));
-    e.into_response()
-}
-
-/// A refusal from the gateway's admission (401, 403, 429 with `Retry-After`).
-pub fn refused(client: &str, refusal: &Refusal) -> Response {
-    let status = match refusal {
-        Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-        Refusal::ModelForbidden(_) => StatusCode::FORBIDDEN,
-        Refusal::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
-    };
-    let mut e = AnthropicError::new(status, refusal.message(client));
-    if let Refusal::Limited { retry_after, .. } = refusal {
-        e.retry_after = Some(HeaderValue::from(crate::policy::retry_after_secs(
-            *retry_after,
-        )));
-    }
-    e.into_response()
-}
-
-/// An error response of the chat path (OpenAI's shape) in Anthropic's shape, status and
-/// `Retry-After` kept.
-async fn reshape_error(resp: Response) -> AnthropicError {
-    let status = resp.status();
-    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-    let bytes = axum::body::to_bytes(resp.into_body(), ERROR_BODY_LIMIT)
-        .await
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            e.get("message")
-                .and_then(Value::as_str)
-                .or_else(|| e.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("upstream answered HTTP {}", status.as_u16()));
-    AnthropicError {
-        status,
-        message,
-        retry_after,
-    }
-}
-
-fn parse_body(body: &Bytes) -> Result<Value, AnthropicError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        AnthropicError::new(
-            StatusCode::BAD_REQUEST,
-            format!("The request body is not valid JSON: {e}"),
-        )
-    })?;
+fn parse_body(body: &Bytes) -> Result<Value, EdgeError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| EdgeError::InvalidJson(e.to_string()))?;
     if !v.is_object() {
-        return Err(AnthropicError::new(
-            StatusCode::BAD_REQUEST,
-            "The request body must be a JSON object",
-        ));
+        return Err(EdgeError::NotAnObject { what: "" });
     }
     Ok(v)
 }
 
-fn translate(req: &Value) -> Result<Value, AnthropicError> {
-    tr::messages_to_chat(req).map_err(|e| AnthropicError::new(StatusCode::BAD_REQUEST, e.message))
+fn translate(req: &Value) -> Result<Value, EdgeError> {
+    tr::messages_to_chat(req).map_err(|e| EdgeError::invalid(e.message))
+}
+
+/// What every answer of this surface carries: its outcome's surface, and the request id.
+fn answered(ctx: &RequestContext, resp: Result<Response, EdgeError>) -> Response {
+    let resp = resp.unwrap_or_else(|e| e.render(&Shape::Anthropic));
+    with_request_id(
+        Outcome {
+            surface: "anthropic",
+            ..Outcome::default()
+        }
+        .attach(resp),
+        ctx,
+    )
 }
 
 pub async fn messages(
@@ -123,12 +51,7 @@ pub async fn messages(
     Extension(ctx): Extension<RequestContext>,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "anthropic");
-    let resp = match create(&state, &ctx, &body).await {
-        Ok(r) => r,
-        Err(e) => fail(&ctx, e),
-    };
-    with_request_id(resp, &ctx)
+    answered(&ctx, create(&state, &ctx, &body).await)
 }
 
 /// Anthropic's SDKs read the id from `request-id` (`message._request_id`); the gateway adds
@@ -144,14 +67,15 @@ async fn create(
     state: &EdgeState,
     ctx: &RequestContext,
     raw: &Bytes,
-) -> Result<Response, AnthropicError> {
+) -> Result<Response, EdgeError> {
     let chat = translate(&parse_body(raw)?)?;
     let model = chat["model"].as_str().unwrap_or_default().to_owned();
     let stream = chat["stream"] == true;
     let id = format!("msg_{}", ctx.id.replace('-', ""));
-    let resp = openai::chat::chat_translated(state, ctx, chat).await;
+    // Errors of the chat path come back in this surface's shape already.
+    let resp = openai::chat::chat_translated(state, ctx, chat, &Shape::Anthropic).await;
     if !resp.status().is_success() {
-        return Err(reshape_error(resp).await);
+        return Ok(resp);
     }
     let is_sse = resp
         .headers()
@@ -159,20 +83,22 @@ async fn create(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !stream || !is_sse {
+        let chat_outcome = resp
+            .extensions()
+            .get::<Outcome>()
+            .cloned()
+            .unwrap_or_default();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
-            .map_err(|e| AnthropicError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            AnthropicError::new(
-                StatusCode::BAD_GATEWAY,
-                "The upstream answered with a body that is not JSON",
-            )
-        })?;
-        return Ok(Json(tr::chat_response_to_message(&v, &id, &model)).into_response());
+            .map_err(|e| EdgeError::UpstreamStreamFailed(e.to_string()))?;
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|_| EdgeError::UpstreamBadResponse)?;
+        let out = Json(tr::chat_response_to_message(&v, &id, &model)).into_response();
+        return Ok(chat_outcome.attach(out));
     }
     let translator = MessagesStreamTranslator::new(id, model);
     let first = vec![translator.start()];
-    Ok(chat_sse::translated(resp, translator, first, ctx, None))
+    Ok(chat_sse::translated(resp, translator, first, None))
 }
 
 impl ChatStreamTranslator for MessagesStreamTranslator {
@@ -196,20 +122,19 @@ pub async fn count_tokens(
     Extension(ctx): Extension<RequestContext>,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "anthropic");
+    let mut seen = Outcome::default();
     let result = async {
         let mut req = parse_body(&body)?;
         // count_tokens takes no max_tokens; the translation wants one.
         req["max_tokens"] = json!(1);
         let chat = translate(&req)?;
         let model = chat["model"].as_str().unwrap_or_default();
-        if let Err(e) = openai::route(&state, &ctx, model) {
-            return Err(reshape_error(e.into_response()).await);
-        }
+        openai::route(&state, &ctx, model, &mut seen)?;
         Ok(Json(json!({"input_tokens": tr::estimate_input_tokens(&chat)})).into_response())
     }
     .await;
-    with_request_id(result.unwrap_or_else(|e| fail(&ctx, e)), &ctx)
+    let resp = result.unwrap_or_else(|e: EdgeError| e.render(&Shape::Anthropic));
+    answered(&ctx, Ok(seen.attach(resp)))
 }
 
 /// Anthropic's SDKs send `anthropic-version` on every call; `GET /v1/models` then answers in
@@ -247,27 +172,27 @@ pub fn model_list(openai_entries: &[Value]) -> Value {
 
 /// `GET /v1/models/{id}` for Anthropic's SDKs: the model resolved as for messages.
 pub async fn get_model(state: &EdgeState, ctx: &RequestContext, id: &str) -> Response {
-    if let Some(alias) = state.providers.alias(id) {
-        return if ctx.client.allows_alias(&alias.name) {
-            Json(model_info(&alias.name, 0)).into_response()
+    let forbidden = || EdgeError::ModelForbidden {
+        client: ctx.client.name.clone(),
+        model: id.to_owned(),
+    };
+    let answer = if let Some(alias) = state.providers.alias(id) {
+        if ctx.client.allows_alias(&alias.name) {
+            Ok(Json(model_info(&alias.name, 0)).into_response())
         } else {
-            AnthropicError::new(
-                StatusCode::FORBIDDEN,
-                Refusal::ModelForbidden(id.to_owned()).message(&ctx.client.name),
-            )
-            .into_response()
-        };
-    }
-    match state.providers.route(id) {
-        Ok(r) if r.provider.find_model(&r.model).is_none() => {
-            AnthropicError::new(StatusCode::NOT_FOUND, format!("model: {id}")).into_response()
+            Err(forbidden())
         }
-        Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => AnthropicError::new(
-            StatusCode::FORBIDDEN,
-            Refusal::ModelForbidden(id.to_owned()).message(&ctx.client.name),
-        )
-        .into_response(),
-        Ok(r) => Json(model_info(&format!("{}/{}", r.provider.name, r.model), 0)).into_response(),
-        Err(e) => AnthropicError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
-    }
+    } else {
+        match state.providers.route(id) {
+            Ok(r) if r.provider.find_model(&r.model).is_none() => {
+                Err(EdgeError::NotFound(format!("model: {id}")))
+            }
+            Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => Err(forbidden()),
+            Ok(r) => Ok(
+                Json(model_info(&format!("{}/{}", r.provider.name, r.model), 0)).into_response(),
+            ),
+            Err(e) => Err(EdgeError::NotFound(e.to_string())),
+        }
+    };
+    answer.unwrap_or_else(|e| e.render(&Shape::Anthropic))
 }

@@ -1,17 +1,16 @@
 //! The chat path's OpenAI SSE in, another API's named events out: Anthropic Messages and the
 //! Responses API are both served by translating onto chat completions, so both read the same
 //! chat stream the same way; only the translator differs. The chat path already bounds the
-//! upstream with its timeouts and turns failures into an `{"error": …}` chunk.
-use std::collections::VecDeque;
-
-use axum::body::Body;
+//! upstream with its timeouts and turns failures into an `{"error": …}` chunk, so this relay
+//! reads it untimed.
 use axum::response::Response;
 use bytes::Bytes;
-use futures::StreamExt;
+use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use super::stream::LineBuffer;
-use super::{openai, RequestContext};
+use crate::error::EdgeError;
+use crate::outcome::Outcome;
+use crate::relay::{sse_data, Emit, Frames, Framing, Relay};
 
 /// An event of the translated stream: its `event:` name and its `data:` JSON.
 pub type NamedEvent = (&'static str, Value);
@@ -36,109 +35,96 @@ pub fn encode((name, data): NamedEvent) -> Bytes {
 }
 
 /// The SSE response that relays `chat` (the chat path's streamed answer) through `translator`,
-/// after the `first` events.
+/// after the `first` events. The chat path's `Outcome` (provider, endpoint, its stream's
+/// tally) goes on with it.
 pub fn translated<T: ChatStreamTranslator>(
     chat: Response,
     translator: T,
     first: Vec<NamedEvent>,
-    ctx: &RequestContext,
     on_complete: Option<OnComplete<T>>,
 ) -> Response {
-    let relay = ChatSse {
-        chunks: chat.into_body().into_data_stream(),
-        lines: LineBuffer::default(),
-        translator,
-        pending: first.into_iter().map(encode).collect(),
-        done: false,
-        ctx: ctx.clone(),
-        on_complete,
-        read: 0,
-    };
-    openai::event_stream(Body::from_stream(futures::stream::unfold(
-        relay,
-        ChatSse::step,
-    )))
+    let (parts, body) = chat.into_parts();
+    let inner = parts
+        .extensions
+        .get::<Outcome>()
+        .cloned()
+        .unwrap_or_default();
+    let first: Vec<u8> = first.into_iter().flat_map(|e| encode(e).to_vec()).collect();
+    let relay = Relay::translate(
+        body.into_data_stream(),
+        Framing::Sse,
+        ChatEvents {
+            translator,
+            on_complete,
+            read: 0,
+        },
+    )
+    .first(Bytes::from(first));
+    let mut resp = relay.respond(
+        StatusCode::OK,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    inner.attach(resp)
 }
 
-struct ChatSse<T: ChatStreamTranslator> {
-    chunks: axum::body::BodyDataStream,
-    lines: LineBuffer,
+struct ChatEvents<T: ChatStreamTranslator> {
     translator: T,
-    pending: VecDeque<Bytes>,
-    done: bool,
-    ctx: RequestContext,
     on_complete: Option<OnComplete<T>>,
     /// Bytes of the chat stream read so far.
     read: usize,
 }
 
-impl<T: ChatStreamTranslator> ChatSse<T> {
-    async fn step(
-        mut self,
-    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some((Ok(b), self));
+impl<T: ChatStreamTranslator> Frames for ChatEvents<T> {
+    fn frame(&mut self, event: &Bytes, out: &mut Emit) {
+        self.read += event.len();
+        for data in sse_data(event) {
+            if data == b"[DONE]" {
+                self.finish(out);
+                continue;
             }
-            if self.done {
-                return None;
-            }
-            match self.chunks.next().await {
-                Some(Ok(chunk)) => {
-                    self.read += chunk.len();
-                    for line in self.lines.push(&chunk) {
-                        self.on_line(&line);
-                    }
-                }
-                Some(Err(e)) => {
-                    self.on_chunk(&json!({"error": {"message": e.to_string()}}));
-                    self.done = true;
-                }
-                None => {
-                    if let Some(line) = self.lines.finish() {
-                        self.on_line(&line);
-                    }
-                    if !self.translator.finished() {
-                        if self.translator.saw_finish() {
-                            self.finish();
-                        } else {
-                            self.ctx
-                                .update(|m| m.error = Some("upstream_stream_failed"));
-                            self.on_chunk(&json!({"error": {"message":
-                                "the model's stream ended before it was done"}}));
-                        }
-                    }
-                    self.done = true;
-                }
+            match serde_json::from_slice::<Value>(data) {
+                Ok(v) => self.on_chunk(&v, out),
+                Err(_) => self.on_chunk(
+                    &json!({"error": {"message": "the model's stream sent data that is not JSON"}}),
+                    out,
+                ),
             }
         }
     }
 
-    fn on_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            self.finish();
+    fn end(&mut self, out: &mut Emit) {
+        if self.translator.finished() {
             return;
         }
-        match serde_json::from_slice::<Value>(data) {
-            Ok(v) => self.on_chunk(&v),
-            Err(_) => self.on_chunk(&json!({"error": {"message":
-                "the model's stream sent data that is not JSON"}})),
+        if self.translator.saw_finish() {
+            self.finish(out);
+        } else {
+            out.failed("upstream_stream_failed");
+            self.on_chunk(
+                &json!({"error": {"message": "the model's stream ended before it was done"}}),
+                out,
+            );
         }
     }
 
-    fn on_chunk(&mut self, chunk: &Value) {
+    fn fail(&mut self, err: &EdgeError, out: &mut Emit) {
+        out.failed(err.kind());
+        self.on_chunk(&json!({"error": {"message": err.to_string()}}), out);
+    }
+}
+
+impl<T: ChatStreamTranslator> ChatEvents<T> {
+    fn on_chunk(&mut self, chunk: &Value, out: &mut Emit) {
         for e in self.translator.on_chunk(chunk) {
-            self.pending.push_back(encode(e));
+            out.push(encode(e));
         }
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, out: &mut Emit) {
         for e in self.translator.finish() {
-            self.pending.push_back(encode(e));
+            out.push(encode(e));
         }
         if let Some(done) = self.on_complete.take() {
             done(&mut self.translator, self.read);

@@ -1,68 +1,16 @@
-//! Reading an upstream body chunk by chunk, bounded by the idle and total timeouts, and
-//! splitting NDJSON into lines without ever holding more than one partial line.
-use std::time::{Duration, Instant};
+//! An upstream body as the relay reads it, the upstream's status, and NDJSON line splitting
+//! for the few places that read lines outside the relay.
+use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::Stream;
 
-pub type UpstreamBody = crate::providers::Body;
+pub type UpstreamBody =
+    Pin<Box<dyn Stream<Item = Result<Bytes, crate::providers::BodyError>> + Send>>;
 
-/// What the next read from upstream gave.
-pub enum Read {
-    Chunk(Bytes),
-    End,
-    Failed(String),
-}
-
-pub struct TimedBody {
-    body: UpstreamBody,
-    idle: Duration,
-    deadline: Instant,
-}
-
-impl TimedBody {
-    pub fn new(
-        response: crate::providers::Response,
-        idle: Duration,
-        total: Duration,
-        started: Instant,
-    ) -> Self {
-        Self {
-            body: response.bytes_stream(),
-            idle,
-            deadline: started + total,
-        }
-    }
-
-    pub async fn next(&mut self) -> Read {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let wait = self.idle.min(left);
-        match tokio::time::timeout(wait, self.body.next()).await {
-            Ok(Some(Ok(b))) => Read::Chunk(b),
-            Ok(None) => Read::End,
-            Ok(Some(Err(e))) => Read::Failed(format!("upstream connection failed mid-stream: {e}")),
-            Err(_) if wait == left => {
-                Read::Failed("upstream exceeded the total request timeout".into())
-            }
-            Err(_) => Read::Failed(format!("upstream stalled for {:?} mid-stream", self.idle)),
-        }
-    }
-}
-
-/// The whole upstream body, bounded by the idle and total timeouts; `Err` says why it broke off.
-pub async fn read_to_end(
-    response: crate::providers::Response,
-    timeouts: &crate::config::TimeoutConfig,
-) -> Result<Bytes, String> {
-    let mut timed = TimedBody::new(response, timeouts.idle(), timeouts.total(), Instant::now());
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        match timed.next().await {
-            Read::Chunk(c) => buf.extend_from_slice(&c),
-            Read::End => return Ok(buf.freeze()),
-            Read::Failed(msg) => return Err(msg),
-        }
-    }
+/// An upstream response's body, for the relay (the one place that knows the client's body type).
+pub fn body(response: crate::providers::Response) -> UpstreamBody {
+    Box::pin(response.bytes_stream())
 }
 
 /// The upstream's status.
@@ -91,18 +39,6 @@ impl LineBuffer {
         self.partial.extend_from_slice(rest);
         lines
     }
-
-    /// The last line when the stream ended without a newline.
-    pub fn finish(&mut self) -> Option<Vec<u8>> {
-        let line = std::mem::take(&mut self.partial);
-        line.iter()
-            .any(|b| !b.is_ascii_whitespace())
-            .then_some(line)
-    }
-}
-
-pub fn sse(payload: &serde_json::Value) -> Bytes {
-    Bytes::from(format!("data: {payload}\n\n"))
 }
 
 pub fn ndjson(payload: &serde_json::Value) -> Bytes {
@@ -119,8 +55,5 @@ mod tests {
         assert!(b.push(b"{\"a\":").is_empty());
         assert_eq!(b.push(b"1}\n{\"b\"").len(), 1);
         assert_eq!(b.push(b":2}\n\n").len(), 1);
-        assert!(b.finish().is_none());
-        b.push(b"{\"c\":3}");
-        assert_eq!(b.finish().unwrap(), b"{\"c\":3}");
     }
 }

@@ -1,24 +1,28 @@
 //! Admin calls (pull, delete, copy, create): admin key, audited before they run (fail
 //! closed), sent to every endpoint of the Ollama provider so a model name stays served by all.
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::future::ready;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use http::StatusCode;
+use futures::StreamExt;
+use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
 use super::{
-    answer, json_bytes_response, model_field, ndjson_response, parse_body, read_all,
-    upstream_status_error, OllamaError, Result,
+    answered, json_bytes_response, model_field, parse_body, read_all, seen, upstream_status_error,
+    Result,
 };
 use crate::config::ProviderKind;
+use crate::error::{ndjson_error_line, EdgeError, Shape};
+use crate::outcome::Outcome;
 use crate::providers::{model_matches, Endpoint, Provider, UpstreamRequest};
-use crate::surface::stream::{self, ndjson, LineBuffer, Read, TimedBody};
+use crate::relay::{Emit, Frames, Framing, Relay, Timing};
+use crate::surface::stream::{self, UpstreamBody};
 use crate::surface::{EdgeState, RequestContext};
 
 /// Pull and create progress is bounded by the idle timeout only: pulling a large model can
@@ -62,7 +66,7 @@ pub async fn pull(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, admin_task(state, ctx.clone(), raw, AdminAction::Pull)).await
+    admin_task(state, ctx, raw, AdminAction::Pull).await
 }
 
 pub async fn delete_model(
@@ -70,11 +74,7 @@ pub async fn delete_model(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(
-        &ctx,
-        admin_task(state, ctx.clone(), raw, AdminAction::Delete),
-    )
-    .await
+    admin_task(state, ctx, raw, AdminAction::Delete).await
 }
 
 pub async fn copy(
@@ -82,7 +82,7 @@ pub async fn copy(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, admin_task(state, ctx.clone(), raw, AdminAction::Copy)).await
+    admin_task(state, ctx, raw, AdminAction::Copy).await
 }
 
 pub async fn create(
@@ -90,11 +90,7 @@ pub async fn create(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(
-        &ctx,
-        admin_task(state, ctx.clone(), raw, AdminAction::Create),
-    )
-    .await
+    admin_task(state, ctx, raw, AdminAction::Create).await
 }
 
 /// The Ollama provider an admin call is for, and the model name that provider knows. A model
@@ -135,8 +131,7 @@ fn admin_target(state: &EdgeState, name: &str) -> Result<(Arc<Provider>, String)
             match chosen {
                 Some(p) => (p, name.to_owned()),
                 None => {
-                    return Err(OllamaError::new(
-                        StatusCode::BAD_REQUEST,
+                    return Err(EdgeError::invalid(
                         "no Ollama provider is configured; pull, delete, copy and create work only on Ollama providers",
                     ))
                 }
@@ -144,13 +139,10 @@ fn admin_target(state: &EdgeState, name: &str) -> Result<(Arc<Provider>, String)
         }
     };
     if provider.kind != ProviderKind::Ollama {
-        return Err(OllamaError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "model \"{name}\" is on the OpenAI-compatible provider \"{}\"; pull, delete, copy and create work only on Ollama providers",
-                provider.name
-            ),
-        ));
+        return Err(EdgeError::invalid(format!(
+            "model \"{name}\" is on the OpenAI-compatible provider \"{}\"; pull, delete, copy and create work only on Ollama providers",
+            provider.name
+        )));
     }
     Ok((provider, model))
 }
@@ -160,17 +152,14 @@ async fn admin(
     ctx: &RequestContext,
     raw: &Bytes,
     action: AdminAction,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     if !ctx.client.admin {
-        let status = if ctx.client.name == crate::clients::ANONYMOUS {
-            StatusCode::UNAUTHORIZED
+        return Err(if ctx.client.name == crate::clients::ANONYMOUS {
+            EdgeError::AdminKeyRequired
         } else {
-            StatusCode::FORBIDDEN
-        };
-        return Err(OllamaError::new(
-            status,
-            "this call needs the admin key (Authorization: Bearer <admin token>)",
-        ));
+            EdgeError::NotAdmin(ctx.client.name.clone())
+        });
     }
     let mut body = parse_body(raw)?;
     let (asked, mut metadata) = if action == AdminAction::Copy {
@@ -181,10 +170,8 @@ async fn admin(
         (model_field(&body, &["model", "name"])?, json!({}))
     };
     let (provider, model) = admin_target(&state, &asked)?;
-    ctx.update(|m| {
-        m.provider = Some(provider.name.clone());
-        m.model = Some(asked.clone());
-    });
+    seen.provider = Some(provider.name.clone());
+    seen.model = Some(asked.clone());
     if let Some(o) = body.as_object_mut() {
         if action == AdminAction::Copy {
             o.insert("source".into(), json!(model));
@@ -192,8 +179,7 @@ async fn admin(
             let dest = match dest.split_once('/') {
                 Some((p, rest)) if p == provider.name => rest.to_owned(),
                 Some((p, _)) if state.providers.get(p).is_some() => {
-                    return Err(OllamaError::new(
-                        StatusCode::BAD_REQUEST,
+                    return Err(EdgeError::invalid(
                         "a model can only be copied within one provider",
                     ))
                 }
@@ -257,12 +243,7 @@ async fn admin(
             };
             match aibox_mcp::audited::begin(audit.clone(), record).await {
                 Ok(intent) => Some(intent),
-                Err(e) => {
-                    return Err(OllamaError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("the action was not taken because it could not be audited: {e}"),
-                    ))
-                }
+                Err(e) => return Err(EdgeError::AuditUnavailable(e)),
             }
         }
         None => {
@@ -275,11 +256,21 @@ async fn admin(
             None
         }
     };
-    let result = admin_act(state, ctx, body, action, provider, targets, &mut intent).await;
+    let result = admin_act(
+        state,
+        ctx,
+        body,
+        action,
+        provider,
+        targets,
+        &mut intent,
+        seen,
+    )
+    .await;
     if let Some(intent) = intent {
         let detail = match &result {
             Ok(_) => json!({}),
-            Err(e) => json!({"error": e.message}),
+            Err(e) => json!({"error": e.message(&Shape::Ollama)}),
         };
         // Inside the admin task: the answer follows the outcome event.
         let _ = intent.finish(result.is_ok(), detail).await;
@@ -294,18 +285,21 @@ async fn admin_task(
     ctx: RequestContext,
     raw: Bytes,
     action: AdminAction,
-) -> Result<Response> {
-    tokio::spawn(async move { admin(state, &ctx, &raw, action).await })
-        .await
-        .unwrap_or_else(|e| {
-            Err(OllamaError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the admin call failed: {e}"),
-            ))
-        })
+) -> Response {
+    tokio::spawn(async move {
+        let mut seen = seen();
+        let result = admin(state, &ctx, &raw, action, &mut seen).await;
+        answered(seen, result)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let e = EdgeError::Internal(format!("the admin call failed: {e}"));
+        answered(seen(), Err(e))
+    })
 }
 
 /// Sends the admin call to its endpoints; a streamed answer takes over `intent` and finishes it.
+#[allow(clippy::too_many_arguments)]
 async fn admin_act(
     state: Arc<EdgeState>,
     ctx: &RequestContext,
@@ -314,6 +308,7 @@ async fn admin_act(
     provider: Arc<Provider>,
     targets: Vec<Arc<Endpoint>>,
     intent: &mut Option<aibox_mcp::audited::OpenIntent>,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     let streams = action.streams(&body);
     let progress = matches!(action, AdminAction::Pull | AdminAction::Create);
@@ -322,57 +317,64 @@ async fn admin_act(
         // and progress lines keep the idle timeout satisfied. `stream: false` is answered below.
         body["stream"] = json!(true);
     }
-    let body = Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"));
+    let body = serde_json::to_vec(&body).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let call = AdminCall {
         state: state.clone(),
         provider,
         action,
-        body,
+        body: Bytes::from(body),
         request_id: ctx.id.clone(),
     };
     let mut targets: VecDeque<Arc<Endpoint>> = targets.into();
     let first = targets
         .pop_front()
-        .expect("a provider has at least one endpoint");
+        .ok_or_else(|| EdgeError::Internal("the provider has no endpoint".into()))?;
     let started = Instant::now();
     let response = call.send(&first).await?;
-    ctx.update(|m| m.upstream_time = Some(started.elapsed()));
+    seen.upstream_time = Some(started.elapsed());
+    seen.endpoint = Some(first.url.clone());
     if !response.status().is_success() {
         return Err(upstream_status_error(&state, response).await);
     }
     if progress {
-        let timed = TimedBody::new(
-            response,
+        let failed = Arc::new(OnceLock::new());
+        let frames = AdminProgress {
+            failed: failed.clone(),
+            success: None,
+            intent: intent.take(),
+            done: false,
+        };
+        let relay = Relay::translate(
+            progress_body(call, response, targets, failed),
+            Framing::Ndjson,
+            frames,
+        )
+        .timed(Timing::new(
             state.config.timeouts.idle(),
             ADMIN_STREAM_TOTAL,
             Instant::now(),
-        );
-        let mut stream = AdminStream {
-            call,
-            remaining: targets,
-            current: Some(timed),
-            lines: LineBuffer::default(),
-            pending: VecDeque::new(),
-            ctx: ctx.clone(),
-            done: false,
-            intent: intent.take(),
-            failure: None,
-        };
+        ))
+        .logged(&ctx.id, &first.url);
         if streams {
-            return Ok(ndjson_response(Body::from_stream(futures::stream::unfold(
-                stream,
-                AdminStream::step,
-            ))));
+            return Ok(relay.respond(
+                StatusCode::OK,
+                HeaderValue::from_static("application/x-ndjson"),
+            ));
         }
         // `stream: false`: the last line is the answer, as Ollama gives it.
-        let mut last = Bytes::new();
-        while let Some((Ok(line), next)) = stream.step().await {
-            last = line;
-            stream = next;
-        }
-        let v: Value = serde_json::from_slice(&last).unwrap_or_default();
+        let all = axum::body::to_bytes(relay.into_body(), usize::MAX)
+            .await
+            .map_err(|e| EdgeError::UpstreamStreamFailed(e.to_string()))?;
+        let last = all
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.trim_ascii().is_empty())
+            .unwrap_or_default();
+        let v: Value = serde_json::from_slice(last).unwrap_or_default();
         if let Some(e) = v.get("error").and_then(Value::as_str) {
-            return Err(OllamaError::new(StatusCode::INTERNAL_SERVER_ERROR, e));
+            return Err(EdgeError::upstream_status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e,
+            ));
         }
         return Ok(Json(v).into_response());
     }
@@ -398,6 +400,7 @@ async fn admin_act(
 }
 
 /// One admin request, sent to each target endpoint in turn.
+#[derive(Clone)]
 struct AdminCall {
     state: Arc<EdgeState>,
     provider: Arc<Provider>,
@@ -420,116 +423,112 @@ impl AdminCall {
             .admin(&self.provider, endpoint, &request)
             .await?)
     }
-}
 
-/// Progress of a pull or create, endpoint after endpoint, line for line. Only the last
-/// endpoint's `success` is passed on, so a client stops reading when every endpoint is done.
-struct AdminStream {
-    call: AdminCall,
-    remaining: VecDeque<Arc<Endpoint>>,
-    current: Option<TimedBody>,
-    lines: LineBuffer,
-    pending: VecDeque<Bytes>,
-    ctx: RequestContext,
-    done: bool,
-    /// Finished when the stream ends; dropped with the stream (client gone) it records "interrupted".
-    intent: Option<aibox_mcp::audited::OpenIntent>,
-    /// The first error seen in the stream, for the audit outcome.
-    failure: Option<String>,
-}
-
-impl AdminStream {
-    async fn step(
-        mut self,
-    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some((Ok(b), self));
-            }
-            if self.done {
-                if let Some(intent) = self.intent.take() {
-                    let detail = match &self.failure {
-                        None => json!({}),
-                        Some(e) => json!({"error": e}),
-                    };
-                    let _ = intent.finish(self.failure.is_none(), detail).await;
-                }
-                return None;
-            }
-            let Some(current) = self.current.as_mut() else {
-                match self.remaining.pop_front() {
-                    Some(e) => self.start(&e).await,
-                    None => {
-                        self.call.state.providers.refresh(true).await;
-                        self.done = true;
-                    }
-                }
-                continue;
-            };
-            match current.next().await {
-                Read::Chunk(chunk) => {
-                    for line in self.lines.push(&chunk) {
-                        self.on_line(line);
-                    }
-                }
-                Read::End => {
-                    if let Some(line) = self.lines.finish() {
-                        self.on_line(line);
-                    }
-                    self.current = None;
-                }
-                Read::Failed(msg) => self.fail(&msg),
-            }
-        }
-    }
-
-    async fn start(&mut self, endpoint: &Arc<Endpoint>) {
-        match self.call.send(endpoint).await {
-            Ok(r) if r.status().is_success() => {
-                self.current = Some(TimedBody::new(
-                    r,
-                    self.call.state.config.timeouts.idle(),
-                    ADMIN_STREAM_TOTAL,
-                    Instant::now(),
-                ));
-            }
+    /// The progress body of `endpoint`; a refusal or failure to answer becomes an error line.
+    async fn progress(self, endpoint: Arc<Endpoint>) -> UpstreamBody {
+        let refused = match self.send(&endpoint).await {
+            Ok(r) if r.status().is_success() => return stream::body(r),
             Ok(r) => {
-                let e = upstream_status_error(&self.call.state, r).await;
-                self.fail(&format!("{}: {}", endpoint.url, e.message));
+                let e = upstream_status_error(&self.state, r).await;
+                format!("{}: {}", endpoint.url, e.message(&Shape::Ollama))
             }
-            Err(e) => self.fail(&e.message),
+            Err(e) => e.message(&Shape::Ollama),
+        };
+        Box::pin(futures::stream::once(ready(Ok(ndjson_error_line(
+            &refused,
+        )))))
+    }
+}
+
+/// Progress of a pull or create, endpoint after endpoint: the first endpoint's body (already
+/// answering), then each next endpoint's, asked only while no failure was seen; the model
+/// listing is refreshed at the end, so the next `/api/tags` shows the change.
+fn progress_body(
+    call: AdminCall,
+    first: crate::providers::Response,
+    rest: VecDeque<Arc<Endpoint>>,
+    failed: Arc<OnceLock<String>>,
+) -> UpstreamBody {
+    let state = call.state.clone();
+    let next = futures::stream::iter(rest)
+        .take_while(move |_| ready(failed.get().is_none()))
+        .then(move |endpoint| call.clone().progress(endpoint))
+        .flatten();
+    let refresh = futures::stream::once(async move { state.providers.refresh(true).await })
+        .filter_map(|()| ready(None));
+    Box::pin(stream::body(first).chain(next).chain(refresh))
+}
+
+/// The progress lines as the client sees them: passed on line for line, except that only the
+/// last `success` is (a client stops reading at the first one it sees, so it must mean every
+/// endpoint is done); the first error ends the stream. The audit outcome is written when the
+/// stream ends; dropped with the stream (client gone), the intent records "interrupted".
+struct AdminProgress {
+    /// The first failure, also read by `progress_body` so that no further endpoint is asked.
+    failed: Arc<OnceLock<String>>,
+    /// The latest `success` line, held back until the end.
+    success: Option<Bytes>,
+    intent: Option<aibox_mcp::audited::OpenIntent>,
+    done: bool,
+}
+
+impl AdminProgress {
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(intent) = self.intent.take() {
+            let detail = match self.failed.get() {
+                None => json!({}),
+                Some(e) => json!({"error": e}),
+            };
+            // The write runs in a task of its own, so the client leaving cannot cancel it.
+            let _ = intent.finish(self.failed.get().is_none(), detail);
         }
     }
+}
 
-    fn on_line(&mut self, line: Vec<u8>) {
+impl Frames for AdminProgress {
+    fn frame(&mut self, line: &Bytes, out: &mut Emit) {
         if self.done {
             return;
         }
-        let parsed = serde_json::from_slice::<Value>(&line).ok();
+        let parsed = serde_json::from_slice::<Value>(line).ok();
         if let Some(e) = parsed.as_ref().and_then(|v| v.get("error")) {
-            self.failure
-                .get_or_insert_with(|| e.as_str().map_or_else(|| e.to_string(), String::from));
-            self.ctx.update(|m| m.error = Some("upstream_error"));
-            self.done = true;
-            self.current = None;
-        } else if !self.remaining.is_empty()
-            && parsed
-                .as_ref()
-                .is_some_and(|v| v.get("status").and_then(Value::as_str) == Some("success"))
-        {
+            let _ = self
+                .failed
+                .set(e.as_str().map_or_else(|| e.to_string(), String::from));
+            out.failed("upstream_error");
+            out.push(Bytes::from([line.as_ref(), b"\n"].concat()));
+            self.finish();
             return;
         }
-        let mut line = line;
-        line.push(b'\n');
-        self.pending.push_back(Bytes::from(line));
+        let line = Bytes::from([line.as_ref(), b"\n"].concat());
+        if parsed
+            .as_ref()
+            .is_some_and(|v| v.get("status").and_then(Value::as_str) == Some("success"))
+        {
+            self.success = Some(line);
+        } else {
+            out.push(line);
+        }
     }
 
-    fn fail(&mut self, msg: &str) {
-        self.failure.get_or_insert_with(|| msg.to_owned());
-        self.ctx
-            .update(|m| m.error = Some("upstream_stream_failed"));
-        self.pending.push_back(ndjson(&json!({"error": msg})));
-        self.done = true;
-        self.current = None;
+    fn end(&mut self, out: &mut Emit) {
+        if self.done {
+            return;
+        }
+        if let Some(line) = self.success.take() {
+            out.push(line);
+        }
+        self.finish();
+    }
+
+    fn fail(&mut self, err: &EdgeError, out: &mut Emit) {
+        if self.done {
+            return;
+        }
+        let _ = self.failed.set(err.to_string());
+        out.failed(err.kind());
+        out.push(err.ndjson_line());
+        self.finish();
     }
 }

@@ -1,29 +1,35 @@
-//! `/api/embed` and the legacy `/api/embeddings`.
+//! `/api/embed` and the legacy `/api/embeddings`: passed to Ollama providers natively,
+//! translated to `/embeddings` for OpenAI-compatible ones.
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use http::StatusCode;
 use serde_json::Value;
 
 use super::{
-    answer, fail, json_bytes_response, model_field, native_body, parse_body, plan, read_all,
-    record_ollama_tokens, send, upstream_status_error, OllamaError, Result,
+    answered, json_bytes_response, model_field, native_body, note_tokens, parse_body, read_all,
+    seen, tried, upstream_status_error, Result,
 };
 use crate::config::ProviderKind;
+use crate::error::EdgeError;
+use crate::outcome::Outcome;
 use crate::providers::ProviderRoute;
-use crate::surface::stream::{self};
+use crate::surface::openai::plan;
+use crate::surface::openai::upstream::send_json;
+use crate::surface::stream;
 use crate::surface::{EdgeState, RequestContext};
-use crate::translate::ollama_to_openai::{self as translate};
+use crate::translate::ollama_to_openai as translate;
 
 pub async fn embed(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, embed_any(&state, &ctx, &raw, false)).await
+    let mut seen = seen();
+    let result = embed_any(&state, &ctx, &raw, false, &mut seen).await;
+    answered(seen, result)
 }
 
 /// The legacy `/api/embeddings` (`prompt` in, one `embedding` out).
@@ -32,7 +38,9 @@ pub async fn embeddings(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, embed_any(&state, &ctx, &raw, true)).await
+    let mut seen = seen();
+    let result = embed_any(&state, &ctx, &raw, true, &mut seen).await;
+    answered(seen, result)
 }
 
 async fn embed_any(
@@ -40,61 +48,64 @@ async fn embed_any(
     ctx: &RequestContext,
     raw: &Bytes,
     legacy: bool,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     let body = parse_body(raw)?;
     let model = model_field(&body, &["model"])?;
-    let plan = plan(state, ctx, &model)?;
-    let attempt = async |route: ProviderRoute| -> Result<Response> {
-        match route.provider.kind {
-            ProviderKind::Ollama => {
-                let path = if legacy {
-                    "/api/embeddings"
-                } else {
-                    "/api/embed"
-                };
-                let up = send(
-                    state,
-                    ctx,
-                    &route,
-                    path,
-                    &native_body(body.clone(), &route.model),
-                )
-                .await?;
-                if !up.response.status().is_success() {
-                    return Err(upstream_status_error(state, up.response).await);
-                }
-                let status = stream::upstream_status(&up.response);
-                let bytes = read_all(state, up.response).await?;
-                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                    record_ollama_tokens(ctx, &v);
-                }
-                Ok(json_bytes_response(status, bytes))
-            }
-            ProviderKind::Openai => {
-                let up_body = translate::embed_to_openai(&body, &route.model, legacy)?;
-                let up = send(state, ctx, &route, "/embeddings", &up_body).await?;
-                if !up.response.status().is_success() {
-                    return Err(upstream_status_error(state, up.response).await);
-                }
-                let bytes = read_all(state, up.response).await?;
-                let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                    OllamaError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "the upstream answered with a body that is not JSON",
-                    )
-                })?;
-                let nanos = ctx.started.elapsed().as_nanos() as u64;
-                let out = translate::embed_from_openai(&v, &model, legacy, nanos);
-                record_ollama_tokens(ctx, &out);
-                Ok(Json(out).into_response())
-            }
-        }
-    };
+    let plan = plan(state, ctx, &model, seen)?;
+    let (body, model) = (&body, model.as_str());
     Ok(
         crate::surface::fallback::run(state, ctx, plan, move |route| async move {
-            let r: Result<Response> = attempt(route).await;
-            r.unwrap_or_else(|e| fail(ctx, e))
+            let mut tried = tried(&route);
+            let result = embed_on(state, ctx, body, &route, model, legacy, &mut tried).await;
+            answered(tried, result)
         })
         .await,
     )
+}
+
+/// Embeddings on one target.
+async fn embed_on(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    body: &Value,
+    route: &ProviderRoute,
+    model: &str,
+    legacy: bool,
+    seen: &mut Outcome,
+) -> Result<Response> {
+    match route.provider.kind {
+        ProviderKind::Ollama => {
+            let path = if legacy {
+                "/api/embeddings"
+            } else {
+                "/api/embed"
+            };
+            let up_body = native_body(body.clone(), &route.model);
+            let up = send_json(state, ctx, route, path, &up_body, seen).await?;
+            if !up.response.status().is_success() {
+                return Err(upstream_status_error(state, up.response).await);
+            }
+            let status = stream::upstream_status(&up.response);
+            let bytes = read_all(state, up.response).await?;
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                note_tokens(seen, &v);
+            }
+            Ok(json_bytes_response(status, bytes))
+        }
+        ProviderKind::Openai => {
+            let up_body = translate::embed_to_openai(body, &route.model, legacy)?;
+            let up = send_json(state, ctx, route, "/embeddings", &up_body, seen).await?;
+            if !up.response.status().is_success() {
+                return Err(upstream_status_error(state, up.response).await);
+            }
+            let bytes = read_all(state, up.response).await?;
+            let v: Value =
+                serde_json::from_slice(&bytes).map_err(|_| EdgeError::UpstreamBadResponse)?;
+            let nanos = ctx.started.elapsed().as_nanos() as u64;
+            let out = translate::embed_from_openai(&v, model, legacy, nanos);
+            note_tokens(seen, &out);
+            Ok(Json(out).into_response())
+        }
+    }
 }

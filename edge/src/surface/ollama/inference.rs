@@ -1,23 +1,29 @@
-//! `/api/chat` and `/api/generate`: relayed natively to Ollama providers, translated for
-//! OpenAI-compatible ones (their SSE written back as NDJSON as each event arrives).
-use std::collections::VecDeque;
+//! `/api/chat` and `/api/generate`: relayed natively to Ollama providers (their NDJSON passed on
+//! as it came, lines only looked at), translated for OpenAI-compatible ones (their SSE written
+//! back as NDJSON as each event arrives). Both streams go through the one relay.
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use http::{header, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
 use super::{
-    answer, fail, json_bytes_response, model_field, native_body, ndjson_response, parse_body, plan,
-    read_all, record_ollama_tokens, send, upstream_status_error, OllamaError, Result,
+    answered, json_bytes_response, model_field, native_body, ndjson_response, note_tokens,
+    ollama_tokens, parse_body, read_all, seen, tried, upstream_status_error, Result,
 };
 use crate::config::ProviderKind;
-use crate::providers::{InFlight, ProviderRoute, UpstreamResponse};
-use crate::surface::stream::{self, ndjson, LineBuffer, Read, TimedBody};
+use crate::error::{ndjson_error_line, EdgeError};
+use crate::outcome::Outcome;
+use crate::providers::{ProviderRoute, UpstreamResponse};
+use crate::relay::{sse_data, Emit, Frames, Framing, Relay};
+use crate::surface::openai::plan;
+use crate::surface::openai::upstream::{send_json, timing};
+use crate::surface::stream::{self, ndjson};
 use crate::surface::{EdgeState, RequestContext};
 use crate::translate::ollama_to_openai::{self as translate, Shape, StreamTranslator};
 
@@ -26,7 +32,9 @@ pub async fn chat(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, inference(&state, &ctx, &raw, Shape::Chat)).await
+    let mut seen = seen();
+    let result = inference(&state, &ctx, &raw, Shape::Chat, &mut seen).await;
+    answered(seen, result)
 }
 
 pub async fn generate(
@@ -34,7 +42,9 @@ pub async fn generate(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, inference(&state, &ctx, &raw, Shape::Generate)).await
+    let mut seen = seen();
+    let result = inference(&state, &ctx, &raw, Shape::Generate, &mut seen).await;
+    answered(seen, result)
 }
 
 async fn inference(
@@ -42,37 +52,49 @@ async fn inference(
     ctx: &RequestContext,
     raw: &Bytes,
     shape: Shape,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     let body = parse_body(raw)?;
     let model = model_field(&body, &["model"])?;
-    let plan = plan(state, ctx, &model)?;
-    let path = match shape {
-        Shape::Chat => "/api/chat",
-        Shape::Generate => "/api/generate",
-    };
+    let plan = plan(state, ctx, &model, seen)?;
     let (body, model) = (&body, model.as_str());
-    let attempt = move |route: ProviderRoute| async move {
-        match route.provider.kind {
-            ProviderKind::Ollama => {
-                let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(true);
-                let mut up_body = native_body(body.clone(), &route.model);
-                // Sent explicitly so the upstream's default can never differ from ours.
-                up_body["stream"] = json!(stream);
-                let up = send(state, ctx, &route, path, &up_body).await?;
-                relay(state, ctx, up, true).await
-            }
-            ProviderKind::Openai => {
-                translated(state, ctx, body, &route, shape, model.to_owned()).await
-            }
-        }
-    };
     Ok(
         crate::surface::fallback::run(state, ctx, plan, move |route| async move {
-            let r: Result<Response> = attempt(route).await;
-            r.unwrap_or_else(|e| fail(ctx, e))
+            let mut tried = tried(&route);
+            let result = attempt(state, ctx, body, &route, shape, model, &mut tried).await;
+            answered(tried, result)
         })
         .await,
     )
+}
+
+/// Chat or generate on one target.
+async fn attempt(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    body: &Value,
+    route: &ProviderRoute,
+    shape: Shape,
+    model: &str,
+    seen: &mut Outcome,
+) -> Result<Response> {
+    match route.provider.kind {
+        ProviderKind::Ollama => {
+            let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(true);
+            let mut up_body = native_body(body.clone(), &route.model);
+            // Sent explicitly so the upstream's default can never differ from ours.
+            up_body["stream"] = json!(stream);
+            let path = match shape {
+                Shape::Chat => "/api/chat",
+                Shape::Generate => "/api/generate",
+            };
+            let up = send_json(state, ctx, route, path, &up_body, seen).await?;
+            relay(state, ctx, up, true, seen).await
+        }
+        ProviderKind::Openai => {
+            translated(state, ctx, body, route, shape, model.to_owned(), seen).await
+        }
+    }
 }
 
 /// A native Ollama answer passed on: error statuses as they are, NDJSON streams line for line
@@ -82,6 +104,7 @@ async fn relay(
     ctx: &RequestContext,
     up: UpstreamResponse,
     expect_done: bool,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     if !up.response.status().is_success() {
         return Err(upstream_status_error(state, up.response).await);
@@ -96,33 +119,28 @@ async fn relay(
         let status = stream::upstream_status(&up.response);
         let bytes = read_all(state, up.response).await?;
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-            record_ollama_tokens(ctx, &v);
+            note_tokens(seen, &v);
         }
         return Ok(json_bytes_response(status, bytes));
     }
-    let timed = TimedBody::new(
-        up.response,
-        state.config.timeouts.idle(),
-        state.config.timeouts.total(),
-        ctx.started,
-    );
-    let relay = NdjsonRelay {
-        timed,
-        lines: LineBuffer::default(),
-        ctx: ctx.clone(),
+    let lines = NativeLines {
         expect_done,
-        endpoint: up.endpoint.url.clone(),
         saw_done: false,
-        at_line_start: true,
-        done: false,
-        _in_flight: up.in_flight,
     };
-    Ok(ndjson_response(Body::from_stream(futures::stream::unfold(
-        relay,
-        NdjsonRelay::step,
-    ))))
+    Ok(
+        Relay::forward(stream::body(up.response), Framing::Ndjson, lines)
+            .timed(timing(state, ctx))
+            .logged(&ctx.id, &up.endpoint.url)
+            .holding(up.in_flight)
+            .respond(StatusCode::OK, ndjson_type()),
+    )
 }
 
+fn ndjson_type() -> HeaderValue {
+    HeaderValue::from_static("application/x-ndjson")
+}
+
+/// A whole (not streamed) native answer, passed on with its status.
 pub(super) async fn relay_json(state: &EdgeState, up: UpstreamResponse) -> Result<Response> {
     if !up.response.status().is_success() {
         return Err(upstream_status_error(state, up.response).await);
@@ -132,57 +150,26 @@ pub(super) async fn relay_json(state: &EdgeState, up: UpstreamResponse) -> Resul
     Ok(json_bytes_response(status, bytes))
 }
 
-/// Upstream NDJSON out exactly as it came in. Lines are looked at only to count tokens (the
+/// Upstream NDJSON goes on exactly as it came in. Lines are looked at only to count tokens (the
 /// `done` line) and notice errors; a failure of the upstream ends the stream with an error line.
-struct NdjsonRelay {
-    timed: TimedBody,
-    lines: LineBuffer,
-    ctx: RequestContext,
+struct NativeLines {
     /// Chat and generate streams end with a `"done":true` line; one that does not was cut short.
     expect_done: bool,
-    /// For the log line when the upstream fails mid-stream.
-    endpoint: String,
     saw_done: bool,
-    at_line_start: bool,
-    done: bool,
-    _in_flight: InFlight,
 }
 
-impl NdjsonRelay {
-    async fn step(
-        mut self,
-    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
-        if self.done {
-            return None;
+impl NativeLines {
+    /// An error line as Ollama writes one mid-stream, on a line of its own.
+    fn error_line(message: &str, out: &mut Emit) {
+        if !out.at_frame_start {
+            out.push(Bytes::from_static(b"\n"));
         }
-        match self.timed.next().await {
-            Read::Chunk(chunk) => {
-                for line in self.lines.push(&chunk) {
-                    self.inspect(&line);
-                }
-                self.at_line_start = chunk.last() == Some(&b'\n');
-                Some((Ok(chunk), self))
-            }
-            Read::End => {
-                self.done = true;
-                if let Some(line) = self.lines.finish() {
-                    self.inspect(&line);
-                }
-                if self.expect_done && !self.saw_done {
-                    let e = self.error_line("upstream closed the stream before it was done");
-                    return Some((Ok(e), self));
-                }
-                None
-            }
-            Read::Failed(msg) => {
-                self.done = true;
-                let e = self.error_line(&msg);
-                Some((Ok(e), self))
-            }
-        }
+        out.push(ndjson_error_line(message));
     }
+}
 
-    fn inspect(&mut self, line: &[u8]) {
+impl Frames for NativeLines {
+    fn frame(&mut self, line: &Bytes, out: &mut Emit) {
         let has = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
         if !has(b"\"done\"") && !has(b"\"error\"") {
             return;
@@ -192,25 +179,26 @@ impl NdjsonRelay {
         };
         if v.get("error").is_some() {
             self.saw_done = true;
-            self.ctx.update(|m| m.error = Some("upstream_error"));
+            out.failed("upstream_error");
         } else if v.get("done") == Some(&Value::Bool(true)) {
             self.saw_done = true;
-            record_ollama_tokens(&self.ctx, &v);
+            if let Some((tin, tout)) = ollama_tokens(&v) {
+                out.tokens(tin, tout);
+            }
         }
     }
 
-    /// An error line as Ollama writes one mid-stream, on a line of its own.
-    fn error_line(&mut self, msg: &str) -> Bytes {
-        tracing::warn!(request_id = %self.ctx.id, endpoint = %self.endpoint, error = msg,
-                       "upstream stream failed");
-        self.ctx
-            .update(|m| m.error = Some("upstream_stream_failed"));
-        let line = ndjson(&json!({"error": msg}));
-        if self.at_line_start {
-            line
-        } else {
-            Bytes::from([b"\n".as_slice(), &line].concat())
+    fn end(&mut self, out: &mut Emit) {
+        if self.expect_done && !self.saw_done {
+            let why = "upstream closed the stream before it was done";
+            out.broke(why);
+            Self::error_line(why, out);
         }
+    }
+
+    fn fail(&mut self, err: &EdgeError, out: &mut Emit) {
+        out.failed(err.kind());
+        Self::error_line(&err.to_string(), out);
     }
 }
 
@@ -222,6 +210,7 @@ async fn translated(
     route: &ProviderRoute,
     shape: Shape,
     model: String,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     if shape == Shape::Generate
         && body
@@ -241,7 +230,7 @@ async fn translated(
         Shape::Generate => translate::generate_to_openai(body, &route.model)?,
     };
     let stream = up_body["stream"] == true;
-    let up = send(state, ctx, route, "/chat/completions", &up_body).await?;
+    let up = send_json(state, ctx, route, "/chat/completions", &up_body, seen).await?;
     if !up.response.status().is_success() {
         return Err(upstream_status_error(state, up.response).await);
     }
@@ -253,15 +242,11 @@ async fn translated(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !is_sse {
         let bytes = read_all(state, up.response).await?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            OllamaError::new(
-                StatusCode::BAD_GATEWAY,
-                "the upstream answered with a body that is not JSON",
-            )
-        })?;
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|_| EdgeError::UpstreamBadResponse)?;
         let nanos = ctx.started.elapsed().as_nanos() as u64;
         let out = translate::response_from_openai(&v, shape, &model, nanos);
-        record_ollama_tokens(ctx, &out);
+        note_tokens(seen, &out);
         // A server that ignored `stream: true` still gets the client a stream of one line.
         return Ok(if stream {
             ndjson_response(Body::from(ndjson(&out)))
@@ -269,114 +254,83 @@ async fn translated(
             Json(out).into_response()
         });
     }
-    let timed = TimedBody::new(
-        up.response,
-        state.config.timeouts.idle(),
-        state.config.timeouts.total(),
-        ctx.started,
-    );
-    let s = NdjsonFromSse {
-        timed,
-        lines: LineBuffer::default(),
+    let frames = NdjsonFromSse {
         translator: StreamTranslator::new(shape, model),
-        pending: VecDeque::new(),
-        ctx: ctx.clone(),
-        _in_flight: up.in_flight,
+        started: ctx.started,
     };
-    Ok(ndjson_response(Body::from_stream(futures::stream::unfold(
-        s,
-        NdjsonFromSse::step,
-    ))))
+    Ok(
+        Relay::translate(stream::body(up.response), Framing::Sse, frames)
+            .timed(timing(state, ctx))
+            .logged(&ctx.id, &up.endpoint.url)
+            .holding(up.in_flight)
+            .respond(StatusCode::OK, ndjson_type()),
+    )
 }
 
-/// OpenAI SSE in, Ollama NDJSON out, one upstream chunk at a time.
+/// OpenAI SSE in, Ollama NDJSON out, one event at a time.
 struct NdjsonFromSse {
-    timed: TimedBody,
-    lines: LineBuffer,
     translator: StreamTranslator,
-    pending: VecDeque<Bytes>,
-    ctx: RequestContext,
-    _in_flight: InFlight,
+    /// The request's start, for the final line's durations.
+    started: Instant,
 }
 
 impl NdjsonFromSse {
-    async fn step(
-        mut self,
-    ) -> Option<(std::result::Result<Bytes, std::convert::Infallible>, Self)> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some((Ok(b), self));
-            }
-            if self.translator.finished {
-                return None;
-            }
-            match self.timed.next().await {
-                Read::Chunk(chunk) => {
-                    for line in self.lines.push(&chunk) {
-                        self.on_line(&line);
-                    }
-                }
-                Read::End => {
-                    if let Some(line) = self.lines.finish() {
-                        self.on_line(&line);
-                    }
-                    self.end();
-                }
-                Read::Failed(msg) => {
-                    let out = self.translator.fail(&msg);
-                    self.ctx
-                        .update(|m| m.error = Some("upstream_stream_failed"));
-                    self.emit(out);
-                }
-            }
-        }
-    }
-
-    fn on_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return; // comments, `event:` and `id:` lines carry nothing for Ollama
-        };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            self.end();
-            return;
-        }
-        match serde_json::from_slice::<Value>(data) {
-            Ok(v) => {
-                if v.get("error").is_some() {
-                    self.ctx.update(|m| m.error = Some("upstream_error"));
-                }
-                let out = self.translator.on_event(&v);
-                self.emit(out);
-            }
-            Err(_) => {
-                let out = self
-                    .translator
-                    .fail("upstream sent an event that is not JSON");
-                self.ctx
-                    .update(|m| m.error = Some("upstream_stream_failed"));
-                self.emit(out);
-            }
-        }
-    }
-
-    fn end(&mut self) {
-        let out = self
+    /// The final line (or an error line, when the upstream never finished the choice) and the
+    /// tokens counted.
+    fn close(&mut self, out: &mut Emit) {
+        let lines = self
             .translator
-            .finish(self.ctx.started.elapsed().as_nanos() as u64);
-        if out.iter().any(|v| v.get("error").is_some()) {
-            self.ctx
-                .update(|m| m.error = Some("upstream_stream_failed"));
+            .finish(self.started.elapsed().as_nanos() as u64);
+        if lines.iter().any(|v| v.get("error").is_some()) {
+            out.failed("upstream_stream_failed");
         }
         let (tin, tout) = self.translator.usage;
-        self.ctx.update(|m| {
-            m.tokens_in = tin;
-            m.tokens_out = tout;
-        });
-        self.emit(out);
+        out.tokens(tin, tout);
+        emit(lines, out);
+    }
+}
+
+fn emit(lines: Vec<Value>, out: &mut Emit) {
+    for v in &lines {
+        out.push(ndjson(v));
+    }
+}
+
+impl Frames for NdjsonFromSse {
+    fn frame(&mut self, event: &Bytes, out: &mut Emit) {
+        // Comments, `event:` and `id:` lines carry nothing for Ollama.
+        for data in sse_data(event) {
+            if self.translator.finished {
+                return;
+            }
+            if data == b"[DONE]" {
+                self.close(out);
+                return;
+            }
+            match serde_json::from_slice::<Value>(data) {
+                Ok(v) => {
+                    if v.get("error").is_some() {
+                        out.failed("upstream_error");
+                    }
+                    emit(self.translator.on_event(&v), out);
+                }
+                Err(_) => {
+                    let why = "upstream sent an event that is not JSON";
+                    out.broke(why);
+                    emit(self.translator.fail(why), out);
+                }
+            }
+        }
     }
 
-    fn emit(&mut self, values: Vec<Value>) {
-        self.pending.extend(values.iter().map(ndjson));
+    fn end(&mut self, out: &mut Emit) {
+        self.close(out);
+    }
+
+    fn fail(&mut self, err: &EdgeError, out: &mut Emit) {
+        if !self.translator.finished {
+            out.failed(err.kind());
+        }
+        emit(self.translator.fail(&err.to_string()), out);
     }
 }

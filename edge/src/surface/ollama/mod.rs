@@ -4,7 +4,9 @@
 //! Request path: parse the body → route by model name (as on the OpenAI surface) →
 //! an Ollama provider gets the request natively, its NDJSON relayed chunk by chunk, untouched,
 //! with only the model name rewritten; an OpenAI-compatible provider gets it translated
-//! (`translate`), and its SSE stream is written back as Ollama NDJSON as each event arrives.
+//! (`translate::ollama_to_openai`), and its SSE stream is written back as Ollama NDJSON as each
+//! event arrives. Both go through the one relay (`inference`); errors are `EdgeError`s rendered
+//! in Ollama's shape, and what a handler learned goes back to the gateway as its `Outcome`.
 //!
 //! Admin calls (pull, delete, copy, create) need the admin key, are recorded in the audit log
 //! before they run (fail closed), and go to every endpoint of the Ollama provider, so a model
@@ -14,108 +16,28 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Router;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use crate::policy::Refusal;
-use crate::providers::{
-    retry_after_secs, Plan, ProviderRoute, RouteError, UpstreamError, UpstreamResponse,
-};
-use crate::surface::stream::{self};
-use crate::surface::{EdgeState, RequestContext};
+use crate::error::{EdgeError, Shape};
+use crate::outcome::Outcome;
+use crate::surface::openai::upstream::read_all;
+use crate::surface::stream;
+use crate::surface::EdgeState;
 
 pub mod admin;
 pub mod embed;
 pub mod inference;
 pub mod models;
 
-use crate::translate::ollama_to_openai::BadRequest;
 use admin::{copy, create, delete_model, pull};
 use embed::{embed, embeddings};
 use inference::{chat, generate};
 use models::{ps, show, tags, version};
 
-/// Ollama's error shape: `{"error": "..."}` with the status.
-#[derive(Debug)]
-pub struct OllamaError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    /// Seconds for a `Retry-After` header.
-    retry_after: Option<u64>,
-}
-
-impl OllamaError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        let kind = match status.as_u16() {
-            400 | 413 | 422 => "invalid_request",
-            401 | 403 => "unauthorized",
-            404 => "model_not_found",
-            502 => "upstream_unreachable",
-            503 => "unavailable",
-            504 => "upstream_timeout",
-            _ => "upstream_error",
-        };
-        Self {
-            status,
-            message: message.into(),
-            kind,
-            retry_after: None,
-        }
-    }
-}
-
-impl IntoResponse for OllamaError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status, Json(json!({"error": self.message}))).into_response();
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
-        }
-        resp
-    }
-}
-
-impl From<RouteError> for OllamaError {
-    fn from(e: RouteError) -> Self {
-        match e {
-            RouteError::NotFound(m) => OllamaError::new(
-                StatusCode::NOT_FOUND,
-                format!("model \"{m}\" not found, try pulling it first"),
-            ),
-            e @ RouteError::Ambiguous(..) => {
-                OllamaError::new(StatusCode::BAD_REQUEST, e.to_string())
-            }
-        }
-    }
-}
-
-impl From<UpstreamError> for OllamaError {
-    fn from(e: UpstreamError) -> Self {
-        match e {
-            UpstreamError::Unreachable(..) => {
-                OllamaError::new(StatusCode::BAD_GATEWAY, e.to_string())
-            }
-            UpstreamError::Timeout(..) => {
-                OllamaError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
-            }
-            UpstreamError::AllEjected(_, wait) => {
-                let mut err = OllamaError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-                err.retry_after = Some(retry_after_secs(wait));
-                err
-            }
-        }
-    }
-}
-
-impl From<BadRequest> for OllamaError {
-    fn from(e: BadRequest) -> Self {
-        OllamaError::new(StatusCode::BAD_REQUEST, e.0)
-    }
-}
-
-type Result<T> = std::result::Result<T, OllamaError>;
+type Result<T> = std::result::Result<T, EdgeError>;
 
 pub fn routes() -> Router<Arc<EdgeState>> {
     Router::new()
@@ -133,104 +55,44 @@ pub fn routes() -> Router<Arc<EdgeState>> {
         .route("/api/create", post(create))
 }
 
-/// Runs one handler body with the request marked as the Ollama surface; errors are logged in
-/// the request's meta and answered in Ollama's shape.
-async fn answer(
-    ctx: &RequestContext,
-    work: impl std::future::Future<Output = Result<Response>>,
-) -> Response {
-    ctx.update(|m| m.surface = "ollama");
-    work.await.unwrap_or_else(|e| fail(ctx, e))
+/// What an Ollama handler learned, starting with the surface.
+fn seen() -> Outcome {
+    Outcome::on("ollama")
 }
 
-/// An error in Ollama's shape, its kind kept in the request's meta.
-fn fail(ctx: &RequestContext, e: OllamaError) -> Response {
-    let kind = e.kind;
-    ctx.update(|m| m.error = Some(kind));
-    e.into_response()
+/// A handler's (or one attempt's) answer, or its error in Ollama's shape, with what it learned
+/// on the way.
+fn answered(seen: Outcome, result: Result<Response>) -> Response {
+    seen.attach(result.unwrap_or_else(|e| e.render(&Shape::Ollama)))
+}
+
+/// What one attempt on a target learned, starting with the target's provider.
+fn tried(route: &crate::providers::ProviderRoute) -> Outcome {
+    Outcome {
+        provider: Some(route.provider.name.clone()),
+        ..Outcome::default()
+    }
 }
 
 fn parse_body(raw: &Bytes) -> Result<Value> {
     if raw.iter().all(u8::is_ascii_whitespace) {
-        return Err(OllamaError::new(
-            StatusCode::BAD_REQUEST,
-            "missing request body",
-        ));
+        return Err(EdgeError::EmptyBody);
     }
-    aibox_wire::body::from_slice::<Value>(raw).map_err(|e| match e {
-        aibox_wire::body::BodyError::NotAnObject { what } => OllamaError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the request body must be a JSON object, not {what}"),
-        ),
-        aibox_wire::body::BodyError::Invalid(e) => OllamaError::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid JSON in request body: {e}"),
-        ),
-    })
+    Ok(aibox_wire::body::from_slice::<Value>(raw)?)
 }
 
-/// The model a request names: `model`, or the older `name` field.
-fn model_field(body: &Value, keys: &[&str]) -> Result<String> {
+/// The model a request names: the first of `keys` present (`model`, or the older `name`).
+fn model_field(body: &Value, keys: &[&'static str]) -> Result<String> {
     for key in keys {
         match body.get(*key) {
             Some(Value::String(s)) if !s.is_empty() => return Ok(s.clone()),
-            None | Some(Value::Null) => {}
-            Some(Value::String(_)) => {}
-            Some(_) => {
-                return Err(OllamaError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{key} must be a string"),
-                ))
-            }
+            None | Some(Value::Null) | Some(Value::String(_)) => {}
+            Some(_) => return Err(EdgeError::invalid(format!("{key} must be a string"))),
         }
     }
-    Err(OllamaError::new(
-        StatusCode::BAD_REQUEST,
-        format!("{} is required", keys[0]),
+    Err(EdgeError::MissingParam(
+        keys.first().copied().unwrap_or("model"),
     ))
-}
-
-/// The first target of `model`'s plan (for calls without fallback), policy checked.
-fn route(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<ProviderRoute> {
-    Ok(plan(state, ctx, model)?.targets.swap_remove(0).route)
-}
-
-/// Where `model` may go, in order, after the client's policy (as on the OpenAI surface).
-fn plan(state: &EdgeState, ctx: &RequestContext, model: &str) -> Result<Plan> {
-    let plan = state.providers.plan(model)?;
-    let first = plan.first();
-    ctx.update(|m| {
-        m.provider = Some(first.provider.name.clone());
-        m.model = Some(model.to_owned());
-    });
-    let allowed = match &plan.alias {
-        Some(alias) => ctx.client.allows_alias(&alias.name),
-        None => ctx.client.allows_model(&first.provider.name, &first.model),
-    };
-    if !allowed {
-        let refusal = Refusal::ModelForbidden(model.to_owned());
-        let mut e = OllamaError::new(StatusCode::FORBIDDEN, refusal.message(&ctx.client.name));
-        e.kind = refusal.kind();
-        return Err(e);
-    }
-    Ok(plan)
-}
-
-/// A refusal from the gateway's admission (401, 429 with `Retry-After`) in Ollama's shape.
-pub fn refused(client: &str, refusal: &Refusal) -> Response {
-    let status = match refusal {
-        Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-        Refusal::ModelForbidden(_) => StatusCode::FORBIDDEN,
-        Refusal::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
-    };
-    let mut r = OllamaError::new(status, refusal.message(client)).into_response();
-    if let Refusal::Limited { retry_after, .. } = refusal {
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(crate::policy::retry_after_secs(*retry_after)),
-        );
-    }
-    r
 }
 
 /// The body for an Ollama upstream: the client's, with the model name it knows.
@@ -242,29 +104,12 @@ fn native_body(mut body: Value, upstream_model: &str) -> Value {
     body
 }
 
-async fn send(
-    state: &EdgeState,
-    ctx: &RequestContext,
-    route: &ProviderRoute,
-    path: &str,
-    body: &Value,
-) -> Result<UpstreamResponse> {
-    Ok(crate::surface::openai::upstream::send(state, ctx, route, path, body).await?)
-}
-
-/// The whole upstream body; a break-off is a 502 in Ollama's shape.
-async fn read_all(state: &EdgeState, response: crate::providers::Response) -> Result<Bytes> {
-    stream::read_to_end(response, &state.config.timeouts)
-        .await
-        .map_err(|msg| OllamaError::new(StatusCode::BAD_GATEWAY, msg))
-}
-
-/// An upstream error status in Ollama's shape, status kept: Ollama's own `{"error": "..."}`
-/// or an OpenAI-compatible `{"error": {"message": ...}}`.
+/// An upstream error status, status kept: Ollama's own `{"error": "..."}` or an
+/// OpenAI-compatible `{"error": {"message": ...}}`.
 async fn upstream_status_error(
     state: &EdgeState,
     response: crate::providers::Response,
-) -> OllamaError {
+) -> EdgeError {
     let status = stream::upstream_status(&response);
     let bytes = read_all(state, response).await.unwrap_or_default();
     let parsed = serde_json::from_slice::<Value>(&bytes).ok();
@@ -283,9 +128,7 @@ async fn upstream_status_error(
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim()
             )
         });
-    let mut e = OllamaError::new(status, message);
-    e.kind = "upstream_status";
-    e
+    EdgeError::upstream_status(status, message)
 }
 
 fn ndjson_response(body: Body) -> Response {
@@ -306,16 +149,15 @@ fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response {
         .into_response()
 }
 
-fn record_ollama_tokens(ctx: &RequestContext, v: &Value) {
-    let tin = v
-        .get("prompt_eval_count")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let tout = v.get("eval_count").and_then(Value::as_u64).unwrap_or(0);
-    if tin > 0 || tout > 0 {
-        ctx.update(|m| {
-            m.tokens_in = tin;
-            m.tokens_out = tout;
-        });
+/// The tokens of an Ollama answer (its `done` line, or a whole body), when it counted any.
+fn ollama_tokens(v: &Value) -> Option<(u64, u64)> {
+    let count = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (tin, tout) = (count("prompt_eval_count"), count("eval_count"));
+    (tin > 0 || tout > 0).then_some((tin, tout))
+}
+
+fn note_tokens(seen: &mut Outcome, v: &Value) {
+    if let Some((tin, tout)) = ollama_tokens(v) {
+        (seen.tokens_in, seen.tokens_out) = (tin, tout);
     }
 }

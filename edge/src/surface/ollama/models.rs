@@ -10,9 +10,13 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::inference::relay_json;
-use super::{answer, model_field, native_body, parse_body, route, send};
+use super::{answered, model_field, native_body, parse_body, seen, Result};
 use crate::config::ProviderKind;
-use crate::providers::{model_matches, ModelEntry, Provider, RouteError};
+use crate::error::EdgeError;
+use crate::outcome::Outcome;
+use crate::providers::{model_matches, ModelEntry, Provider};
+use crate::surface::openai::route;
+use crate::surface::openai::upstream::send_json;
 use crate::surface::{EdgeState, RequestContext};
 use crate::translate::ollama_to_openai::{self as translate};
 
@@ -177,45 +181,47 @@ pub async fn show(
     Extension(ctx): Extension<RequestContext>,
     raw: Bytes,
 ) -> Response {
-    answer(&ctx, async {
-        let body = parse_body(&raw)?;
-        let model = model_field(&body, &["model", "name"])?;
-        let route = route(&state, &ctx, &model)?;
-        match route.provider.kind {
-            ProviderKind::Ollama => {
-                let up = send(
-                    &state,
-                    &ctx,
-                    &route,
-                    "/api/show",
-                    &native_body(body, &route.model),
-                )
-                .await?;
-                relay_json(&state, up).await
-            }
-            ProviderKind::Openai => {
-                let Some(entry) = route.provider.find_model(&route.model) else {
-                    return Err(RouteError::NotFound(model).into());
-                };
-                let created = entry
-                    .raw
-                    .get("created")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let mut info = json!({"general.architecture": "openai-compatible",
-                                      "general.basename": entry.id});
-                if let Some(n) = entry.raw.get("max_model_len").and_then(Value::as_u64) {
-                    info["openai-compatible.context_length"] = json!(n);
-                }
-                Ok(Json(json!({
-                    "modelfile": "", "parameters": "", "template": "",
-                    "details": openai_details(), "model_info": info,
-                    "capabilities": ["completion"],
-                    "modified_at": translate::rfc3339(created),
-                }))
-                .into_response())
-            }
+    let mut seen = seen();
+    let result = show_model(&state, &ctx, &raw, &mut seen).await;
+    answered(seen, result)
+}
+
+async fn show_model(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    raw: &Bytes,
+    seen: &mut Outcome,
+) -> Result<Response> {
+    let body = parse_body(raw)?;
+    let model = model_field(&body, &["model", "name"])?;
+    let route = route(state, ctx, &model, seen)?;
+    match route.provider.kind {
+        ProviderKind::Ollama => {
+            let body = native_body(body, &route.model);
+            let up = send_json(state, ctx, &route, "/api/show", &body, seen).await?;
+            relay_json(state, up).await
         }
-    })
-    .await
+        ProviderKind::Openai => {
+            let Some(entry) = route.provider.find_model(&route.model) else {
+                return Err(EdgeError::ModelNotFound(model));
+            };
+            let created = entry
+                .raw
+                .get("created")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let mut info = json!({"general.architecture": "openai-compatible",
+                                  "general.basename": entry.id});
+            if let Some(n) = entry.raw.get("max_model_len").and_then(Value::as_u64) {
+                info["openai-compatible.context_length"] = json!(n);
+            }
+            Ok(Json(json!({
+                "modelfile": "", "parameters": "", "template": "",
+                "details": openai_details(), "model_info": info,
+                "capabilities": ["completion"],
+                "modified_at": translate::rfc3339(created),
+            }))
+            .into_response())
+        }
+    }
 }

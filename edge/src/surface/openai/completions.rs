@@ -5,54 +5,56 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use http::StatusCode;
 use serde_json::Value;
 
+use super::chat::sse_from_ndjson;
+use super::upstream::{ollama_status_error, passthrough, read_json, send_json};
+use super::{answered, fail, parse_body, plan, requested_model, unix_now, Result};
 use crate::config::ProviderKind;
+use crate::error::EdgeError;
+use crate::outcome::Outcome;
 use crate::providers::ProviderRoute;
 use crate::surface::{EdgeState, RequestContext};
 use crate::translate::completions::{self as legacy, CompletionStreamTranslator};
 use crate::translate::openai_to_ollama::{self as translate, ChatIds};
-
-use super::chat::sse_from_ndjson;
-use super::upstream::{ollama_status_error, passthrough, read_json, send};
-use super::{fail, parse_body, plan, requested_model, unix_now, OpenAiError, Result};
 
 pub async fn completions(
     State(state): State<Arc<EdgeState>>,
     Extension(ctx): Extension<RequestContext>,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
+    let mut seen = Outcome::on("openai");
     let result = async {
         let body = parse_body(&body)?;
         let model = requested_model(&body)?;
         if body.get("prompt").is_none() {
-            return Err(OpenAiError::new(
-                StatusCode::BAD_REQUEST,
-                "Missing required parameter: 'prompt'",
-            )
-            .param("prompt"));
+            return Err(EdgeError::MissingParam("prompt"));
         }
-        let plan = plan(&state, &ctx, &model)?;
+        let plan = plan(&state, &ctx, &model, &mut seen)?;
         let (state, ctx, body, model) = (&*state, &ctx, &body, model.as_str());
         Ok(
             crate::surface::fallback::run(state, ctx, plan, move |route| async move {
-                match route.provider.kind {
+                let mut tried = Outcome {
+                    provider: Some(route.provider.name.clone()),
+                    ..Outcome::default()
+                };
+                let result = match route.provider.kind {
                     ProviderKind::Openai => {
-                        passthrough(state, ctx, body.clone(), &route, "/completions").await
+                        let body = body.clone();
+                        passthrough(state, ctx, body, &route, "/completions", &mut tried).await
                     }
                     ProviderKind::Ollama => {
-                        ollama_completion(state, ctx, body, &route, model.to_owned()).await
+                        let model = model.to_owned();
+                        ollama_completion(state, ctx, body, &route, model, &mut tried).await
                     }
-                }
-                .unwrap_or_else(|e| fail(ctx, e))
+                };
+                tried.attach(result.unwrap_or_else(fail))
             })
             .await,
         )
     }
     .await;
-    result.unwrap_or_else(|e| fail(&ctx, e))
+    answered(seen, result)
 }
 
 /// Legacy completions on Ollama: `/api/generate`, translated both ways.
@@ -62,6 +64,7 @@ async fn ollama_completion(
     body: &Value,
     route: &ProviderRoute,
     model: String,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     let upstream_body = legacy::completion_to_generate(body, &route.model)?;
     let stream = upstream_body["stream"].as_bool().unwrap_or(false);
@@ -74,17 +77,13 @@ async fn ollama_completion(
         created: unix_now(),
         model,
     };
-    let up = send(state, ctx, route, "/api/generate", &upstream_body).await?;
+    let up = send_json(state, ctx, route, "/api/generate", &upstream_body, seen).await?;
     if !up.response.status().is_success() {
         return Err(ollama_status_error(up.response).await);
     }
     if !stream {
         let v = read_json(state, up).await?;
-        let (tin, tout) = translate::ollama_usage(&v);
-        ctx.update(|m| {
-            m.tokens_in = tin;
-            m.tokens_out = tout;
-        });
+        (seen.tokens_in, seen.tokens_out) = translate::ollama_usage(&v);
         return Ok(Json(legacy::generate_response_to_completion(&v, &ids)).into_response());
     }
     let translator = CompletionStreamTranslator::new(ids, include_usage);

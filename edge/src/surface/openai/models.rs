@@ -7,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
-use crate::providers::RouteError;
 use crate::surface::{EdgeState, RequestContext};
 
-use super::{forbidden_model, OpenAiError};
+use super::forbidden_model;
+use crate::error::EdgeError;
 
 pub async fn list_models(
     State(state): State<Arc<EdgeState>>,
@@ -68,17 +68,17 @@ pub async fn get_model(
         return if ctx.client.allows_alias(&alias.name) {
             Json(alias_entry(&alias.name)).into_response()
         } else {
-            forbidden_model(&ctx.client.name, &id).into_response()
+            super::fail(forbidden_model(&ctx.client.name, &id))
         };
     }
     match state.providers.route(&id) {
         Ok(r) if !ctx.client.allows_model(&r.provider.name, &r.model) => {
-            forbidden_model(&ctx.client.name, &id).into_response()
+            super::fail(forbidden_model(&ctx.client.name, &id))
         }
         Ok(r) if r.provider.find_model(&r.model).is_some() => Json(json!({
             "id": format!("{}/{}", r.provider.name, r.model), "object": "model",
             "created": 0, "owned_by": r.provider.name}))
         .into_response(),
-        _ => OpenAiError::from(RouteError::NotFound(id)).into_response(),
+        _ => super::fail(EdgeError::ModelNotFound(id)),
     }
 }

@@ -13,12 +13,14 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
-use http::{header, HeaderMap, StatusCode, Uri};
+use http::{header, HeaderMap, Uri};
 
 use crate::config::ProviderKind;
+use crate::error::EdgeError;
+use crate::outcome::Outcome;
 use crate::providers::multipart::Form;
 use crate::providers::{ProviderRoute, UpstreamRequest};
-use crate::surface::openai::{self, OpenAiError};
+use crate::surface::openai::{self, upstream};
 use crate::surface::{EdgeState, RequestContext};
 
 pub fn routes() -> Router<Arc<EdgeState>> {
@@ -31,7 +33,7 @@ pub fn routes() -> Router<Arc<EdgeState>> {
         .route("/v1/audio/translations", post(multipart_route))
 }
 
-type Result<T> = std::result::Result<T, OpenAiError>;
+type Result<T> = std::result::Result<T, EdgeError>;
 
 /// The path under the provider's base URL (which ends in `/v1`).
 fn upstream_path(uri: &Uri) -> &str {
@@ -44,25 +46,21 @@ fn route_for(
     ctx: &RequestContext,
     model: &str,
     uri: &Uri,
+    seen: &mut Outcome,
 ) -> Result<ProviderRoute> {
-    let route = openai::route(state, ctx, model)?;
+    let route = openai::route(state, ctx, model, seen)?;
     if route.provider.kind != ProviderKind::Openai {
-        return Err(OpenAiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "The model `{model}` is served by provider `{}` ({}), which does not serve {}",
-                route.provider.name,
-                route.provider.kind.as_str(),
-                uri.path()
-            ),
-        )
-        .code("route_not_supported")
-        .param("model"));
+        return Err(EdgeError::RouteNotSupported {
+            model: model.to_owned(),
+            provider: route.provider.name.clone(),
+            provider_kind: route.provider.kind.as_str(),
+            path: uri.path().to_owned(),
+        });
     }
     Ok(route)
 }
 
-/// JSON bodies: `model` rewritten, everything else as it came; the answer (JSON, SSE or
+/// JSON bodies: `model` rewritten in place (`model_field`), everything else as it came; the answer (JSON, SSE or
 /// audio bytes) streamed back.
 async fn json_route(
     State(state): State<Arc<EdgeState>>,
@@ -70,15 +68,18 @@ async fn json_route(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
+    let mut seen = Outcome::on("openai");
     let result = async {
-        let body = openai::parse_body(&body)?;
-        let model = openai::requested_model(&body)?;
-        let route = route_for(&state, &ctx, &model, &uri)?;
-        openai::upstream::passthrough(&state, &ctx, body, &route, upstream_path(&uri)).await
+        // Only `model` changes: the rest goes on as the client sent it, never parsed.
+        let field = openai::model_of(&body)?;
+        let route = route_for(&state, &ctx, field.value(), &uri, &mut seen)?;
+        let path = upstream_path(&uri);
+        let rewritten = Bytes::from(field.replaced(&route.model));
+        let up = upstream::send_bytes(&state, &ctx, &route, path, rewritten, &mut seen).await?;
+        upstream::relay(&state, &ctx, up, false, &mut seen).await
     }
     .await;
-    result.unwrap_or_else(|e| openai::fail(&ctx, e))
+    openai::answered(seen, result)
 }
 
 /// One field of a multipart form, kept to be sent again.
@@ -89,8 +90,8 @@ struct FormField {
     data: Bytes,
 }
 
-fn bad_form(message: impl Into<String>) -> OpenAiError {
-    OpenAiError::new(StatusCode::BAD_REQUEST, message)
+fn bad_form(message: impl Into<String>) -> EdgeError {
+    EdgeError::invalid(message)
 }
 
 /// The form's fields in order, read with multer from the body the gateway already bounded.
@@ -159,7 +160,7 @@ async fn multipart_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
+    let mut seen = Outcome::on("openai");
     let result = async {
         let fields = read_form(&headers, body).await?;
         let model = fields
@@ -167,18 +168,18 @@ async fn multipart_route(
             .find(|f| f.name == "model")
             .map(|f| String::from_utf8_lossy(&f.data).trim().to_owned())
             .filter(|m| !m.is_empty())
-            .ok_or_else(|| bad_form("Missing required parameter: 'model'").param("model"))?;
-        let route = route_for(&state, &ctx, &model, &uri)?;
+            .ok_or(EdgeError::MissingParam("model"))?;
+        let route = route_for(&state, &ctx, &model, &uri, &mut seen)?;
         let path = upstream_path(&uri);
         let (content_type, form) = form_for(&fields, &route.model);
         let request = UpstreamRequest::new(http::Method::POST, path)
-            .header(header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_TYPE, content_type)
             .body(form);
-        let up = openai::upstream::send_with(&state, &ctx, &route, request).await?;
-        openai::upstream::relay(&state, &ctx, up, false).await
+        let up = upstream::send_req(&state, &ctx, &route, request, &mut seen).await?;
+        upstream::relay(&state, &ctx, up, false, &mut seen).await
     }
     .await;
-    result.unwrap_or_else(|e| openai::fail(&ctx, e))
+    openai::answered(seen, result)
 }
 
 #[cfg(test)]
