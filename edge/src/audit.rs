@@ -4,44 +4,46 @@
 use std::time::Duration;
 
 use aibox_mcp::{AuditRecord, AuditSink};
+use http::Method;
+
+use crate::providers::{Client, Target, UpstreamRequest};
+
+/// The whole exchange with the controller, body included.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct ControllerAudit {
-    url: String,
+    target: Result<Target, String>,
     token: String,
-    http: reqwest::Client,
+    /// The same client the edge uses for providers (Pingora's connector).
+    http: Client,
 }
 
 impl ControllerAudit {
-    pub fn new(url: String, token: String) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .no_proxy()
-            .build()?;
-        Ok(Self { url, token, http })
+    pub fn new(url: String, token: String) -> Self {
+        Self {
+            target: Target::parse(&url).map_err(|e| e.to_string()),
+            token,
+            http: Client::new(TIMEOUT),
+        }
     }
-}
 
-#[async_trait::async_trait]
-impl AuditSink for ControllerAudit {
-    async fn record(&self, record: AuditRecord) -> Result<u64, String> {
+    async fn post(&self, record: &AuditRecord) -> Result<u64, String> {
+        let target = self
+            .target
+            .as_ref()
+            .map_err(|e| format!("controller URL: {e}"))?;
+        let body = serde_json::to_vec(record).map_err(|e| format!("audit record: {e}"))?;
+        let request = UpstreamRequest::json(Method::POST, "/audit", body.into())
+            .header_str("x-actor", "edge")
+            .header_str(
+                "x-request-id",
+                record.correlation_id.as_deref().unwrap_or_default(),
+            );
         let resp = self
             .http
-            .post(format!("{}/audit", self.url))
-            .bearer_auth(&self.token)
-            .header("x-actor", "edge")
-            .header(
-                "x-request-id",
-                record.correlation_id.clone().unwrap_or_default(),
-            )
-            .json(&record)
-            .send()
+            .exchange(target, &request, Some(&self.token), TIMEOUT)
             .await
-            .map_err(|e| {
-                format!(
-                    "controller unreachable: {}",
-                    crate::providers::describe_reqwest_error(&e)
-                )
-            })?;
+            .map_err(|e| format!("controller unreachable: {e}"))?;
         if resp.status().is_success() {
             let stored: aibox_wire::audit::AuditEvent = resp
                 .json()
@@ -54,5 +56,14 @@ impl AuditSink for ControllerAudit {
                 resp.status().as_u16()
             ))
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for ControllerAudit {
+    async fn record(&self, record: AuditRecord) -> Result<u64, String> {
+        tokio::time::timeout(TIMEOUT, self.post(&record))
+            .await
+            .unwrap_or_else(|_| Err("controller unreachable: timed out".to_owned()))
     }
 }

@@ -549,11 +549,8 @@ impl EdgeConfig {
                 ));
             }
             for (u, weight, ukey) in urls {
-                let parsed = reqwest::Url::parse(&u)
-                    .map_err(|e| invalid(&ukey, format!("{u:?} is not a URL: {e}")))?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(invalid(&ukey, format!("{u:?} must be http or https")));
-                }
+                // The same parser that takes the URL apart for each request.
+                crate::providers::Target::parse(&u).map_err(|e| invalid(&ukey, e.to_string()))?;
                 endpoints.push(ResolvedEndpoint {
                     url: u.trim_end_matches('/').to_owned(),
                     weight,

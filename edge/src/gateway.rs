@@ -21,8 +21,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use tower::ServiceExt;
 
-use crate::api::{self, EdgeState, RequestContext, RequestMeta};
 use crate::metrics::RequestRecord;
+use crate::outcome::Outcome;
+use crate::surface::{self, EdgeState, RequestContext, RequestMeta};
 
 pub struct EdgeGateway {
     state: Arc<EdgeState>,
@@ -122,9 +123,10 @@ impl EdgeGateway {
         };
         // The caller's policy: 401 when keys are required, then its limits. The admission (a
         // concurrency slot) is held until the response is written.
-        let governed = api::governed(&path);
+        let governed = surface::governed(&path);
         let mcp_stream = path.starts_with("/mcp") && parts.method != http::Method::POST;
         let mut admitted = false;
+        let mut watching = true;
         let admission = if !governed {
             Ok(None)
         } else if mcp_stream {
@@ -137,22 +139,23 @@ impl EdgeGateway {
             (None, _) => {
                 // The rest of the body is not read, so the connection cannot be reused.
                 session.set_keepalive(None);
-                api::too_large(&path, limit)
+                surface::too_large(&path, limit)
             }
             (Some(body), Err(refusal)) => {
                 let kind = refusal.kind();
-                rc.update(|m| {
-                    m.surface = surface_of(&path);
-                    m.error = Some(kind);
-                });
                 tracing::warn!(request_id = %ctx.request_id, client = %client.name, path, refusal = kind, "request refused by policy");
-                api::refused(&path, &client.name, &refusal, &body)
+                let resp = surface::refused(&path, &client.name, &refusal, &body);
+                Outcome {
+                    surface: surface_of(&path),
+                    ..Outcome::default()
+                }
+                .attach(resp)
             }
             (Some(body), Ok(slot)) => {
                 admitted = governed && !mcp_stream;
                 _admission = slot;
                 parts.extensions.insert(rc.clone());
-                parts.extensions.insert(api::ops::Peer(
+                parts.extensions.insert(surface::ops::Peer(
                     session
                         .client_addr()
                         .and_then(|a| a.as_inet())
@@ -165,21 +168,43 @@ impl EdgeGateway {
                     servers: client.server_grant(),
                 });
                 let request = http::Request::from_parts(parts, axum::body::Body::from(body));
-                match self.router.clone().oneshot(request).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
+                let routed = self.router.clone().oneshot(request);
+                match unless_client_leaves(session, &mut watching, routed).await {
+                    Some(Ok(r)) => r,
+                    Some(Err(never)) => match never {},
+                    None => {
+                        // Gone while the handler waited (a model load, a slow upstream): the
+                        // handler and its upstream request were dropped at once.
+                        session.set_keepalive(None);
+                        let mut outcome = Outcome::on(surface_of(&path));
+                        if let Ok(m) = meta.lock() {
+                            outcome.fill_from(Outcome::from(m.clone()));
+                        }
+                        if admitted {
+                            rc.client.finished(0).await;
+                        }
+                        self.finish(&rc, &path, CLIENT_CLOSED, &outcome, true, None);
+                        return Ok(());
+                    }
                 }
             }
         };
 
         let (parts, mut body) = response.into_parts();
+        let mut outcome = parts
+            .extensions
+            .get::<Outcome>()
+            .cloned()
+            .unwrap_or_default();
         let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 4))?;
         for (k, v) in parts.headers.iter() {
             header.append_header(k.clone(), v.clone())?;
         }
         header.insert_header("x-request-id", &ctx.request_id)?;
         let until_headers = ctx.started.elapsed();
-        let upstream = meta.lock().map(|m| m.upstream_time).unwrap_or_default();
+        let upstream = outcome
+            .upstream_time
+            .or_else(|| meta.lock().ok().and_then(|m| m.upstream_time));
         header.insert_header("server-timing", server_timing(until_headers, upstream))?;
         match http_body::Body::size_hint(&body).exact() {
             Some(n) => header.insert_header(http::header::CONTENT_LENGTH, n.to_string())?,
@@ -197,8 +222,14 @@ impl EdgeGateway {
             .await?;
 
         let mut client_gone = false;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
+        loop {
+            // A stream that is silent for a while (a model thinking) still notices a gone client.
+            let Some(frame) = unless_client_leaves(session, &mut watching, body.frame()).await
+            else {
+                client_gone = true;
+                break;
+            };
+            let Some(Ok(frame)) = frame else { break };
             if let Ok(data) = frame.into_data() {
                 if streamed && first_frame.is_none() && !data.is_empty() {
                     first_frame = Some(ctx.started.elapsed());
@@ -218,11 +249,18 @@ impl EdgeGateway {
         if !client_gone {
             session.write_response_body(None, true).await?;
         }
-        let meta = meta.lock().map(|m| m.clone()).unwrap_or_default();
-        if admitted {
-            rc.client.finished(meta.tokens_in + meta.tokens_out).await;
+        // The body is done (or dropped): its relays have handed over their tallies.
+        outcome.settle();
+        // Handlers not yet returning an `Outcome` still note theirs in the request's meta.
+        if let Ok(m) = meta.lock() {
+            outcome.fill_from(Outcome::from(m.clone()));
         }
-        self.finish(&rc, &path, status, &meta, client_gone, first_frame);
+        if admitted {
+            rc.client
+                .finished(outcome.tokens_in + outcome.tokens_out)
+                .await;
+        }
+        self.finish(&rc, &path, status, &outcome, client_gone, first_frame);
         Ok(())
     }
 
@@ -232,7 +270,7 @@ impl EdgeGateway {
         rc: &RequestContext,
         path: &str,
         status: u16,
-        meta: &RequestMeta,
+        meta: &Outcome,
         client_gone: bool,
         first_frame: Option<Duration>,
     ) {
@@ -280,9 +318,44 @@ impl EdgeGateway {
     }
 }
 
+/// nginx's status for a request whose client closed the connection before the answer.
+const CLIENT_CLOSED: u16 = 499;
+
+/// `work`, unless the client leaves first (closes or resets its connection, as Pingora's own
+/// proxy loop notices with `read_body_or_idle`): then `work` is dropped, and with it any
+/// upstream request it holds open, and the answer is `None`. The request body is read by now,
+/// so anything the client sends is not this request's: `watching` turns off, for good, when the
+/// client sends bytes (a pipelined request) rather than leaving.
+async fn unless_client_leaves<T>(
+    session: &mut Session,
+    watching: &mut bool,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    use pingora_core::ErrorType;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            read = session.downstream_session.read_body_or_idle(true), if *watching => {
+                match read {
+                    Err(e) if matches!(
+                        e.etype(),
+                        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::H2Error
+                    ) => return None,
+                    _ => {
+                        *watching = false;
+                        session.set_keepalive(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The surface a refused request is counted under in the metrics (MCP counts its own).
 fn surface_of(path: &str) -> &'static str {
-    if api::is_anthropic(path) {
+    if surface::is_anthropic(path) {
         "anthropic"
     } else if path.starts_with("/v1") {
         "openai"

@@ -15,19 +15,22 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 
 mod aliases;
-mod api;
 mod api_bind;
 mod audit;
 mod clients;
 mod config;
+mod error;
 mod gateway;
 mod key_cli;
 mod keys;
 mod metrics;
 mod model_field;
+mod outcome;
 mod policy;
 mod providers;
 mod services;
+mod relay;
+mod surface;
 mod trace;
 mod translate;
 
@@ -120,7 +123,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let providers = Arc::new(providers::ProviderSet::new(&config, metrics.clone()));
     let audit: Option<Arc<dyn aibox_mcp::AuditSink>> = match config.controller.clone() {
         Some((url, token)) => Some(Arc::new(
-            audit::ControllerAudit::new(url, token).context("the controller's audit client")?,
+            audit::ControllerAudit::new(url, token),
         )),
         None => None,
     };
@@ -178,7 +181,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
     ));
 
-    let state = Arc::new(api::EdgeState {
+    let state = Arc::new(surface::EdgeState {
         config,
         providers,
         metrics,
@@ -189,7 +192,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let server_conf = server.configuration.clone();
     let api_addrs_for_build = api_addrs.clone();
     let build: services::BuildApi<_> = Box::new(move |hub: &Arc<aibox_mcp::McpHub>| {
-        let router = api::router(state.clone(), hub.router());
+        let router = surface::router(state.clone(), hub.router());
         let mut service = pingora_proxy::http_proxy_service_with_name(
             &server_conf,
             gateway::EdgeGateway::new(state, router),

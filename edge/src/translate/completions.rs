@@ -3,8 +3,10 @@
 //! needs this. Pure functions, pinned by `edge/tests/golden/completions/`.
 use serde_json::{json, Map, Value};
 
-use super::{bad, finish_reason, ollama_usage, stream_error, usage_json, ChatIds};
-use super::{sampling_to_ollama_options, NdjsonTranslator, TranslateError};
+use super::bad;
+use super::openai_to_ollama::{finish_reason, ollama_usage, stream_error, usage_json, ChatIds};
+use super::openai_to_ollama::{sampling_to_ollama_options, NdjsonTranslator};
+use super::TranslateError;
 
 /// OpenAI completions body to an Ollama `/api/generate` body. Like Ollama's own OpenAI layer,
 /// the prompt goes through the model's template (no `raw`).

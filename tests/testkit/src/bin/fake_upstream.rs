@@ -14,7 +14,9 @@
 //! images, speech and (multipart) transcriptions are always served, as vLLM and the
 //! OpenAI-compatible whisper/TTS servers do.
 //!
-//! `GET /_fake/stats` counts requests; `GET /_fake/last` shows the last request's headers/body.
+//! `GET /_fake/stats` counts requests; `GET /_fake/last` shows the last request's headers/body;
+//! `GET /_fake/cancelled` lists the `fake-slow` requests whose client (the edge) went away while
+//! they waited, as during a model load, with the wall-clock moment the server noticed.
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +75,43 @@ struct Fake {
     last: Mutex<Value>,
     /// Responses made by `/v1/responses`, for GET and DELETE.
     responses: Mutex<std::collections::HashMap<String, Value>>,
+    /// `fake-slow` waits cut short by the connection closing.
+    cancelled: Mutex<Vec<Value>>,
+}
+
+/// Held while `fake-slow` waits for its "model load": dropped before the wait is over, the
+/// connection closed under it (hyper drops a request's future when its connection goes).
+struct LoadWait {
+    fake: Arc<Fake>,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl LoadWait {
+    async fn run(fake: Arc<Fake>) {
+        let mut wait = LoadWait {
+            started: std::time::Instant::now(),
+            fake,
+            done: false,
+        };
+        tokio::time::sleep(Duration::from_millis(wait.fake.args.slow_ms)).await;
+        wait.done = true;
+    }
+}
+
+impl Drop for LoadWait {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.fake.cancelled.lock().unwrap().push(json!({
+            "waited_ms": self.started.elapsed().as_secs_f64() * 1000.0,
+            "closed_at_unix_ms": at.as_secs_f64() * 1000.0,
+        }));
+    }
 }
 
 type S = State<Arc<Fake>>;
@@ -330,7 +369,7 @@ async fn o_chat_or_generate(f: Arc<Fake>, headers: HeaderMap, body: Value, chat:
     }
     let behaviour = f.behaviour(&model);
     match behaviour {
-        "fake-slow" => tokio::time::sleep(Duration::from_millis(f.args.slow_ms)).await,
+        "fake-slow" => LoadWait::run(f.clone()).await,
         "fake-error" => {
             return ollama_err(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -618,7 +657,7 @@ async fn v_chat(State(f): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
     }
     let behaviour = f.behaviour(&model);
     match behaviour {
-        "fake-slow" => tokio::time::sleep(Duration::from_millis(f.args.slow_ms)).await,
+        "fake-slow" => LoadWait::run(f.clone()).await,
         "fake-error" => {
             return openai_err(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -1163,6 +1202,10 @@ async fn stats(State(f): S) -> Json<Value> {
     Json(json!({"name": f.args.name, "requests": f.requests.load(Ordering::Relaxed)}))
 }
 
+async fn cancelled(State(f): S) -> Json<Value> {
+    Json(Value::Array(f.cancelled.lock().unwrap().clone()))
+}
+
 async fn last(State(f): S) -> Json<Value> {
     Json(f.last.lock().unwrap().clone())
 }
@@ -1180,6 +1223,7 @@ async fn main() -> anyhow::Result<()> {
         requests: AtomicU64::new(0),
         last: Mutex::new(Value::Null),
         responses: Mutex::new(Default::default()),
+        cancelled: Mutex::new(Vec::new()),
         args: args.clone(),
     });
     let app = if args.kind == "ollama" {
@@ -1222,6 +1266,7 @@ async fn main() -> anyhow::Result<()> {
     let app = app
         .route("/_fake/stats", get(stats))
         .route("/_fake/last", get(last))
+        .route("/_fake/cancelled", get(cancelled))
         .layer(axum::middleware::map_response(move |mut r: Response| {
             let name = name.clone();
             async move {

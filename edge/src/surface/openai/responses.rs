@@ -20,12 +20,14 @@ use futures::StreamExt;
 use http::{header, StatusCode, Uri};
 use serde_json::{json, Value};
 
-use super::chat_sse::{self, ChatStreamTranslator, NamedEvent};
-use super::openai::{self, OpenAiError};
-use super::stream::LineBuffer;
-use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
+use crate::error::{EdgeError, Shape};
+use crate::outcome::Outcome;
 use crate::providers::ProviderRoute;
+use crate::surface::chat_sse::{self, ChatStreamTranslator, NamedEvent};
+use crate::surface::openai;
+use crate::surface::stream::LineBuffer;
+use crate::surface::{EdgeState, RequestContext};
 use crate::translate::responses::{self as tr, ResponseIds, ResponsesStreamTranslator};
 
 /// How many responses the store keeps; the oldest goes first.
@@ -126,14 +128,10 @@ impl ResponseStore {
     }
 }
 
-type Result<T> = std::result::Result<T, OpenAiError>;
+type Result<T> = std::result::Result<T, EdgeError>;
 
-fn not_found(id: &str) -> OpenAiError {
-    OpenAiError::new(
-        StatusCode::NOT_FOUND,
-        format!("Response with id '{id}' not found."),
-    )
-    .code("response_not_found")
+fn not_found(id: &str) -> EdgeError {
+    EdgeError::ResponseNotFound(id.to_owned())
 }
 
 pub async fn create(
@@ -141,19 +139,19 @@ pub async fn create(
     Extension(ctx): Extension<RequestContext>,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
+    let mut seen = Outcome::on("openai");
     let result = async {
         let body = openai::parse_body(&body)?;
         let model = openai::requested_model(&body)?;
-        let route = openai::route(&state, &ctx, &model)?;
+        let route = openai::route(&state, &ctx, &model, &mut seen)?;
         if route.provider.kind == ProviderKind::Openai && route.provider.responses {
-            passthrough(&state, &ctx, body, &route).await
+            passthrough(&state, &ctx, body, &route, &mut seen).await
         } else {
             translated(&state, &ctx, body, model).await
         }
     }
     .await;
-    result.unwrap_or_else(|e| openai::fail(&ctx, e))
+    openai::answered(seen, result)
 }
 
 /// A provider that serves Responses: the body as it came, `model` rewritten; the response id
@@ -163,11 +161,9 @@ async fn passthrough(
     ctx: &RequestContext,
     body: Value,
     route: &ProviderRoute,
+    seen: &mut Outcome,
 ) -> Result<Response> {
-    let resp = openai::passthrough(state, ctx, body, route, "/responses").await?;
-    if !resp.status().is_success() {
-        return Ok(resp);
-    }
+    let resp = openai::upstream::passthrough(state, ctx, body, route, "/responses", seen).await?;
     let remember = {
         let store = state.responses.clone();
         let client = ctx.client.name.clone();
@@ -194,7 +190,7 @@ async fn passthrough(
         // relay() read a JSON answer whole already; this only takes it back out of the Body.
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
-            .map_err(|e| OpenAiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+            .map_err(|e| EdgeError::UpstreamStreamFailed(e.to_string()))?;
         if let Some(id) = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["id"].as_str().map(str::to_owned))
@@ -262,21 +258,13 @@ async fn translated(
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(id)) => match state.responses.get(id, &ctx.client.name) {
             Some(Stored::Translated { conversation, .. }) => conversation,
-            _ => {
-                return Err(OpenAiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("Previous response with id '{id}' not found."),
-                )
-                .code("previous_response_not_found")
-                .param("previous_response_id"))
-            }
+            _ => return Err(EdgeError::PreviousResponseNotFound(id.clone())),
         },
         Some(_) => {
-            return Err(OpenAiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(EdgeError::invalid_param(
+                "previous_response_id",
                 "'previous_response_id' must be a string",
-            )
-            .param("previous_response_id"))
+            ))
         }
     };
     let chat = tr::responses_to_chat(&body, &history)?;
@@ -299,7 +287,7 @@ async fn translated(
         client: ctx.client.name.clone(),
         conversation,
     });
-    let resp = openai::chat_translated(state, ctx, chat).await;
+    let resp = openai::chat::chat_translated(state, ctx, chat, &Shape::OpenAi).await;
     if !resp.status().is_success() {
         return Ok(resp);
     }
@@ -309,21 +297,21 @@ async fn translated(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !stream || !is_sse {
+        let chat_outcome = resp
+            .extensions()
+            .get::<Outcome>()
+            .cloned()
+            .unwrap_or_default();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
-            .map_err(|e| OpenAiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            OpenAiError::new(
-                StatusCode::BAD_GATEWAY,
-                "The upstream answered with a body that is not JSON",
-            )
-            .code("upstream_bad_response")
-        })?;
+            .map_err(|e| EdgeError::UpstreamStreamFailed(e.to_string()))?;
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|_| EdgeError::UpstreamBadResponse)?;
         let out = tr::chat_response_to_response(&v, &ids, &body);
         if let Some(keep) = store {
             keep.keep(out.clone(), bytes.len());
         }
-        return Ok(Json(out).into_response());
+        return Ok(chat_outcome.attach(Json(out).into_response()));
     }
     let mut translator = ResponsesStreamTranslator::new(ids, body);
     let first = translator.start();
@@ -334,13 +322,7 @@ async fn translated(
             }
         })
     });
-    Ok(chat_sse::translated(
-        resp,
-        translator,
-        first,
-        ctx,
-        on_complete,
-    ))
+    Ok(chat_sse::translated(resp, translator, first, on_complete))
 }
 
 impl ChatStreamTranslator for ResponsesStreamTranslator {
@@ -380,24 +362,18 @@ pub async fn retrieve(
     Path(id): Path<String>,
     uri: Uri,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
-    match state.responses.get(&id, &ctx.client.name) {
-        Some(Stored::Translated { response, .. }) => Json(response).into_response(),
+    let mut seen = Outcome::on("openai");
+    let result = match state.responses.get(&id, &ctx.client.name) {
+        Some(Stored::Translated { response, .. }) => Ok(Json(response).into_response()),
         Some(Stored::Upstream {
             provider, model, ..
-        }) => ask_provider(
-            &state,
-            &ctx,
-            &provider,
-            &model,
-            http::Method::GET,
-            &id,
-            &uri,
-        )
-        .await
-        .unwrap_or_else(|e| openai::fail(&ctx, e)),
-        None => openai::fail(&ctx, not_found(&id)),
-    }
+        }) => {
+            let get = http::Method::GET;
+            ask_provider(&state, &ctx, &provider, &model, get, &id, &uri, &mut seen).await
+        }
+        None => Err(not_found(&id)),
+    };
+    openai::answered(seen, result)
 }
 
 /// `DELETE /v1/responses/{id}`, answered as OpenAI does (`{"id", "object", "deleted"}`).
@@ -407,35 +383,36 @@ pub async fn delete(
     Path(id): Path<String>,
     uri: Uri,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
-    match state.responses.get(&id, &ctx.client.name) {
+    let mut seen = Outcome::on("openai");
+    let result = match state.responses.get(&id, &ctx.client.name) {
         Some(Stored::Translated { .. }) => {
             state.responses.remove(&id);
-            Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
+            Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
         }
         Some(Stored::Upstream {
             provider, model, ..
         }) => {
+            let delete = http::Method::DELETE;
             let resp = ask_provider(
-                &state,
-                &ctx,
-                &provider,
-                &model,
-                http::Method::DELETE,
-                &id,
-                &uri,
+                &state, &ctx, &provider, &model, delete, &id, &uri, &mut seen,
             )
             .await;
-            if matches!(&resp, Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND)
-            {
+            // Gone there (or never there): forgotten here too.
+            let gone = match &resp {
+                Ok(r) => r.status().is_success(),
+                Err(e) => e.status() == StatusCode::NOT_FOUND,
+            };
+            if gone {
                 state.responses.remove(&id);
             }
-            resp.unwrap_or_else(|e| openai::fail(&ctx, e))
+            resp
         }
-        None => openai::fail(&ctx, not_found(&id)),
-    }
+        None => Err(not_found(&id)),
+    };
+    openai::answered(seen, result)
 }
 
+#[allow(clippy::too_many_arguments)] // the stored response's whereabouts and the request's own
 async fn ask_provider(
     state: &EdgeState,
     ctx: &RequestContext,
@@ -444,25 +421,21 @@ async fn ask_provider(
     method: http::Method,
     id: &str,
     uri: &Uri,
+    seen: &mut Outcome,
 ) -> Result<Response> {
     let Some(provider) = state.providers.get(provider).cloned() else {
         return Err(not_found(id));
     };
-    ctx.update(|m| {
-        m.provider = Some(provider.name.clone());
-        m.model = Some(format!("{}/{model}", provider.name));
-    });
+    seen.provider = Some(provider.name.clone());
+    seen.model = Some(format!("{}/{model}", provider.name));
     let route = ProviderRoute {
         provider,
         model: model.to_owned(),
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let http = &state.providers.http;
-    let up = openai::send_with(state, ctx, &route, |ep| {
-        http.request(method.clone(), format!("{}/responses/{id}{query}", ep.url))
-    })
-    .await?;
-    openai::relay(state, ctx, up, false).await
+    let request = crate::providers::UpstreamRequest::new(method, format!("/responses/{id}{query}"));
+    let up = openai::upstream::send_req(state, ctx, &route, request, seen).await?;
+    openai::upstream::relay(state, ctx, up, false, seen).await
 }
 
 #[cfg(test)]

@@ -6,12 +6,14 @@
 //! included, no longer serve it for current models.
 use serde_json::{json, Map, Value};
 
-/// A request the edge cannot translate: answered 400 in Ollama's shape.
-#[derive(Debug)]
-pub struct BadRequest(pub String);
+use super::TranslateError;
 
-fn bad(msg: impl Into<String>) -> BadRequest {
-    BadRequest(msg.into())
+/// A request the edge cannot translate (answered 400 in Ollama's shape, which names no param).
+fn bad(msg: impl Into<String>) -> TranslateError {
+    TranslateError {
+        message: msg.into(),
+        param: None,
+    }
 }
 
 pub fn rfc3339_now() -> String {
@@ -44,7 +46,7 @@ fn image_data_url(b64: &str) -> String {
     format!("data:{mime};base64,{b64}")
 }
 
-fn content_with_images(text: &str, images: Option<&Value>) -> Result<Value, BadRequest> {
+fn content_with_images(text: &str, images: Option<&Value>) -> Result<Value, TranslateError> {
     let Some(images) = images.filter(|v| !v.is_null()) else {
         return Ok(json!(text));
     };
@@ -67,7 +69,7 @@ fn content_with_images(text: &str, images: Option<&Value>) -> Result<Value, BadR
 /// Ollama `options` and `format` onto an OpenAI request body. Knobs OpenAI-compatible servers do
 /// not share (`num_ctx`, `top_k`, `repeat_penalty`, `keep_alive`, ...) are dropped, because
 /// strict servers reject unknown parameters.
-fn apply_options(req: &Value, out: &mut Map<String, Value>) -> Result<(), BadRequest> {
+fn apply_options(req: &Value, out: &mut Map<String, Value>) -> Result<(), TranslateError> {
     match req.get("options") {
         None | Some(Value::Null) => {}
         Some(Value::Object(o)) => {
@@ -119,7 +121,7 @@ fn stream_flag(req: &Value) -> bool {
     req.get("stream").and_then(Value::as_bool).unwrap_or(true)
 }
 
-fn finish_body(mut out: Map<String, Value>, req: &Value) -> Result<Value, BadRequest> {
+fn finish_body(mut out: Map<String, Value>, req: &Value) -> Result<Value, TranslateError> {
     apply_options(req, &mut out)?;
     let stream = stream_flag(req);
     out.insert("stream".into(), json!(stream));
@@ -130,7 +132,7 @@ fn finish_body(mut out: Map<String, Value>, req: &Value) -> Result<Value, BadReq
 }
 
 /// Ollama `POST /api/chat` body to OpenAI `POST /chat/completions`.
-pub fn chat_to_openai(req: &Value, upstream_model: &str) -> Result<Value, BadRequest> {
+pub fn chat_to_openai(req: &Value, upstream_model: &str) -> Result<Value, TranslateError> {
     let messages = match req.get("messages") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
@@ -215,7 +217,7 @@ pub fn chat_to_openai(req: &Value, upstream_model: &str) -> Result<Value, BadReq
 }
 
 /// Ollama `POST /api/generate` body to OpenAI `POST /chat/completions`.
-pub fn generate_to_openai(req: &Value, upstream_model: &str) -> Result<Value, BadRequest> {
+pub fn generate_to_openai(req: &Value, upstream_model: &str) -> Result<Value, TranslateError> {
     let prompt = match req.get("prompt") {
         None | Some(Value::Null) => "",
         Some(Value::String(s)) => s.as_str(),
@@ -242,7 +244,7 @@ pub fn embed_to_openai(
     req: &Value,
     upstream_model: &str,
     legacy: bool,
-) -> Result<Value, BadRequest> {
+) -> Result<Value, TranslateError> {
     let key = if legacy { "prompt" } else { "input" };
     let input = match req.get(key) {
         Some(Value::String(s)) => json!(s),

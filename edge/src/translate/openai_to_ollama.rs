@@ -5,16 +5,7 @@
 //! edge speaks `/api/chat` and `/api/embed` instead.
 use serde_json::{json, Map, Value};
 
-pub mod anthropic;
-pub mod completions;
-pub mod responses;
-
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct TranslateError {
-    pub message: String,
-    pub param: Option<String>,
-}
+use super::{bad, TranslateError, SHARED_SAMPLING_OPTIONS};
 
 /// The sampling fields that OpenAI's chat and completions APIs share (SHARED_SAMPLING_OPTIONS,
 /// the token cap, `stop`), checked and put into Ollama's `options`. `max_keys` are the request's
@@ -60,13 +51,6 @@ pub(crate) fn sampling_to_ollama_options(
     Ok(())
 }
 
-fn bad(param: &str, message: impl Into<String>) -> TranslateError {
-    TranslateError {
-        message: message.into(),
-        param: Some(param.to_owned()),
-    }
-}
-
 /// Identity of one OpenAI response: the same in every chunk of a stream.
 #[derive(Debug, Clone)]
 pub struct ChatIds {
@@ -75,15 +59,6 @@ pub struct ChatIds {
     /// The model name as the client asked for it.
     pub model: String,
 }
-
-/// Sampling parameters both APIs name alike (Ollama keeps them under `options`).
-pub const SHARED_SAMPLING_OPTIONS: [&str; 5] = [
-    "temperature",
-    "top_p",
-    "seed",
-    "frequency_penalty",
-    "presence_penalty",
-];
 
 /// OpenAI `POST /v1/chat/completions` body to Ollama `POST /api/chat` body.
 pub fn chat_to_ollama(req: &Value, upstream_model: &str) -> Result<Value, TranslateError> {
@@ -302,7 +277,7 @@ fn data_url_base64(url: &str) -> Option<String> {
     meta.ends_with(";base64").then(|| data.to_owned())
 }
 
-fn finish_reason(done_reason: Option<&str>, made_calls: bool) -> &'static str {
+pub(crate) fn finish_reason(done_reason: Option<&str>, made_calls: bool) -> &'static str {
     if made_calls {
         return "tool_calls";
     }
@@ -344,7 +319,7 @@ pub fn ollama_usage(resp: &Value) -> (u64, u64) {
     )
 }
 
-fn usage_json(prompt: u64, completion: u64) -> Value {
+pub(crate) fn usage_json(prompt: u64, completion: u64) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
@@ -585,9 +560,9 @@ pub fn embeddings_response_to_openai(resp: &Value, model: &str) -> Value {
 /// Golden files in `edge/tests/golden/`: each holds an input and the expected translation.
 /// `UPDATE_GOLDEN=1 cargo test -p edge golden` rewrites the expectations (review the diff).
 #[cfg(test)]
-pub(crate) mod golden {
+mod golden {
     use super::*;
-    use std::path::PathBuf;
+    use crate::translate::golden::check_golden_dir;
 
     fn ids() -> ChatIds {
         ChatIds {
@@ -619,47 +594,6 @@ pub(crate) mod golden {
             "embeddings_response" => embeddings_response_to_openai(input, model),
             other => panic!("unknown golden kind {other}"),
         }
-    }
-
-    /// Runs every golden file (`{"kind", "input", ..., "expected"}`) in `edge/tests/<subdir>`
-    /// through `translate`; `UPDATE_GOLDEN=1 cargo test -p edge golden` rewrites the expectations
-    /// (review the diff). Shared by the translation modules' golden tests.
-    pub(crate) fn check_golden_dir(
-        subdir: &str,
-        at_least: usize,
-        translate: impl Fn(&Value) -> Value,
-    ) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests")
-            .join(subdir);
-        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-        let mut paths: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        paths.sort();
-        for path in &paths {
-            let mut case: Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            let got = translate(&case);
-            if update {
-                case["expected"] = got;
-                std::fs::write(path, serde_json::to_string_pretty(&case).unwrap() + "\n").unwrap();
-            } else {
-                assert_eq!(
-                    got,
-                    case["expected"],
-                    "golden mismatch in {}",
-                    path.display()
-                );
-            }
-        }
-        assert!(
-            paths.len() >= at_least,
-            "golden files missing in {}",
-            dir.display()
-        );
     }
 
     #[test]

@@ -4,13 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use http::StatusCode;
 
 use crate::clients::{ClientDirectory, ClientIdentity};
 use crate::config::EdgeConfig;
+use crate::error::{EdgeError, Shape};
 use crate::metrics::Metrics;
 use crate::policy::Refusal;
 use crate::providers::ProviderSet;
@@ -22,8 +22,6 @@ pub mod keys;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
-pub mod passthrough;
-pub mod responses;
 pub mod stream;
 
 /// Shared by every request; built once at start-up.
@@ -34,7 +32,7 @@ pub struct EdgeState {
     pub clients: Arc<ClientDirectory>,
     pub audit: Option<Arc<dyn aibox_mcp::AuditSink>>,
     /// Recent `/v1/responses` ids: translated answers, and which provider made the others.
-    pub responses: responses::ResponseStore,
+    pub responses: openai::responses::ResponseStore,
 }
 
 /// What the handlers learn about a request, for its log line, metrics and `Server-Timing`.
@@ -65,6 +63,23 @@ pub struct RequestContext {
     pub trace: crate::trace::TraceContext,
 }
 
+impl From<RequestMeta> for crate::outcome::Outcome {
+    fn from(m: RequestMeta) -> Self {
+        crate::outcome::Outcome {
+            surface: m.surface,
+            route: m.route,
+            provider: m.provider,
+            endpoint: m.endpoint,
+            model: m.model,
+            upstream_time: m.upstream_time,
+            tokens_in: m.tokens_in,
+            tokens_out: m.tokens_out,
+            error: m.error,
+            streams: Vec::new(),
+        }
+    }
+}
+
 impl RequestContext {
     pub fn update(&self, f: impl FnOnce(&mut RequestMeta)) {
         f(&mut self.meta.lock().unwrap_or_else(|p| p.into_inner()));
@@ -79,17 +94,17 @@ pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
         .route("/api/edge/stats", get(ops::stats))
         .route("/api/edge/keys", get(keys::list).post(keys::create))
         .route("/api/edge/keys/{name}", axum::routing::delete(keys::revoke))
-        .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{*id}", get(openai::get_model))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/responses", post(responses::create))
+        .route("/v1/models", get(openai::models::list_models))
+        .route("/v1/models/{*id}", get(openai::models::get_model))
+        .route("/v1/chat/completions", post(openai::chat::chat_completions))
+        .route("/v1/completions", post(openai::completions::completions))
+        .route("/v1/embeddings", post(openai::embeddings::embeddings))
+        .route("/v1/responses", post(openai::responses::create))
         .route(
             "/v1/responses/{id}",
-            get(responses::retrieve).delete(responses::delete),
+            get(openai::responses::retrieve).delete(openai::responses::delete),
         )
-        .merge(passthrough::routes())
+        .merge(openai::passthrough::routes())
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .merge(ollama::routes())
@@ -99,50 +114,59 @@ pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
     api.merge(mcp)
 }
 
-/// Notes the matched route template in the request's meta (the metrics' `route` label).
+/// Notes the matched route template in the response's outcome (the metrics' `route` label).
 async fn record_route(
     matched: axum::extract::MatchedPath,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(ctx) = request.extensions().get::<RequestContext>() {
-        ctx.update(|m| m.route = Some(matched.as_str().to_owned()));
-    }
-    next.run(request).await
+    let route = matched.as_str().to_owned();
+    let mut resp = next.run(request).await;
+    crate::outcome::Outcome::of(&mut resp)
+        .route
+        .get_or_insert(route);
+    resp
 }
 
 async fn fallback(method: http::Method, uri: http::Uri) -> Response {
     let path = uri.path();
-    if path.starts_with("/v1/") {
-        openai::OpenAiError::new(
-            StatusCode::NOT_FOUND,
-            format!("Unknown request URL: {method} {path}"),
-        )
-        .code("unknown_url")
-        .into_response()
+    let e = EdgeError::UnknownUrl {
+        method: method.to_string(),
+        path: path.to_owned(),
+    };
+    // Only the OpenAI surface has a shape of its own for an unknown URL.
+    let shape = if path.starts_with("/v1/") {
+        Shape::OpenAi
     } else {
-        ollama::OllamaError::new(StatusCode::NOT_FOUND, "404 page not found").into_response()
-    }
+        Shape::Ollama
+    };
+    e.render(&shape)
 }
 
 /// `413` in the shape of the surface the path belongs to.
 pub fn too_large(path: &str, limit: usize) -> Response {
-    let msg = format!("Request body is larger than the limit of {limit} bytes");
+    let shape = match shape_of(path, &[]) {
+        Shape::OpenAi if path == "/v1" => Shape::Ollama,
+        shape => shape,
+    };
+    EdgeError::TooLarge { limit }.render(&shape)
+}
+
+/// The error shape of the surface `path` belongs to. On `/mcp` it is a JSON-RPC error
+/// answering the request's own `id` when the body has one.
+pub fn shape_of(path: &str, body: &[u8]) -> Shape {
     if is_anthropic(path) {
-        anthropic::AnthropicError::new(StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
-    } else if path.starts_with("/v1/") {
-        openai::OpenAiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
-            .code("request_too_large")
-            .into_response()
+        Shape::Anthropic
+    } else if path.starts_with("/v1/") || path == "/v1" {
+        Shape::OpenAi
     } else if path.starts_with("/mcp") {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": null,
-                "error": {"code": -32600, "message": msg}})),
-        )
-            .into_response()
+        let id = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .unwrap_or(serde_json::Value::Null);
+        Shape::JsonRpc(id)
     } else {
-        ollama::OllamaError::new(StatusCode::PAYLOAD_TOO_LARGE, msg).into_response()
+        Shape::Ollama
     }
 }
 
@@ -164,38 +188,7 @@ pub fn governed(path: &str) -> bool {
         || path.starts_with("/mcp/")
 }
 
-/// A refusal (401, 403, 429) in the shape of the surface the path belongs to. On `/mcp` it is
-/// a JSON-RPC error answering the request's own `id` when the body has one.
+/// A refusal (401, 403, 429) in the shape of the surface the path belongs to.
 pub fn refused(path: &str, client: &str, refusal: &Refusal, body: &[u8]) -> Response {
-    if is_anthropic(path) {
-        return anthropic::refused(client, refusal);
-    }
-    if path.starts_with("/v1/") || path == "/v1" {
-        return openai::refused(client, refusal);
-    }
-    if !path.starts_with("/mcp") {
-        return ollama::refused(client, refusal);
-    }
-    let (status, code) = match refusal {
-        Refusal::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, -32001),
-        Refusal::ModelForbidden(_) => (StatusCode::FORBIDDEN, -32003),
-        Refusal::Limited { .. } => (StatusCode::TOO_MANY_REQUESTS, -32029),
-    };
-    let id = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .unwrap_or(serde_json::Value::Null);
-    let mut r = (
-        status,
-        axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": id,
-            "error": {"code": code, "message": refusal.message(client)}})),
-    )
-        .into_response();
-    if let Refusal::Limited { retry_after, .. } = refusal {
-        r.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from(crate::policy::retry_after_secs(*retry_after)),
-        );
-    }
-    r
+    EdgeError::refusal(client, refusal).render(&shape_of(path, body))
 }

@@ -13,12 +13,15 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
-use http::{header, HeaderMap, StatusCode, Uri};
+use http::{header, HeaderMap, Uri};
 
-use super::openai::{self, OpenAiError};
-use super::{EdgeState, RequestContext};
 use crate::config::ProviderKind;
-use crate::providers::ProviderRoute;
+use crate::error::EdgeError;
+use crate::outcome::Outcome;
+use crate::providers::multipart::Form;
+use crate::providers::{ProviderRoute, UpstreamRequest};
+use crate::surface::openai::{self, upstream};
+use crate::surface::{EdgeState, RequestContext};
 
 pub fn routes() -> Router<Arc<EdgeState>> {
     Router::new()
@@ -30,7 +33,7 @@ pub fn routes() -> Router<Arc<EdgeState>> {
         .route("/v1/audio/translations", post(multipart_route))
 }
 
-type Result<T> = std::result::Result<T, OpenAiError>;
+type Result<T> = std::result::Result<T, EdgeError>;
 
 /// The path under the provider's base URL (which ends in `/v1`).
 fn upstream_path(uri: &Uri) -> &str {
@@ -43,25 +46,21 @@ fn route_for(
     ctx: &RequestContext,
     model: &str,
     uri: &Uri,
+    seen: &mut Outcome,
 ) -> Result<ProviderRoute> {
-    let route = openai::route(state, ctx, model)?;
+    let route = openai::route(state, ctx, model, seen)?;
     if route.provider.kind != ProviderKind::Openai {
-        return Err(OpenAiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "The model `{model}` is served by provider `{}` ({}), which does not serve {}",
-                route.provider.name,
-                route.provider.kind.as_str(),
-                uri.path()
-            ),
-        )
-        .code("route_not_supported")
-        .param("model"));
+        return Err(EdgeError::RouteNotSupported {
+            model: model.to_owned(),
+            provider: route.provider.name.clone(),
+            provider_kind: route.provider.kind.as_str(),
+            path: uri.path().to_owned(),
+        });
     }
     Ok(route)
 }
 
-/// JSON bodies: `model` rewritten, everything else as it came; the answer (JSON, SSE or
+/// JSON bodies: `model` rewritten in place (`model_field`), everything else as it came; the answer (JSON, SSE or
 /// audio bytes) streamed back.
 async fn json_route(
     State(state): State<Arc<EdgeState>>,
@@ -69,15 +68,18 @@ async fn json_route(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
+    let mut seen = Outcome::on("openai");
     let result = async {
-        let body = openai::parse_body(&body)?;
-        let model = openai::requested_model(&body)?;
-        let route = route_for(&state, &ctx, &model, &uri)?;
-        openai::passthrough(&state, &ctx, body, &route, upstream_path(&uri)).await
+        // Only `model` changes: the rest goes on as the client sent it, never parsed.
+        let field = openai::model_of(&body)?;
+        let route = route_for(&state, &ctx, field.value(), &uri, &mut seen)?;
+        let path = upstream_path(&uri);
+        let rewritten = Bytes::from(field.replaced(&route.model));
+        let up = upstream::send_bytes(&state, &ctx, &route, path, rewritten, &mut seen).await?;
+        upstream::relay(&state, &ctx, up, false, &mut seen).await
     }
     .await;
-    result.unwrap_or_else(|e| openai::fail(&ctx, e))
+    openai::answered(seen, result)
 }
 
 /// One field of a multipart form, kept to be sent again.
@@ -88,8 +90,8 @@ struct FormField {
     data: Bytes,
 }
 
-fn bad_form(message: impl Into<String>) -> OpenAiError {
-    OpenAiError::new(StatusCode::BAD_REQUEST, message)
+fn bad_form(message: impl Into<String>) -> EdgeError {
+    EdgeError::invalid(message)
 }
 
 /// The form's fields in order, read with multer from the body the gateway already bounded.
@@ -130,30 +132,23 @@ async fn read_form(headers: &HeaderMap, body: Bytes) -> Result<Vec<FormField>> {
     Ok(fields)
 }
 
-/// The form again, `model` replaced by the provider's name for it.
-fn form_for(fields: &[FormField], model: &str) -> reqwest::multipart::Form {
-    let mut form = reqwest::multipart::Form::new();
+/// The form again, `model` replaced by the provider's name for it: the content type (with its
+/// boundary) and the encoded body.
+fn form_for(fields: &[FormField], model: &str) -> (http::HeaderValue, Bytes) {
+    let mut form = Form::new();
     for f in fields {
-        if f.name == "model" {
-            form = form.text("model", model.to_owned());
-            continue;
-        }
-        let part = || {
-            let p =
-                reqwest::multipart::Part::stream_with_length(f.data.clone(), f.data.len() as u64);
-            match &f.file_name {
-                Some(n) => p.file_name(n.clone()),
-                None => p,
-            }
+        form = if f.name == "model" {
+            form.text("model", model)
+        } else {
+            form.part(
+                &f.name,
+                f.file_name.as_deref(),
+                f.content_type.as_deref(),
+                &f.data,
+            )
         };
-        // A content type reqwest cannot parse is left out rather than failing the upload.
-        let part = match &f.content_type {
-            Some(ct) => part().mime_str(ct).unwrap_or_else(|_| part()),
-            None => part(),
-        };
-        form = form.part(f.name.clone(), part);
     }
-    form
+    form.finish()
 }
 
 /// multipart/form-data uploads (audio): `model` found among the fields and rewritten, the
@@ -165,7 +160,7 @@ async fn multipart_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ctx.update(|m| m.surface = "openai");
+    let mut seen = Outcome::on("openai");
     let result = async {
         let fields = read_form(&headers, body).await?;
         let model = fields
@@ -173,19 +168,18 @@ async fn multipart_route(
             .find(|f| f.name == "model")
             .map(|f| String::from_utf8_lossy(&f.data).trim().to_owned())
             .filter(|m| !m.is_empty())
-            .ok_or_else(|| bad_form("Missing required parameter: 'model'").param("model"))?;
-        let route = route_for(&state, &ctx, &model, &uri)?;
+            .ok_or(EdgeError::MissingParam("model"))?;
+        let route = route_for(&state, &ctx, &model, &uri, &mut seen)?;
         let path = upstream_path(&uri);
-        let http = &state.providers.http;
-        let up = openai::send_with(&state, &ctx, &route, |ep| {
-            http.post(format!("{}{path}", ep.url))
-                .multipart(form_for(&fields, &route.model))
-        })
-        .await?;
-        openai::relay(&state, &ctx, up, false).await
+        let (content_type, form) = form_for(&fields, &route.model);
+        let request = UpstreamRequest::new(http::Method::POST, path)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(form);
+        let up = upstream::send_req(&state, &ctx, &route, request, &mut seen).await?;
+        upstream::relay(&state, &ctx, up, false, &mut seen).await
     }
     .await;
-    result.unwrap_or_else(|e| openai::fail(&ctx, e))
+    openai::answered(seen, result)
 }
 
 #[cfg(test)]

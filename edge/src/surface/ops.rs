@@ -62,7 +62,7 @@ pub async fn stats(
     Extension(ctx): Extension<RequestContext>,
 ) -> Response {
     if !ctx.client.admin {
-        return problem(StatusCode::UNAUTHORIZED, "the admin key is required");
+        return crate::error::EdgeError::AdminKeyRequired.render(&crate::error::Shape::Problem);
     }
     Json(state.metrics.stats()).into_response()
 }
