@@ -491,10 +491,6 @@ impl EdgeError {
             Refusal::Unauthenticated { key_presented } => EdgeError::Unauthenticated {
                 key_presented: *key_presented,
             },
-            Refusal::ModelForbidden(model) => EdgeError::ModelForbidden {
-                client: client.to_owned(),
-                model: model.clone(),
-            },
             Refusal::Limited { limit, retry_after } => EdgeError::Limited {
                 client: client.to_owned(),
                 limit: *limit,

@@ -103,13 +103,12 @@ pub fn glob_match(glob: &str, text: &str) -> bool {
     g[gi..].iter().all(|c| *c == '*')
 }
 
-/// Why a request was refused; each surface renders it in its own error shape.
+/// Why the gateway refused a request before any handler ran (`EdgeError::refusal` renders it in
+/// the shape of the surface; a model the client may not use is refused by the handler instead).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// No key, or a key the edge does not know, while keys are required.
     Unauthenticated { key_presented: bool },
-    /// The client may not use this model (named).
-    ModelForbidden(String),
     /// A limit is reached; try again after the duration.
     Limited {
         limit: &'static str,
@@ -118,34 +117,10 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn message(&self, client: &str) -> String {
-        match self {
-            Refusal::Unauthenticated {
-                key_presented: false,
-            } => "An API key is required: send it as `Authorization: Bearer <key>`".into(),
-            Refusal::Unauthenticated {
-                key_presented: true,
-            } => "The API key is not valid (unknown or revoked)".into(),
-            Refusal::ModelForbidden(model) => {
-                format!("Client `{client}` may not use the model `{model}`")
-            }
-            Refusal::Limited { limit, retry_after } => format!(
-                "Client `{client}` is over its {} limit; retry after {} s",
-                match *limit {
-                    "rpm" => "requests-per-minute",
-                    "tpm" => "tokens-per-minute",
-                    _ => "concurrent-requests",
-                },
-                retry_after_secs(*retry_after)
-            ),
-        }
-    }
-
     /// Short kind for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Refusal::Unauthenticated { .. } => "unauthenticated",
-            Refusal::ModelForbidden(_) => "model_not_allowed",
             Refusal::Limited { .. } => "rate_limited",
         }
     }

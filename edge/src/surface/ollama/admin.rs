@@ -14,8 +14,8 @@ use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
 use super::{
-    answered, json_bytes_response, model_field, parse_body, read_all, seen,
-    upstream_status_error, Result,
+    answered, json_bytes_response, model_field, parse_body, read_all, seen, upstream_status_error,
+    Result,
 };
 use crate::config::ProviderKind;
 use crate::error::{ndjson_error_line, EdgeError, Shape};
@@ -256,7 +256,17 @@ async fn admin(
             None
         }
     };
-    let result = admin_act(state, ctx, body, action, provider, targets, &mut intent, seen).await;
+    let result = admin_act(
+        state,
+        ctx,
+        body,
+        action,
+        provider,
+        targets,
+        &mut intent,
+        seen,
+    )
+    .await;
     if let Some(intent) = intent {
         let detail = match &result {
             Ok(_) => json!({}),
@@ -334,9 +344,17 @@ async fn admin_act(
             intent: intent.take(),
             done: false,
         };
-        let relay = Relay::translate(progress_body(call, response, targets, failed), Framing::Ndjson, frames)
-            .timed(Timing::new(state.config.timeouts.idle(), ADMIN_STREAM_TOTAL, Instant::now()))
-            .logged(&ctx.id, &first.url);
+        let relay = Relay::translate(
+            progress_body(call, response, targets, failed),
+            Framing::Ndjson,
+            frames,
+        )
+        .timed(Timing::new(
+            state.config.timeouts.idle(),
+            ADMIN_STREAM_TOTAL,
+            Instant::now(),
+        ))
+        .logged(&ctx.id, &first.url);
         if streams {
             return Ok(relay.respond(
                 StatusCode::OK,
@@ -424,7 +442,9 @@ impl AdminCall {
             }
             Err(e) => e.message(&Shape::Ollama),
         };
-        Box::pin(futures::stream::once(ready(Ok(ndjson_error_line(&refused)))))
+        Box::pin(futures::stream::once(ready(Ok(ndjson_error_line(
+            &refused,
+        )))))
     }
 }
 

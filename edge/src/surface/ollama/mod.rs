@@ -90,7 +90,9 @@ fn model_field(body: &Value, keys: &[&'static str]) -> Result<String> {
             Some(_) => return Err(EdgeError::invalid(format!("{key} must be a string"))),
         }
     }
-    Err(EdgeError::MissingParam(keys.first().copied().unwrap_or("model")))
+    Err(EdgeError::MissingParam(
+        keys.first().copied().unwrap_or("model"),
+    ))
 }
 
 /// The body for an Ollama upstream: the client's, with the model name it knows.
