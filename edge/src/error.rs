@@ -493,7 +493,7 @@ impl EdgeError {
             },
             Refusal::Limited { limit, retry_after } => EdgeError::Limited {
                 client: client.to_owned(),
-                limit: *limit,
+                limit,
                 retry_after: *retry_after,
             },
         }

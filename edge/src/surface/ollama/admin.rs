@@ -489,7 +489,7 @@ impl AdminProgress {
                 Some(e) => json!({"error": e}),
             };
             // The write runs in a task of its own, so the client leaving cannot cancel it.
-            let _ = intent.finish(self.failed.get().is_none(), detail);
+            drop(intent.finish(self.failed.get().is_none(), detail));
         }
     }
 }
