@@ -103,7 +103,8 @@ pub fn glob_match(glob: &str, text: &str) -> bool {
     g[gi..].iter().all(|c| *c == '*')
 }
 
-/// Why a request was refused; each surface renders it in its own error shape.
+/// Why the gateway refused a request before any handler ran (`EdgeError::refusal` renders it in
+/// the shape of the surface; a model the client may not use is refused by the handler instead).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// No key, or a key the edge does not know, while keys are required.
