@@ -280,6 +280,10 @@ async fn admin(
 
 /// The admin call in a task of its own: a client that hangs up cancels neither the upstream
 /// delete/copy nor the audit outcome (a streamed pull stops with its stream, recorded as such).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the task is awaited right here: its owner is this request, it only outlives a client that hung up"
+)]
 async fn admin_task(
     state: Arc<EdgeState>,
     ctx: RequestContext,

@@ -8,6 +8,8 @@
 //!
 //! Both sides use one keep-alive HTTP/1.1 connection per worker, so the comparison is the same
 //! client doing the same work with and without the edge in the path.
+// A bench driver: every task lives as long as the run, so a bare spawn has its owner.
+#![allow(clippy::disallowed_methods)]
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
