@@ -28,8 +28,8 @@ mod model_field;
 mod outcome;
 mod policy;
 mod providers;
-mod services;
 mod relay;
+mod services;
 mod surface;
 mod trace;
 mod translate;
@@ -122,9 +122,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::try_new().context("metrics")?);
     let providers = Arc::new(providers::ProviderSet::new(&config, metrics.clone()));
     let audit: Option<Arc<dyn aibox_mcp::AuditSink>> = match config.controller.clone() {
-        Some((url, token)) => Some(Arc::new(
-            audit::ControllerAudit::new(url, token),
-        )),
+        Some((url, token)) => Some(Arc::new(audit::ControllerAudit::new(url, token))),
         None => None,
     };
 
