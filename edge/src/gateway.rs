@@ -10,7 +10,7 @@
 //!
 //! Architecture Invariant: the edge's own routes never reach the dashboard, and the dashboard
 //! never sees a client's `Authorization` header for the model or MCP routes.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -23,7 +23,7 @@ use tower::ServiceExt;
 
 use crate::metrics::RequestRecord;
 use crate::outcome::Outcome;
-use crate::surface::{self, EdgeState, RequestContext, RequestMeta};
+use crate::surface::{self, EdgeState, RequestContext};
 
 pub struct EdgeGateway {
     state: Arc<EdgeState>,
@@ -112,13 +112,11 @@ impl EdgeGateway {
             (!over).then(|| buf.freeze())
         };
 
-        let meta = Arc::new(Mutex::new(RequestMeta::default()));
         let mut _admission = None;
         let rc = RequestContext {
             id: ctx.request_id.clone(),
             client: client.clone(),
             started: ctx.started,
-            meta: meta.clone(),
             trace,
         };
         // The caller's policy: 401 when keys are required, then its limits. The admission (a
@@ -176,10 +174,7 @@ impl EdgeGateway {
                         // Gone while the handler waited (a model load, a slow upstream): the
                         // handler and its upstream request were dropped at once.
                         session.set_keepalive(None);
-                        let mut outcome = Outcome::on(surface_of(&path));
-                        if let Ok(m) = meta.lock() {
-                            outcome.fill_from(Outcome::from(m.clone()));
-                        }
+                        let outcome = Outcome::on(surface_of(&path));
                         if admitted {
                             rc.client.finished(0).await;
                         }
@@ -202,9 +197,7 @@ impl EdgeGateway {
         }
         header.insert_header("x-request-id", &ctx.request_id)?;
         let until_headers = ctx.started.elapsed();
-        let upstream = outcome
-            .upstream_time
-            .or_else(|| meta.lock().ok().and_then(|m| m.upstream_time));
+        let upstream = outcome.upstream_time;
         header.insert_header("server-timing", server_timing(until_headers, upstream))?;
         match http_body::Body::size_hint(&body).exact() {
             Some(n) => header.insert_header(http::header::CONTENT_LENGTH, n.to_string())?,
@@ -251,10 +244,6 @@ impl EdgeGateway {
         }
         // The body is done (or dropped): its relays have handed over their tallies.
         outcome.settle();
-        // Handlers not yet returning an `Outcome` still note theirs in the request's meta.
-        if let Ok(m) = meta.lock() {
-            outcome.fill_from(Outcome::from(m.clone()));
-        }
         if admitted {
             rc.client
                 .finished(outcome.tokens_in + outcome.tokens_out)
@@ -270,12 +259,12 @@ impl EdgeGateway {
         rc: &RequestContext,
         path: &str,
         status: u16,
-        meta: &Outcome,
+        outcome: &Outcome,
         client_gone: bool,
         first_frame: Option<Duration>,
     ) {
         let total = rc.started.elapsed();
-        let upstream_ms = meta.upstream_time.map(|u| u.as_secs_f64() * 1000.0);
+        let upstream_ms = outcome.upstream_time.map(|u| u.as_secs_f64() * 1000.0);
         if is_probe(path, status) {
             // Docker's health check every 5 s, readiness probes and scrapes are not traffic (and
             // carry no surface, so there are no request metrics to record either).
@@ -288,31 +277,31 @@ impl EdgeGateway {
             client = %rc.client.name,
             path,
             status,
-            provider = meta.provider.as_deref().unwrap_or("-"),
-            endpoint = meta.endpoint.as_deref().unwrap_or("-"),
-            model = meta.model.as_deref().unwrap_or("-"),
-            tokens_in = meta.tokens_in,
-            tokens_out = meta.tokens_out,
-            error = meta.error.unwrap_or("-"),
+            provider = outcome.provider.as_deref().unwrap_or("-"),
+            endpoint = outcome.endpoint.as_deref().unwrap_or("-"),
+            model = outcome.model.as_deref().unwrap_or("-"),
+            tokens_in = outcome.tokens_in,
+            tokens_out = outcome.tokens_out,
+            error = outcome.error.unwrap_or("-"),
             client_gone,
             total_ms = total.as_secs_f64() * 1000.0,
             upstream_ms = upstream_ms.unwrap_or(0.0),
             "request"
         );
-        if !meta.surface.is_empty() {
+        if !outcome.surface.is_empty() {
             self.state.metrics.record(&RequestRecord {
-                surface: meta.surface,
-                route: meta.route.as_deref().unwrap_or("other"),
-                provider: meta.provider.as_deref().unwrap_or("none"),
-                model: meta.model.as_deref().unwrap_or("none"),
+                surface: outcome.surface,
+                route: outcome.route.as_deref().unwrap_or("other"),
+                provider: outcome.provider.as_deref().unwrap_or("none"),
+                model: outcome.model.as_deref().unwrap_or("none"),
                 client: &rc.client.label,
                 status,
-                error: meta.error.or(client_gone.then_some("client_gone")),
+                error: outcome.error.or(client_gone.then_some("client_gone")),
                 total,
-                upstream: meta.upstream_time,
-                tokens_in: meta.tokens_in,
-                tokens_out: meta.tokens_out,
-                first_token: first_frame.filter(|_| status < 400 && meta.provider.is_some()),
+                upstream: outcome.upstream_time,
+                tokens_in: outcome.tokens_in,
+                tokens_out: outcome.tokens_out,
+                first_token: first_frame.filter(|_| status < 400 && outcome.provider.is_some()),
             });
         }
     }

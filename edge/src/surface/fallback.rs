@@ -40,11 +40,12 @@ where
         tried[i] = true;
         let route = plan.targets[i].route.clone();
         let target = format!("{}/{}", route.provider.name, route.model);
-        ctx.update(|m| {
-            m.provider = Some(route.provider.name.clone());
-            m.error = None;
-        });
-        let resp = attempt(route).await;
+        let provider = route.provider.name.clone();
+        let mut resp = attempt(route).await;
+        // Each attempt's answer names its provider, whoever built it.
+        crate::outcome::Outcome::of(&mut resp)
+            .provider
+            .get_or_insert(provider);
         if n == 1 {
             return resp;
         }

@@ -1,8 +1,8 @@
 //! The edge's own HTTP API, as one axum Router that the Pingora gateway calls in-process:
 //! the OpenAI surface (`/v1`), the Ollama surface (`/api/...`), MCP (`/mcp`, `/api/mcp`), and
 //! operations (`/health`, `/ready`, `/metrics`, `/api/edge/stats`).
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -35,55 +35,14 @@ pub struct EdgeState {
     pub responses: openai::responses::ResponseStore,
 }
 
-/// What the handlers learn about a request, for its log line, metrics and `Server-Timing`.
-#[derive(Debug, Default, Clone)]
-pub struct RequestMeta {
-    pub surface: &'static str,
-    /// The matched route template (`/v1/chat/completions`), a bounded metric label.
-    pub route: Option<String>,
-    pub provider: Option<String>,
-    /// The endpoint that answered (the last one tried, after a failover).
-    pub endpoint: Option<String>,
-    pub model: Option<String>,
-    pub upstream_time: Option<Duration>,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    /// Set when the request failed, with a short kind (`upstream_unreachable`, ...).
-    pub error: Option<&'static str>,
-}
-
 /// The per-request extension the gateway inserts before calling the router.
 #[derive(Clone)]
 pub struct RequestContext {
     pub id: String,
     pub client: ClientIdentity,
     pub started: Instant,
-    pub meta: Arc<Mutex<RequestMeta>>,
     /// W3C trace context: the caller's trace (or a new one) and the edge's span in it.
     pub trace: crate::trace::TraceContext,
-}
-
-impl From<RequestMeta> for crate::outcome::Outcome {
-    fn from(m: RequestMeta) -> Self {
-        crate::outcome::Outcome {
-            surface: m.surface,
-            route: m.route,
-            provider: m.provider,
-            endpoint: m.endpoint,
-            model: m.model,
-            upstream_time: m.upstream_time,
-            tokens_in: m.tokens_in,
-            tokens_out: m.tokens_out,
-            error: m.error,
-            streams: Vec::new(),
-        }
-    }
-}
-
-impl RequestContext {
-    pub fn update(&self, f: impl FnOnce(&mut RequestMeta)) {
-        f(&mut self.meta.lock().unwrap_or_else(|p| p.into_inner()));
-    }
 }
 
 pub fn router(state: Arc<EdgeState>, mcp: Router) -> Router {
