@@ -6,13 +6,18 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::frames::{event_stream, SseFromNdjson};
-use super::upstream::{ollama_status_error, passthrough, read_json, send_json, timing};
-use super::{answered, parse_body, plan, requested_model, unix_now, Result};
+use super::upstream::{
+    ollama_status_error, passthrough, read_json, relay, send_bytes, send_json, timing,
+};
+use super::{answered, model_of, parse_body, plan, requested_model, unix_now, Result};
 use crate::config::ProviderKind;
 use crate::error::{EdgeError, Shape};
+use crate::model_field::ModelField;
 use crate::outcome::Outcome;
 use crate::providers::{ProviderRoute, UpstreamResponse};
 use crate::relay::{Framing, Relay};
@@ -28,11 +33,88 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let mut seen = Outcome::on("openai");
+    if let Some(result) = chat_unparsed(&state, &ctx, &body, &mut seen).await {
+        return answered(seen, result);
+    }
     let result = match parse_body(&body) {
         Ok(body) => chat_parsed(&state, &ctx, body, &Shape::OpenAi, &mut seen).await,
         Err(e) => Err(e),
     };
     answered(seen, result)
+}
+
+/// What the pass-through needs to know of a chat body, read without building a JSON tree.
+#[derive(Deserialize)]
+struct ChatHead {
+    messages: Option<IgnoredAny>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptionsHead>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptionsHead {
+    include_usage: Option<bool>,
+}
+
+/// Chat passed through to OpenAI-compatible providers with only `model` rewritten in the
+/// client's own bytes (`model_field`). Taken when every target is OpenAI-compatible and the edge
+/// adds nothing to the body (a stream whose usage the edge must ask for is not); `None` sends
+/// the request down the parsed path, which also gives every malformed body its usual answer.
+async fn chat_unparsed(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    raw: &Bytes,
+    seen: &mut Outcome,
+) -> Option<Result<Response>> {
+    let head: ChatHead = serde_json::from_slice(raw).ok()?;
+    head.messages.as_ref()?;
+    let usage_asked = head
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    if head.stream == Some(true) && !usage_asked {
+        return None;
+    }
+    let field = model_of(raw).ok()?;
+    let plan = match plan(state, ctx, field.value(), seen) {
+        Ok(plan) => plan,
+        Err(e) => return Some(Err(e)),
+    };
+    if plan
+        .targets
+        .iter()
+        .any(|t| t.route.provider.kind != ProviderKind::Openai)
+    {
+        return None;
+    }
+    let field = &field;
+    Some(Ok(crate::surface::fallback::run(
+        state,
+        ctx,
+        plan,
+        move |route| unparsed_on(state, ctx, field, route),
+    )
+    .await))
+}
+
+/// One attempt of an unparsed pass-through on one target.
+async fn unparsed_on(
+    state: &EdgeState,
+    ctx: &RequestContext,
+    field: &ModelField<'_>,
+    route: ProviderRoute,
+) -> Response {
+    let mut tried = Outcome {
+        provider: Some(route.provider.name.clone()),
+        ..Outcome::default()
+    };
+    let body = Bytes::from(field.replaced(&route.model));
+    let result = async {
+        let up = send_bytes(state, ctx, &route, "/chat/completions", body, &mut tried).await?;
+        relay(state, ctx, up, false, &mut tried).await
+    }
+    .await;
+    tried.attach(result.unwrap_or_else(|e| e.render(&Shape::OpenAi)))
 }
 
 /// The chat path for a body another surface translated (Anthropic Messages, Responses): the

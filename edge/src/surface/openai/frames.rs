@@ -157,3 +157,30 @@ pub fn openai_usage(v: &Value) -> Option<(u64, u64)> {
         get("completion_tokens", "output_tokens"),
     ))
 }
+
+/// `usage` of a whole JSON answer (chat, completions, embeddings; Responses' `response.usage`),
+/// read without building a tree of the rest: the answer goes to the client as it came.
+pub fn usage_of(body: &[u8]) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        prompt_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Nested {
+        usage: Option<Counts>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Counts>,
+        response: Option<Nested>,
+    }
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    let u = answer.usage.or(answer.response.and_then(|r| r.usage))?;
+    Some((
+        u.prompt_tokens.or(u.input_tokens).unwrap_or(0),
+        u.completion_tokens.or(u.output_tokens).unwrap_or(0),
+    ))
+}

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{header, StatusCode};
 use serde_json::{json, Value};
 
-use super::frames::{event_stream, openai_usage, SsePassthrough};
+use super::frames::{event_stream, usage_of, SsePassthrough};
 use super::Result;
 use crate::error::{EdgeError, UpstreamStatus};
 use crate::outcome::Outcome;
@@ -159,10 +159,7 @@ pub(crate) async fn relay(
     }
     if !is_stream {
         let bytes = read_all(state, up.response).await?;
-        if let Some((tin, tout)) = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| openai_usage(&v))
-        {
+        if let Some((tin, tout)) = usage_of(&bytes) {
             seen.tokens_in = tin;
             seen.tokens_out = tout;
         }
