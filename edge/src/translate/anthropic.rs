@@ -392,24 +392,6 @@ pub fn chat_response_to_message(resp: &Value, id: &str, model: &str) -> Value {
            "usage": {"input_tokens": tin, "output_tokens": tout}})
 }
 
-/// An Anthropic error body; `kind` by HTTP status as Anthropic's API documents them.
-pub fn error_body(status: u16, message: &str) -> Value {
-    json!({"type": "error", "error": {"type": error_type(status), "message": message}})
-}
-
-pub fn error_type(status: u16) -> &'static str {
-    match status {
-        400 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Block {
     None,
@@ -493,7 +475,10 @@ impl MessagesStreamTranslator {
                 .and_then(Value::as_str)
                 .or_else(|| err.as_str())
                 .unwrap_or("upstream error");
-            out.push(("error", error_body(500, message)));
+            out.push((
+                "error",
+                crate::error::anthropic_body(http::StatusCode::INTERNAL_SERVER_ERROR, message),
+            ));
             self.finished = true;
             return out;
         }
